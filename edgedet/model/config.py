@@ -1,0 +1,71 @@
+"""Configuration of the model: which file, which runtime, which delegate, how frames are prepared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Runtime = Literal["auto", "litert", "tflite-runtime", "tensorflow"]
+Delegate = Literal["cpu", "edgetpu"]
+Fallback = Literal["cpu", "fail"]
+ResizeMethod = Literal["bilinear", "nearest", "area", "antialias"]
+CropMode = Literal["full", "center"]
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PreprocessConfig(Strict):
+    # bilinear = TFLite RESIZE_BILINEAR with half-pixel centers (the default, reproduces the published
+    # results); nearest; area (box filter); antialias = PIL's LANCZOS, as pycoral's classify_image.py does.
+    resize: ResizeMethod = "bilinear"
+    # full = squeeze the whole frame to the input size; center = crop the largest centred square first.
+    crop: CropMode = "full"
+    # Normalization of float inputs (and the real-valued meaning of integer inputs). None = from the
+    # model's metadata or sidecar, else the defaults documented in README (127.5/127.5 for float models).
+    mean: Optional[Union[float, list[float]]] = None
+    std: Optional[Union[float, list[float]]] = None
+    # Decoded images above this many pixels are refused (decompression bombs).
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, value: float | list[float] | None) -> float | list[float] | None:
+        values = value if isinstance(value, list) else [value] if value is not None else []
+        if any(v <= 0 for v in values):
+            raise ValueError("must be > 0")
+        return value
+
+
+class ModelConfig(Strict):
+    path: Optional[Path] = None
+    labels: Optional[Path] = None
+    runtime: Runtime = "auto"
+    num_threads: Union[Literal["auto"], int] = "auto"
+    delegate: Delegate = "cpu"
+    edgetpu_device: str = "usb"
+    fallback: Fallback = "cpu"
+    cpu_model: Optional[Path] = None
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    top_k: int = Field(default=3, ge=1, le=1000)
+
+    @field_validator("num_threads")
+    @classmethod
+    def _threads_positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'auto' or an integer >= 1")
+        return value
+
+    @field_validator("edgetpu_device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"(usb|pci)(:\d+)?|:\d+", value):
+            raise ValueError("must be one of usb, usb:N, pci, pci:N or :N")
+        return value

@@ -1,0 +1,53 @@
+"""Configuration of publishing (``publish:``, ``mqtt:`` and ``homeassistant:`` in config.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from edgedet.model.config import Strict
+
+
+class PublishConfig(Strict):
+    mode: Literal["every_frame", "on_change"] = "every_frame"
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    debounce_frames: int = Field(default=1, ge=1)
+    republish_s: float = Field(default=60.0, ge=0)
+    stats_interval_s: float = Field(default=30.0, gt=0)
+    snapshot: bool = False
+    snapshot_max_bytes: int = Field(default=100_000, ge=1000)
+    jsonl_path: Optional[Path] = None
+    console: bool = True
+
+
+class TlsConfig(Strict):
+    enabled: bool = False
+    ca_file: Optional[Path] = None
+    cert_file: Optional[Path] = None
+    key_file: Optional[Path] = None
+    insecure: bool = False
+
+
+class MqttConfig(Strict):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    topic_prefix: str = "edgedet"
+    qos: Literal[0, 1, 2] = 1
+    client_id: Optional[str] = None
+    username: Optional[str] = None
+    password: Optional[str] = None
+    password_file: Optional[Path] = None
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    outbox_max: int = Field(default=10000, ge=1)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+
+
+class HomeAssistantConfig(Strict):
+    enabled: bool = False
+    prefix: str = "homeassistant"
