@@ -199,3 +199,18 @@ def test_auto_prefers_the_pi_camera_when_one_is_present(fake):
     assert detect_auto() == ("picamera2", None)
     fake.state.cameras = []
     assert detect_auto()[0] in ("opencv", "synthetic")
+
+
+def test_opencv_fast_path_agrees_with_the_numpy_conversion(fake, monkeypatch):
+    import edgedet.frames.picamera2 as module
+
+    if module._cv2 is None:
+        pytest.skip("opencv-python-headless is not installed: only the numpy conversion exists here")
+    image = fake.scene(224, 224, 5)
+    buffer = fake.rgb_to_i420(image, 256, "SMPTE170M")
+    fast = module.yuv420_to_rgb(buffer, 224, 224, "SMPTE170M")
+    monkeypatch.setattr(module, "_cv2", None)
+    slow = module.yuv420_to_rgb(buffer, 224, 224, "SMPTE170M")
+    assert fast.shape == slow.shape == (224, 224, 3)
+    assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 2
+    assert np.abs(fast.astype(int) - image.astype(int)).max() <= 8
