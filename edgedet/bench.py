@@ -2,8 +2,8 @@
 
 Timing follows TensorFlow Lite's ``benchmark_model``: the input tensor is filled once with a real preprocessed
 image (timing can depend on the data, so never uninitialised memory), ``--warmup`` invokes are run and
-reported apart, then ``invoke()`` alone is timed with ``time.perf_counter_ns`` for at least ``--runs`` runs and
-at least ``--min-secs`` seconds. Statistics are over those per-invoke times.
+reported apart, then ``invoke()`` alone is timed with ``time.perf_counter_ns`` for at least ``--runs`` runs
+and at least ``--min-secs`` seconds. Statistics are over those per-invoke times.
 
 ``bench_main(argv) -> int`` is the CLI entry: 0 when every model ran, 2 when any failed (the others still
 run; each failure is one line on stderr).
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,23 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="edgedet bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", type=Path, metavar="MODEL", help=".tflite files")
     parser.add_argument("--runs", type=_positive_int, default=50, help="minimum timed invokes (default 50)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=5, help="untimed invokes first (default 5)")
-    parser.add_argument("--min-secs", type=_non_negative_float, default=1.0,
-                        help="keep timing until this many seconds have passed (default 1)")
-    parser.add_argument("--threads", type=_thread_list, default=[1], help="comma list, e.g. 1,2,4 (default 1)")
+    parser.add_argument(
+        "--warmup", type=_non_negative_int, default=5, help="untimed invokes first (default 5)"
+    )
+    parser.add_argument(
+        "--min-secs",
+        type=_non_negative_float,
+        default=1.0,
+        help="keep timing until this many seconds have passed (default 1)",
+    )
+    parser.add_argument(
+        "--threads", type=_thread_list, default=[1], help="comma list, e.g. 1,2,4 (default 1)"
+    )
     parser.add_argument("--delegate", choices=("cpu", "edgetpu"), default="cpu")
     parser.add_argument("--edgetpu-device", default="usb", help="usb, usb:N, pci, pci:N (default usb)")
-    parser.add_argument("--image", type=Path, help="input image for timing (default: cat.bmp beside the model)")
-    parser.add_argument("--images", type=Path, help="accuracy set: folder of label folders, or a CSV file,label")
-    parser.add_argument("--labels", type=Path, help="labels file (default: labels.txt/imagenet_labels.txt "
-                                                    "beside the model)")
+    parser.add_argument(
+        "--image", type=Path, help="input image for timing (default: cat.bmp beside the model)"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="accuracy set: folder of label folders, or a CSV file,label"
+    )
+    parser.add_argument(
+        "--labels", type=Path, help="labels file (default: labels.txt/imagenet_labels.txt beside the model)"
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--csv", action="store_true", help="print one CSV row per model and setting")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a chart (needs matplotlib)")
     parser.add_argument("--budget-ms", type=_positive_float, help="name the most accurate model within it")
-    parser.add_argument("--pipeline", action="store_true", help="frame-loop benchmark (bare vs reference vs "
-                                                                "edgedet)")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="frame-loop benchmark (bare vs reference vs edgedet)"
+    )
     return parser
 
 
@@ -126,7 +140,7 @@ class OpenedModel:
 
 
 def _runtime_module() -> tuple[Any, Any, str, str]:
-    """(Interpreter class, load_delegate, runtime name, version). Swap for edgedet.model.runtime when merged."""
+    """(Interpreter class, load_delegate, runtime name, version). To become edgedet.model.runtime's."""
     try:
         from ai_edge_litert import interpreter as litert
 
@@ -143,10 +157,16 @@ def _runtime_module() -> tuple[Any, Any, str, str]:
         import tflite_runtime
         from tflite_runtime import interpreter as tflr
 
-        return tflr.Interpreter, tflr.load_delegate, "tflite-runtime", getattr(tflite_runtime, "__version__", "?")
+        return (
+            tflr.Interpreter,
+            tflr.load_delegate,
+            "tflite-runtime",
+            getattr(tflite_runtime, "__version__", "?"),
+        )
     except ImportError:
-        raise ModelError("no TFLite runtime installed", fix="pip install ai-edge-litert (or tflite-runtime)") \
-            from None
+        raise ModelError(
+            "no TFLite runtime installed", fix="pip install ai-edge-litert (or tflite-runtime)"
+        ) from None
 
 
 def open_model(path: Path, threads: int, delegate: str, edgetpu_device: str = "usb") -> OpenedModel:
@@ -159,16 +179,20 @@ def open_model(path: Path, threads: int, delegate: str, edgetpu_device: str = "u
         try:
             delegates.append(load_delegate(library, {"device": edgetpu_device}))
         except (ValueError, OSError) as err:
-            raise DelegateError(f"cannot load the Edge TPU delegate {library} ({err})", where=path,
-                                fix="plug in the Coral and install libedgetpu1-std, or use --delegate cpu") \
-                from None
+            raise DelegateError(
+                f"cannot load the Edge TPU delegate {library} ({err})",
+                where=path,
+                fix="plug in the Coral and install libedgetpu1-std, or use --delegate cpu",
+            ) from None
     try:
-        interpreter = interpreter_class(model_path=str(path), num_threads=threads,
-                                        experimental_delegates=delegates or None)
+        interpreter = interpreter_class(
+            model_path=str(path), num_threads=threads, experimental_delegates=delegates or None
+        )
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
-        raise ModelError(f"the runtime cannot load this model ({str(err).splitlines()[0]})", where=path) \
-            from None
+        raise ModelError(
+            f"the runtime cannot load this model ({str(err).splitlines()[0]})", where=path
+        ) from None
     init_ms = (time.perf_counter() - started) * 1e3
     return OpenedModel(interpreter, runtime, runtime_version, delegate, init_ms)
 
@@ -185,7 +209,9 @@ def load_rgb(path: Path) -> Any:
     except FileNotFoundError:
         raise ImageError("image not found", where=path) from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise ImageError(f"cannot decode the image ({err})", where=path, fix="use a JPEG/PNG/BMP file") from None
+        raise ImageError(
+            f"cannot decode the image ({err})", where=path, fix="use a JPEG/PNG/BMP file"
+        ) from None
 
 
 def preprocess(image: Any, input_detail: dict[str, Any]) -> np.ndarray:
@@ -236,8 +262,9 @@ def label_ids_for(name: str, labels: list[str]) -> set[int]:
     exact = {i for i, label in enumerate(labels) if _normalise_name(label) == wanted}
     if exact:
         return exact
-    return {i for i, label in enumerate(labels)
-            if wanted in (_normalise_name(part) for part in label.split(","))}
+    return {
+        i for i, label in enumerate(labels) if wanted in (_normalise_name(part) for part in label.split(","))
+    }
 
 
 @dataclass
@@ -259,16 +286,24 @@ def collect_images(source: Path) -> list[LabelledImage]:
                 if line_no == 1 and row[0].strip().lower() in {"file", "path", "filename", "image"}:
                     continue  # header row
                 path = Path(row[0].strip())
-                items.append(LabelledImage(path if path.is_absolute() else source.parent / path, row[1].strip()))
+                items.append(
+                    LabelledImage(path if path.is_absolute() else source.parent / path, row[1].strip())
+                )
     elif source.is_dir():
-        items = [LabelledImage(file, folder.name)
-                 for folder in sorted(p for p in source.iterdir() if p.is_dir())
-                 for file in sorted(folder.iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
+        items = [
+            LabelledImage(file, folder.name)
+            for folder in sorted(p for p in source.iterdir() if p.is_dir())
+            for file in sorted(folder.iterdir())
+            if file.suffix.lower() in IMAGE_SUFFIXES
+        ]
     else:
         raise ConfigError("--images path not found", where=source, fix="give a folder or a CSV file")
     if not items:
-        raise ConfigError("no labelled images found", where=source,
-                          fix="put images in one sub-folder per label, or list file,label in a CSV")
+        raise ConfigError(
+            "no labelled images found",
+            where=source,
+            fix="put images in one sub-folder per label, or list file,label in a CSV",
+        )
     return items
 
 
@@ -362,8 +397,11 @@ def pi_throttling() -> dict[str, Any] | None:
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return None
     names = ("under_voltage", "frequency_capped", "throttled", "soft_temperature_limit")
-    return {"raw": hex(value), "now": [n for i, n in enumerate(names) if value >> i & 1],
-            "since_boot": [n for i, n in enumerate(names) if value >> (16 + i) & 1]}
+    return {
+        "raw": hex(value),
+        "now": [n for i, n in enumerate(names) if value >> i & 1],
+        "since_boot": [n for i, n in enumerate(names) if value >> (16 + i) & 1],
+    }
 
 
 def _read(path: Path) -> str | None:
@@ -406,7 +444,9 @@ def _find_beside(model: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def accuracy(opened: OpenedModel, items: list[LabelledImage], labels: list[str], where: Path) -> dict[str, Any]:
+def accuracy(
+    opened: OpenedModel, items: list[LabelledImage], labels: list[str], where: Path
+) -> dict[str, Any]:
     interpreter = opened.interpreter
     input_detail = interpreter.get_input_details()[0]
     output_index = interpreter.get_output_details()[0]["index"]
@@ -415,8 +455,11 @@ def accuracy(opened: OpenedModel, items: list[LabelledImage], labels: list[str],
         if item.label not in targets:
             targets[item.label] = label_ids_for(item.label, labels)
             if not targets[item.label]:
-                raise LabelsError(f"label {item.label!r} (from {item.path}) matches no label", where=where,
-                                  fix="name folders/CSV labels as in the labels file (case does not matter)")
+                raise LabelsError(
+                    f"label {item.label!r} (from {item.path}) matches no label",
+                    where=where,
+                    fix="name folders/CSV labels as in the labels file (case does not matter)",
+                )
     top1 = top5 = 0
     per_label: dict[str, dict[str, Any]] = {}
     confusions: Counter[tuple[str, str]] = Counter()
@@ -444,9 +487,12 @@ def accuracy(opened: OpenedModel, items: list[LabelledImage], labels: list[str],
         "top1": top1 / total,
         "top5": top5 / total,
         "per_label": {
-            label: {"images": row["images"], "top1": row["top1"] / row["images"],
-                    "top5": row["top5"] / row["images"],
-                    "most_confused_with": row["predicted"].most_common(1)[0][0] if row["predicted"] else None}
+            label: {
+                "images": row["images"],
+                "top1": row["top1"] / row["images"],
+                "top5": row["top5"] / row["images"],
+                "most_confused_with": row["predicted"].most_common(1)[0][0] if row["predicted"] else None,
+            }
             for label, row in sorted(per_label.items())
         },
         "confusions": [{"true": t, "predicted": p, "count": n} for (t, p), n in confusions.most_common(10)],
@@ -460,8 +506,11 @@ def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
         raise ModelError("model file not found", where=model, fix="check the path")
     graph = inspect_graph(model)
     if graph.compiled_for_edgetpu and context.delegate != "edgetpu":
-        raise ModelError("compiled for the Edge TPU; it cannot run on the CPU", where=model,
-                         fix="use --delegate edgetpu, or the model's CPU build (without _edgetpu)")
+        raise ModelError(
+            "compiled for the Edge TPU; it cannot run on the CPU",
+            where=model,
+            fix="use --delegate edgetpu, or the model's CPU build (without _edgetpu)",
+        )
     image_path = context.image or _find_beside(model, DEFAULT_IMAGE_NAMES)
     if image_path is None:
         raise ImageError("no input image", where=model, fix="pass --image FILE (a real photo)")
@@ -527,9 +576,13 @@ def budget_choice(results: list[dict[str, Any]], budget_ms: float) -> dict[str, 
         return (primary, -r["latency_ms"]["p50"])
 
     best = max(fitting, key=merit) if fitting else None
-    return {"budget_ms": budget_ms, "basis": basis,
-            "model": best["model"] if best else None, "threads": best["threads"] if best else None,
-            "p50_ms": best["latency_ms"]["p50"] if best else None}
+    return {
+        "budget_ms": budget_ms,
+        "basis": basis,
+        "model": best["model"] if best else None,
+        "threads": best["threads"] if best else None,
+        "p50_ms": best["latency_ms"]["p50"] if best else None,
+    }
 
 
 def sorted_with_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -545,44 +598,88 @@ def _fmt(value: float | None, pattern: str, missing: str = "-") -> str:
     return missing if value is None else format(value, pattern)
 
 
+def _millions(count: int | None) -> float | None:
+    return None if count is None else count / 1e6
+
+
 def render_table(report: dict[str, Any]) -> str:
-    header = (f"{'model':<40} {'thr':>3} {'dlg':<7} {'MB':>5} {'Mparam':>6} {'MMAC':>7} {'init':>7} "
-              f"{'first':>7} {'p50':>7} {'mean±std':>13} {'p99':>7} {'x':>5} {'top1':>5} {'top5':>5} {'RSS':>5}")
+    header = (
+        f"{'model':<40} {'thr':>3} {'dlg':<7} {'MB':>5} {'Mparam':>6} {'MMAC':>7} {'init':>7} "
+        f"{'first':>7} {'p50':>7} {'mean±std':>13} {'p99':>7} {'x':>5} {'top1':>5} {'top5':>5} {'RSS':>5}"
+    )
     lines = [header, "-" * len(header)]
     for r in report["results"]:
         lat = r["latency_ms"]
         acc = r["accuracy"] or {}
         lines.append(
             f"{r['model'][:40]:<40} {r['threads']:>3} {r['delegate']:<7} {r['file_bytes'] / 1e6:>5.2f} "
-            f"{_fmt(r['params'] and r['params'] / 1e6, '6.2f'):>6} {_fmt(r['macs'] and r['macs'] / 1e6, '7.1f'):>7} "
+            f"{_fmt(_millions(r['params']), '6.2f'):>6} {_fmt(_millions(r['macs']), '7.1f'):>7} "
             f"{r['init_ms']:>7.1f} {r['first_inference_ms']:>7.2f} {lat['p50']:>7.2f} "
-            f"{lat['mean']:>6.2f}±{lat['std']:<6.2f} {lat['p99']:>7.2f} {_fmt(r['relative_to_fastest'], '.2f'):>5} "
+            f"{lat['mean']:>6.2f}±{lat['std']:<6.2f} {lat['p99']:>7.2f} "
+            f"{_fmt(r['relative_to_fastest'], '.2f'):>5} "
             f"{_fmt(acc.get('top1') and 100 * acc['top1'], '5.1f'):>5} "
-            f"{_fmt(acc.get('top5') and 100 * acc['top5'], '5.1f'):>5} {_fmt(r['peak_rss_mb'], '5.0f'):>5}")
-    lines.append("times in ms (count/min/p90/max in --json); x = median relative to the fastest; RSS = peak MB")
+            f"{_fmt(acc.get('top5') and 100 * acc['top5'], '5.1f'):>5} {_fmt(r['peak_rss_mb'], '5.0f'):>5}"
+        )
+    lines.append(
+        "times in ms (count/min/p90/max in --json); x = median relative to the fastest; RSS = peak MB"
+    )
     for r in report["results"]:
         if r.get("edgetpu_upload_ms") is not None:
-            lines.append(f"{r['model']}: Edge TPU model upload ~{r['edgetpu_upload_ms']:.1f} ms (first invoke)")
+            lines.append(
+                f"{r['model']}: Edge TPU model upload ~{r['edgetpu_upload_ms']:.1f} ms (first invoke)"
+            )
         for c in (r["accuracy"] or {}).get("confusions", [])[:3]:
             lines.append(f"{r['model']}: '{c['true']}' taken for '{c['predicted']}' x{c['count']}")
     budget = report.get("budget")
     if budget:
-        choice = (f"{budget['model']} ({budget['threads']} threads, p50 {budget['p50_ms']:.2f} ms)"
-                  if budget["model"] else "none of the models")
+        choice = (
+            f"{budget['model']} ({budget['threads']} threads, p50 {budget['p50_ms']:.2f} ms)"
+            if budget["model"]
+            else "none of the models"
+        )
         lines.append(f"budget {budget['budget_ms']} ms: {choice} fits, by {budget['basis']}")
     conditions = report["conditions"]
-    lines.append(f"conditions: governor {','.join(conditions['cpu_governors']) or 'unknown'}, "
-                 f"temperature {_fmt(conditions['before']['temperature_c'], '.1f')} -> "
-                 f"{_fmt(conditions['after']['temperature_c'], '.1f')} °C"
-                 + (f", throttling {conditions['after']['throttling']['raw']}"
-                    if conditions["after"]["throttling"] else ""))
+    lines.append(
+        f"conditions: governor {','.join(conditions['cpu_governors']) or 'unknown'}, "
+        f"temperature {_fmt(conditions['before']['temperature_c'], '.1f')} -> "
+        f"{_fmt(conditions['after']['temperature_c'], '.1f')} °C"
+        + (
+            f", throttling {conditions['after']['throttling']['raw']}"
+            if conditions["after"]["throttling"]
+            else ""
+        )
+    )
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("model", "threads", "delegate", "runtime", "runtime_version", "file_bytes", "params", "macs",
-              "input_shape", "input_dtype", "init_ms", "first_inference_ms", "warmup_mean_ms", "count", "mean",
-              "std", "min", "p50", "p90", "p99", "max", "relative_to_fastest", "top1", "top5",
-              "edgetpu_upload_ms", "peak_rss_mb")
+CSV_FIELDS = (
+    "model",
+    "threads",
+    "delegate",
+    "runtime",
+    "runtime_version",
+    "file_bytes",
+    "params",
+    "macs",
+    "input_shape",
+    "input_dtype",
+    "init_ms",
+    "first_inference_ms",
+    "warmup_mean_ms",
+    "count",
+    "mean",
+    "std",
+    "min",
+    "p50",
+    "p90",
+    "p99",
+    "max",
+    "relative_to_fastest",
+    "top1",
+    "top5",
+    "edgetpu_upload_ms",
+    "peak_rss_mb",
+)
 
 
 def render_csv(report: dict[str, Any]) -> str:
@@ -609,10 +706,12 @@ def write_plot(report: dict[str, Any], target: Path) -> None:
         raise ConfigError("--plot needs matplotlib", fix="pip install 'edgedet[bench]'") from None
     results = report["results"]
     names = [f"{r['model'].removesuffix('.tflite')} t{r['threads']}" for r in results]
-    panels = [("median latency (ms)", [r["latency_ms"]["p50"] for r in results]),
-              ("MACs (millions)", [(r["macs"] or 0) / 1e6 for r in results]),
-              ("parameters (millions)", [(r["params"] or 0) / 1e6 for r in results]),
-              ("top-1 accuracy (%)", [100 * r["accuracy"]["top1"] if r["accuracy"] else 0 for r in results])]
+    panels = [
+        ("median latency (ms)", [r["latency_ms"]["p50"] for r in results]),
+        ("MACs (millions)", [(r["macs"] or 0) / 1e6 for r in results]),
+        ("parameters (millions)", [(r["params"] or 0) / 1e6 for r in results]),
+        ("top-1 accuracy (%)", [100 * r["accuracy"]["top1"] if r["accuracy"] else 0 for r in results]),
+    ]
     figure, axes = plt.subplots(2, 2, figsize=(12, 3 + 0.5 * len(results)))
     for axis, (title, values) in zip(axes.flat, panels):
         axis.barh(names, values, color="tab:blue")
@@ -633,8 +732,11 @@ def write_plot(report: dict[str, Any], target: Path) -> None:
 
 def run_pipeline_benchmark(args: argparse.Namespace) -> int:
     """Hook for ``--pipeline`` (bare invoke vs reference loop vs edgedet frame loop); the lead wires it."""
-    raise ConfigError("--pipeline is not available in this build yet", where="edgedet bench",
-                      fix="run 'edgedet bench MODEL' for inference latency")
+    raise ConfigError(
+        "--pipeline is not available in this build yet",
+        where="edgedet bench",
+        fix="run 'edgedet bench MODEL' for inference latency",
+    )
 
 
 def _progress(total: int) -> Any:
@@ -649,13 +751,23 @@ def _progress(total: int) -> Any:
 
 def run_bench(args: argparse.Namespace, *, on_error: Callable[[EdgedetError], None]) -> dict[str, Any]:
     images = collect_images(args.images) if args.images is not None else None
-    context = RunContext(args.runs, args.warmup, args.min_secs, args.delegate, args.edgetpu_device, args.image,
-                         images, args.labels)
+    context = RunContext(
+        args.runs,
+        args.warmup,
+        args.min_secs,
+        args.delegate,
+        args.edgetpu_device,
+        args.image,
+        images,
+        args.labels,
+    )
     governors = cpu_governors()
     conditions: dict[str, Any] = {"cpu_governors": governors, "before": conditions_snapshot(), "warnings": []}
     if governors and governors != ["performance"]:
-        conditions["warnings"].append(f"CPU governor is {','.join(governors)}, not performance: latency varies "
-                                      "with the clock (sudo cpupower frequency-set -g performance)")
+        conditions["warnings"].append(
+            f"CPU governor is {','.join(governors)}, not performance: latency varies "
+            "with the clock (sudo cpupower frequency-set -g performance)"
+        )
     elif not governors:
         conditions["warnings"].append("CPU governor unknown (no cpufreq in /sys)")
     settings = [Setting(model, threads) for model in args.models for threads in args.threads]
@@ -681,10 +793,20 @@ def run_bench(args: argparse.Namespace, *, on_error: Callable[[EdgedetError], No
     report: dict[str, Any] = {
         "edgedet_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-                 "cpu_count": os.cpu_count()},
-        "options": {"runs": args.runs, "warmup": args.warmup, "min_secs": args.min_secs, "threads": args.threads,
-                    "delegate": args.delegate, "images": str(args.images) if args.images else None},
+        "host": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+        },
+        "options": {
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "min_secs": args.min_secs,
+            "threads": args.threads,
+            "delegate": args.delegate,
+            "images": str(args.images) if args.images else None,
+        },
         "conditions": conditions,
         "results": sorted_with_ratios(results),
         "errors": errors,
