@@ -177,6 +177,11 @@ def open_model(path: Path, threads: int, delegate: str, edgetpu_device: str = "u
     if delegate == "edgetpu":
         library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
         try:
+            # Probe with ctypes first: when load_delegate fails to open the library, ai-edge-litert 2.3's
+            # Delegate.__del__ then prints an "Exception ignored" traceback on stderr.
+            import ctypes
+
+            ctypes.CDLL(library)
             delegates.append(load_delegate(library, {"device": edgetpu_device}))
         except (ValueError, OSError) as err:
             raise DelegateError(

@@ -183,3 +183,14 @@ def test_latency_stats_by_hand() -> None:
     stats = latency_stats([4.0, 1.0, 3.0, 2.0])
     assert stats == {"count": 4, "mean": 2.5, "std": pytest.approx(1.2909944), "min": 1.0, "p50": 2.5,
                      "p90": pytest.approx(3.7), "p99": pytest.approx(3.97), "max": 4.0}
+
+
+def test_edgetpu_delegate_absent_is_one_line(shared_models: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import ctypes.util
+
+    if ctypes.util.find_library("edgetpu"):
+        pytest.skip("libedgetpu is installed here; this checks the message when it is not")
+    code = bench_main([str(shared_models / V1_EDGETPU), "--delegate", "edgetpu", *QUICK])
+    err = [line for line in capfd.readouterr().err.splitlines() if "warning:" not in line]
+    assert code == 2
+    assert len(err) == 1 and "cannot load the Edge TPU delegate" in err[0]  # no "Exception ignored" trace
