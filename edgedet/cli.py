@@ -56,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
-    p = sub.add_parser("models", help="inspect models")
+    sub.add_parser("bench", help="time and compare models on this device (edgedet bench --help)", add_help=False)
+    p = sub.add_parser("models", help="inspect model files; list and pull public MobileNets (catalogue)")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
-    info = msub.add_parser("info", help="input, output, ops, Edge TPU compilation, size and sha256 of a model")
+    msub.add_parser("list", help="the catalogue of public MobileNet TFLite files", add_help=False)
+    msub.add_parser("pull", help="download, verify and store a catalogue model", add_help=False)
+    info = msub.add_parser("info", help="a model FILE: input, output, ops, Edge TPU compilation, size, sha256; "
+                           "or a catalogue NAME")
     info.add_argument("model", metavar="MODEL")
     info.add_argument("--json", action="store_true")
     return parser
@@ -149,7 +153,49 @@ def _setup_logging(level: Optional[str]) -> None:
                         format="edgedet: %(levelname)s: %(message)s")
 
 
+def _command_words(argv: list[str]) -> list[str]:
+    """The positional words of argv, skipping global options and their values."""
+    words, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("--log-level", "--log-format"):
+            skip = True
+        elif not token.startswith("-"):
+            words.append(token)
+    return words
+
+
+def _delegated(argv: list[str]) -> Optional[int]:
+    """``bench`` and the catalogue (``models list|pull``, ``models info NAME``) have their own parsers."""
+    words = _command_words(argv)
+    if not words:
+        return None
+    index = argv.index(words[0])
+    if words[0] == "bench":
+        from edgedet.bench import bench_main
+
+        _setup_logging(None)
+        return bench_main(argv[index + 1:])
+    if words[0] == "models" and len(words) > 1:
+        is_file = words[1] == "info" and len(words) > 2 and (Path(words[2]).exists() or words[2].endswith(".tflite"))
+        if words[1] in ("list", "pull") or (words[1] == "info" and not is_file):
+            from edgedet.catalog import models_main
+
+            _setup_logging(None)
+            return models_main(argv[index + 1:])
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        delegated = _delegated(argv)
+    except EdgedetError as exc:
+        print(f"edgedet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if delegated is not None:
+        return delegated
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
