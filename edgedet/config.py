@@ -141,13 +141,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML mapping; every failure is one ConfigError naming the file (and line:column)."""
-    if path.is_symlink() and not path.exists():
-        raise ConfigError(f"is a broken symbolic link (points to {os.readlink(path)})", where=path,
-                          fix="point it at an existing config file or pass --config")
-    if path.exists() and not path.is_file() and not path.is_dir():
-        # Reading a FIFO or a device would block or never end: refuse anything but a regular file.
-        raise ConfigError("is not a regular file (a pipe, socket or device)", where=path,
-                          fix="pass a regular YAML file")
+    denied = ConfigError("cannot read the config file (permission denied)", where=path,
+                         fix="make it readable by the service user")
+    try:
+        if path.is_symlink() and not path.exists():
+            raise ConfigError(f"is a broken symbolic link (points to {os.readlink(path)})", where=path,
+                              fix="point it at an existing config file or pass --config")
+        if path.exists() and not path.is_file() and not path.is_dir():
+            # Reading a FIFO or a device would block or never end: refuse anything but a regular file.
+            raise ConfigError("is not a regular file (a pipe, socket or device)", where=path,
+                              fix="pass a regular YAML file")
+    except PermissionError:  # a parent folder the service user may not enter
+        raise denied from None
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -156,8 +161,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except IsADirectoryError:
         raise ConfigError("is a directory, not a config file", where=path, fix="pass the YAML file") from None
     except PermissionError:
-        raise ConfigError("cannot read the config file (permission denied)", where=path,
-                          fix="make it readable by the service user") from None
+        raise denied from None
     except UnicodeDecodeError:
         raise ConfigError("is not UTF-8 text", where=path, fix="save the file as UTF-8 YAML") from None
     try:
@@ -306,13 +310,18 @@ def _resolve_relative_paths(config: EdgedetConfig, base: Path) -> None:
 def _require_file(value: Path | None, key: str, source: str, fix: str) -> None:
     if value is None:
         return
-    if value.is_symlink() and not value.exists():
-        raise ConfigError(f"{key}: broken symbolic link {value}", where=source, fix=fix)
-    if not value.exists():
-        raise ConfigError(f"{key}: file not found: {value}", where=source, fix=fix)
-    if not value.is_file():
-        raise ConfigError(f"{key}: not a regular file: {value}", where=source, fix=fix)
-    if not os.access(value, os.R_OK):
+    try:
+        if value.is_symlink() and not value.exists():
+            raise ConfigError(f"{key}: broken symbolic link {value}", where=source, fix=fix)
+        if not value.exists():
+            raise ConfigError(f"{key}: file not found: {value}", where=source, fix=fix)
+        if not value.is_file():
+            raise ConfigError(f"{key}: not a regular file: {value}", where=source, fix=fix)
+    except PermissionError:
+        readable = False
+    else:
+        readable = os.access(value, os.R_OK)
+    if not readable:
         raise ConfigError(f"{key}: cannot read {value} (permission denied)", where=source,
                           fix="make it readable by the service user")
 
