@@ -349,7 +349,9 @@ def _read_secrets(config: EdgedetConfig, source: str) -> None:
                           fix="keep only one of them")
     _require_file(secret_file, "mqtt.password_file", source, "check the path")
     try:
-        secret = secret_file.read_text(encoding="utf-8").rstrip("\r\n")
+        # The first line only, as the MQTT publisher reads it: `echo pw > file` adds a newline.
+        lines = secret_file.read_text(encoding="utf-8").splitlines()
+        secret = lines[0] if lines else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"mqtt.password_file: cannot read {secret_file} ({exc.__class__.__name__})",
                           where=source, fix="make it a readable UTF-8 text file") from None
