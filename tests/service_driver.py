@@ -1,13 +1,16 @@
 """A tiny daemon driving edgedet.service for the signal tests: a real process receiving real signals.
 
 argv: CONFIG_PATH. It reports on stdout, one line per event, and on $NOTIFY_SOCKET like the real loop:
-``ready``, ``reload ok <top_k>`` / ``reload failed``, ``stopped <signal>``.
+``ready``, ``reload ok <top_k>`` / ``reload failed``, ``stalled`` / ``flowing``, ``stopped <signal>``.
+SIGUSR1 toggles a stalled source: no frame is processed, as when the camera stops delivering.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
 from edgedet.config import load_config
 from edgedet.service import Notifier, ServiceSignals, Watchdog, try_reload
@@ -19,11 +22,19 @@ def main() -> int:
     config, _ = load_config(path)
     notifier = Notifier()
     watchdog = Watchdog.from_environment(notifier)
+    stall_toggled = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stall_toggled.set())
+    stalled = False
     with ServiceSignals() as signals:
         notifier.ready(status="driver ready")
         print("ready", config.model.top_k, flush=True)
         while not signals.wait(0.01):  # one "frame" per 10 ms
-            watchdog.frame_processed(latency_ms=1.0)
+            if stall_toggled.is_set():
+                stall_toggled.clear()
+                stalled = not stalled
+                print("stalled" if stalled else "flowing", flush=True)
+            if not stalled:
+                watchdog.frame_processed(latency_ms=1.0)
             if signals.take_reload():
                 notifier.reloading()
                 new = try_reload(path)

@@ -222,3 +222,27 @@ def test_sighup_reloads_valid_and_keeps_old_on_invalid(listener: NotifyListener,
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_no_watchdog_while_the_source_stalls(listener: NotifyListener, tmp_path: Path) -> None:
+    """A real process with WatchdogSec=0.2 s: pings while frames flow, none while stalled, back after."""
+    config = tmp_path / "config.yaml"
+    _write_config(config, 3)
+    proc = _start_driver(config, {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "200000"})
+    assert proc.stdout is not None
+    try:
+        assert listener.wait_for("WATCHDOG=1")
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.stdout.readline().strip() == "stalled"
+        listener.drain()  # pings sent before the stall took effect
+        time.sleep(1.0)  # 10 watchdog half-periods with no frame
+        stalled_pings = [m for m in listener.drain() if "WATCHDOG=1" in m]
+        assert stalled_pings == []
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.stdout.readline().strip() == "flowing"
+        assert listener.wait_for("WATCHDOG=1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
