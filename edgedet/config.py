@@ -244,7 +244,11 @@ def _describe(errors: list[Any], model: type[BaseModel]) -> str:
             form = form[len("must be "):]
         if form not in forms:
             forms.append(form)
-    got = repr(first.get("input"))
+    value = first.get("input")
+    if isinstance(value, dict) and first["type"] == "value_error":
+        # A check across keys of one section (e.g. reconnect_max_s >= reconnect_min_s) names its values.
+        return f"{dotted}: {' or '.join(forms)}"
+    got = repr(value)
     if len(got) > 60:
         got = got[:57] + "..."
     return f"{dotted}: {' or '.join(forms)}, got {got}"

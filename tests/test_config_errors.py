@@ -215,3 +215,28 @@ def test_env_config_pointing_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EDGEDET_CONFIG", str(tmp_path / "gone.yaml"))
     with pytest.raises(ConfigError, match=r"gone\.yaml: config file not found"):
         load_config(None)
+
+
+def test_section_level_check_names_its_values_without_dumping_the_section() -> None:
+    """A validator across keys (like mqtt's reconnect_max_s >= reconnect_min_s) reports on its section."""
+    from pydantic import ValidationError, model_validator
+
+    from edgedet.config import _describe
+    from edgedet.model.config import Strict
+
+    class Backoff(Strict):
+        low: float = 1.0
+        high: float = 2.0
+
+        @model_validator(mode="after")
+        def _ordered(self) -> Backoff:
+            if self.high < self.low:
+                raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+            return self
+
+    class Top(Strict):
+        backoff: Backoff = Backoff()
+
+    with pytest.raises(ValidationError) as info:
+        Top.model_validate({"backoff": {"low": 5, "high": 1}})
+    assert _describe(info.value.errors(), Top) == "backoff: high (1.0) must be >= low (5.0)"
