@@ -38,7 +38,7 @@ class LoggingConfig(Strict):
 
 
 class EdgedetConfig(Strict):
-    device_id: Optional[str] = None  # noqa: UP045 - pydantic evaluates it at runtime; `|` fails on 3.9
+    device_id: Optional[str] = None  # Optional, not `|`: pydantic evaluates it at runtime, also on 3.9
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
