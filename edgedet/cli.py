@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["auto", "plain", "json"], default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    p = sub.add_parser("run", help="run the daemon: capture, classify, publish (until SIGTERM or a bound)")
+    _add_config_args(p)
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--stats-file", type=Path, metavar="PATH", help="write the final statistics as JSON on exit")
+
+    p = sub.add_parser("check-config", help="validate a config and print the effective config, secrets masked")
+    p.add_argument("file", nargs="?", help="config file (default: the search order of run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     p = sub.add_parser("classify", help="classify image files and print classes and per-stage times")
     _add_config_args(p)
     _add_model_args(p)
@@ -116,6 +126,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_USAGE if failed else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgedet.config import load_config
+    from edgedet.daemon import RunOptions, run_daemon
+    from edgedet.errors import ConfigError
+
+    if args.max_frames is not None and args.max_frames < 0:
+        raise ConfigError(f"--max-frames {args.max_frames}: must be >= 0 (0 = unbounded)")
+    if args.duration is not None and args.duration < 0:
+        raise ConfigError(f"--duration {args.duration}: must be >= 0 (0 = unbounded)")
+    config, found = load_config(args.config, args.overrides)
+    _setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    log.info("config: %s", found or "embedded defaults")
+    return run_daemon(config, RunOptions(found, list(args.overrides), args.max_frames, args.duration,
+                                         args.stats_file))
+
+
 def cmd_models_info(args: argparse.Namespace) -> int:
     from edgedet.model.tflite_file import read_tflite
 
@@ -148,9 +174,10 @@ def cmd_models_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging(level: Optional[str]) -> None:
-    logging.basicConfig(level=getattr(logging, (level or "info").upper()), stream=sys.stderr,
-                        format="edgedet: %(levelname)s: %(message)s")
+def _setup_logging(level: Optional[str], fmt: Optional[str] = None) -> None:
+    from edgedet.logsetup import setup_logging
+
+    setup_logging(level or "info", fmt or "auto")
 
 
 def _command_words(argv: list[str]) -> list[str]:
@@ -200,6 +227,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check-config":
+            from edgedet.checkconfig import check_config_command
+
+            return check_config_command(args.file, args.overrides)
         if args.command == "classify":
             return cmd_classify(args)
         if args.command == "models" and args.models_command == "info":

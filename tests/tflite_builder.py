@@ -163,3 +163,18 @@ def resize_model(in_h: int, in_w: int, out_h: int, out_w: int) -> bytes:
     return build([T("image", (1, in_h, in_w, 3)), T("size", (2,), np.int32, data=np.array([out_h, out_w], np.int32)),
                   T("resized", (1, out_h, out_w, 3))],
                  [Op(resize, [0, 1], [2], resize_half_pixel=True)], inputs=[0], outputs=[2])
+
+
+def slow_classifier(work_side: int = 1500) -> bytes:
+    """A genuinely slow 'classifier' (tens of ms): 1x8x8x3 -> resize to SIDE x SIDE -> resize to 1x1 -> 1x3."""
+    resize, reshape = tflite.BuiltinOperator.RESIZE_BILINEAR, tflite.BuiltinOperator.RESHAPE
+    return build([T("image", (1, 8, 8, 3)),
+                  T("big_size", (2,), np.int32, data=np.array([work_side, work_side], np.int32)),
+                  T("big", (1, work_side, work_side, 3)),
+                  T("size", (2,), np.int32, data=np.array([1, 1], np.int32)),
+                  T("pooled", (1, 1, 1, 3)),
+                  T("shape", (2,), np.int32, data=np.array([1, 3], np.int32)),
+                  T("scores", (1, 3))],
+                 [Op(resize, [0, 1], [2], resize_half_pixel=True), Op(resize, [2, 3], [4], resize_half_pixel=True),
+                  Op(reshape, [4, 5], [6])],
+                 inputs=[0], outputs=[6])
