@@ -52,8 +52,8 @@ def make_tls_files(folder: Path, server_name: str = "localhost") -> TlsFiles:
     """A CA, a server certificate for ``server_name``/127.0.0.1 and a client certificate, via openssl."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=edgedet {name}",
-                 "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                 "-subj", f"/CN=edgedet {name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=folder)
     (folder / "server.ext").write_text(
         f"subjectAltName=DNS:{server_name},IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
         "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")

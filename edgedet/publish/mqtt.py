@@ -119,8 +119,9 @@ def describe_connect_error(exc: BaseException | None, cfg: MqttConfig) -> tuple[
         return "tls", (f"MQTT TLS: the certificate of {where} is not trusted ({exc.verify_message}); "
                        "check mqtt.tls.ca_file and that mqtt.host matches the certificate name")
     if isinstance(exc, ssl.SSLError):
-        return "tls", (f"MQTT TLS handshake with {where} failed ({exc.reason or exc}); is the port a TLS "
-                       "listener, and are mqtt.tls.ca_file/cert_file/key_file the right ones?")
+        detail = getattr(exc, "reason", None) or exc
+        return "tls", (f"MQTT TLS handshake with {where} failed ({detail}); is the port a TLS listener, and "
+                       "are mqtt.tls.ca_file/cert_file/key_file the right ones?")
     if isinstance(exc, socket.gaierror):
         return "dns", f"MQTT: cannot resolve host {cfg.host!r} ({exc.strerror}); check mqtt.host"
     if isinstance(exc, ConnectionRefusedError):
