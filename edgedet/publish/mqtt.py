@@ -48,6 +48,10 @@ PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 REPEAT_LOG_S = 300.0  # a persisting connection problem is logged again at most this often
+STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "lost connection" log limit
+# Problems that a successful connect proves solved; the others (ACL denials, drops right after connecting)
+# can persist across connects and stay rate-limited.
+CONNECT_PROBLEMS = frozenset({"tls", "dns", "refused", "timeout", "unreachable", "unknown", "closed", "auth"})
 # MQTT 5 reason code "Not authorized" (PUBACK/SUBACK) and MQTT 3.1.1 SUBACK failure.
 RC_NOT_AUTHORIZED = 135
 SUBACK_FAILURE_311 = 128
@@ -70,8 +74,10 @@ class _ErrorRecordingClient(mqtt.Client):
     """
 
     last_connect_error: BaseException | None = None
+    attempts = 0  # connection attempts so far; tells one connection's callbacks from the next one's
 
     def reconnect(self) -> MQTTErrorCode:
+        self.attempts += 1
         try:
             rc = super().reconnect()
         except OSError as exc:
@@ -153,6 +159,8 @@ class MqttPublisher:
         self._connected = False
         self._ever_connected = False
         self._connack_refused = False
+        self._connected_since = 0.0
+        self._disconnect_seen_for_attempt = -1
         self._stopping = False
         self._sender: threading.Thread | None = None
         self._started = False
@@ -162,6 +170,7 @@ class MqttPublisher:
         self._sent = 0
         self._acked = 0
         self._denied = 0
+        self._failed_attempts = 0
         # rate-limited problem log: kind -> (last logged monotonic time, times seen since)
         self._problems: dict[str, list[float]] = {}
 
@@ -259,6 +268,7 @@ class MqttPublisher:
                 "sent": self._sent,
                 "acked": self._acked,
                 "denied": self._denied,
+                "failed_attempts": self._failed_attempts,
             }
 
     def flush(self, timeout_s: float) -> bool:
@@ -333,8 +343,11 @@ class MqttPublisher:
             subscriptions = [(t, q) for t, (q, _) in self._subscriptions.items()]
             if self._ever_connected:
                 self._reconnects += 1
-            was_problem = bool(self._problems)
-            self._problems.clear()
+            was_problem = any(kind in CONNECT_PROBLEMS for kind in self._problems)
+            for kind in CONNECT_PROBLEMS:
+                self._problems.pop(kind, None)
+            self._connack_refused = False
+            self._connected_since = time.monotonic()
             self._ever_connected = True
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
@@ -347,23 +360,42 @@ class MqttPublisher:
             self._cond.notify_all()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        with self._cond:
+            self._failed_attempts += 1
+            self._connack_refused = False
         exc = getattr(client, "last_connect_error", None)
         kind, line = describe_connect_error(exc, self.cfg)
         self._log_problem(kind, line)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
+        attempt = getattr(client, "attempts", 0)
         with self._cond:
+            # paho can report one lost connection (or one refused CONNACK) twice; handle it once.
+            if attempt == self._disconnect_seen_for_attempt:
+                return
+            self._disconnect_seen_for_attempt = attempt
             was_connected = self._connected
             self._connected = False
-            refused, self._connack_refused = self._connack_refused, False
+            refused = self._connack_refused
+            up_s = time.monotonic() - self._connected_since
+            if was_connected and up_s >= STABLE_CONNECTION_S:
+                self._problems.pop("lost", None)  # a long-lived connection: its loss is news again
             self._cond.notify_all()
         if self._stopping:
             return
         if was_connected:
-            log.warning("MQTT: lost the connection to %s:%d (%s); reconnecting with backoff, messages wait "
-                        "in the outbox", self.cfg.host, self.cfg.port, reason)
+            hint = ""
+            if up_s < STABLE_CONNECTION_S:
+                # mosquitto 2.0 closes the connection after a publish its ACL denies (MQTT 3.1.1 has no
+                # other way to say so), which shows up as a drop right after every connect.
+                hint = (f"; dropped {up_s:.1f} s after connecting: if this repeats, check that the broker "
+                        f"ACL lets user {self.cfg.username!r} write {self.base_topic}/#")
+            self._log_problem("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
+                              f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
         elif not refused:
+            with self._cond:
+                self._failed_attempts += 1
             # Closed before CONNACK: typically a TLS listener spoken to in plain text, or the reverse.
             self._log_problem("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection before "
                               "accepting it; does mqtt.tls.enabled match the broker listener on this port?")
@@ -381,7 +413,8 @@ class MqttPublisher:
                 self._denied += 1
             self._cond.notify_all()
         if reason.value == RC_NOT_AUTHORIZED:
-            topic = msg.topic if msg is not None else "?"
+            # msg is None when the PUBACK beat the sender to recording the mid: name our namespace then.
+            topic = msg.topic if msg is not None else f"{self.base_topic}/..."
             self._log_problem("acl", f"MQTT: the broker refused a publish to {topic!r} (not authorized, "
                               f"reason 135); allow user {self.cfg.username!r} to write {self.base_topic}/# "
                               "in the broker ACL")
@@ -410,21 +443,20 @@ class MqttPublisher:
     def _report_refused(self, reason: ReasonCode) -> None:
         with self._cond:
             self._connack_refused = True
+            self._failed_attempts += 1
         name = str(reason)
         value = reason.value
-        if value in (4, 134) or "password" in name.lower():
-            line = (f"MQTT: {self.cfg.host}:{self.cfg.port} refused the login ({name}); check mqtt.username "
-                    f"and the password (mqtt.password_file or ${PASSWORD_ENV})")
-            self._log_problem("auth", line)
-        elif value in (5, 135):
-            line = (f"MQTT: {self.cfg.host}:{self.cfg.port} refused the connection ({name}); the user "
-                    f"{self.cfg.username!r} is not authorized; check the broker ACL/password file")
+        # 4/134 = bad user name or password; 5/135 = not authorized (mosquitto answers a wrong password so).
+        if value in (4, 5, 134, 135):
+            user = "no user name (anonymous)" if self.cfg.username is None else f"user {self.cfg.username!r}"
+            line = (f"MQTT: {self.cfg.host}:{self.cfg.port} refused the login of {user} ({name}); check "
+                    f"mqtt.username and the password (mqtt.password_file or ${PASSWORD_ENV})")
             self._log_problem("auth", line)
         else:
             self._log_problem(f"connack{value}", f"MQTT: {self.cfg.host}:{self.cfg.port} refused the "
                               f"connection ({name})")
 
-    def _log_problem(self, kind: str, line: str) -> None:
+    def _log_problem(self, kind: str, line: str, level: int = logging.ERROR) -> None:
         """Log a problem once, then at most every REPEAT_LOG_S while it persists (no per-retry spam)."""
         now = time.monotonic()
         with self._cond:
@@ -439,4 +471,4 @@ class MqttPublisher:
                 entry[1] += 1
                 return
         suffix = "; retrying with backoff" if repeat is None else f" (again, {repeat} more times); retrying"
-        log.error("%s%s", line, suffix)
+        log.log(level, "%s%s", line, suffix)
