@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -59,9 +59,14 @@ SUBACK_FAILURE_311 = 128
 MessageHandler = Callable[[str, bytes], None]
 
 
+Payload = Union[bytes, Callable[[], bytes]]
+
+
 class OutMessage(NamedTuple):
     topic: str
-    payload: bytes
+    # bytes, or a function that builds them: encoding is deferred to the sender thread so the frame loop
+    # pays only for an append, and messages dropped while the broker is down are never encoded at all.
+    payload: Payload
     qos: int
     retain: bool
 
@@ -224,15 +229,20 @@ class MqttPublisher:
     def topic(self, leaf: str) -> str:
         return f"{self.base_topic}/{leaf}"
 
-    def publish(self, topic: str, payload: bytes | str, qos: int | None = None, retain: bool = False) -> None:
-        """Queue a message; never blocks. A full outbox drops (and counts) its oldest message."""
-        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    def publish(self, topic: str, payload: bytes | str | Callable[[], bytes], qos: int | None = None,
+                retain: bool = False) -> None:
+        """Queue a message; never blocks. A full outbox drops (and counts) its oldest message.
+
+        ``payload`` may be a function returning the bytes; the sender thread calls it when it sends."""
+        data: Payload = payload.encode("utf-8") if isinstance(payload, str) else payload
         msg = OutMessage(topic, data, self.cfg.qos if qos is None else qos, retain)
         with self._cond:
             if len(self._outbox) == self._outbox.maxlen:
                 self._dropped += 1
             self._outbox.append(msg)
-            self._cond.notify()
+            if self._connected:
+                # Waking the sender while disconnected would only cost the caller a thread switch per frame.
+                self._cond.notify()
 
     def publish_retained(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
         """Publish a retained message now (or on connect) and again after every reconnect."""
@@ -320,6 +330,12 @@ class MqttPublisher:
                 if self._stopping:
                     return
                 msg = self._outbox.popleft()
+            if callable(msg.payload):
+                try:
+                    msg = msg._replace(payload=msg.payload())
+                except Exception:  # a payload that cannot be built must not stop the sender
+                    log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
+                    continue
             info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
             with self._cond:
                 self._sent += 1

@@ -10,6 +10,7 @@ Wiring (frame loop)::
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -28,6 +29,10 @@ log = logging.getLogger("edgedet.mqtt")
 
 def _dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _encode_detection(result: FrameResult, run_id: str, seq: int, model_name: str) -> bytes:
+    return _dumps(messages.detection_payload(result, run_id, seq, model_name))
 
 
 def encode_snapshot(frame: Any, max_bytes: int) -> bytes | None:
@@ -100,8 +105,9 @@ class MqttSink:
         republish = decision.reason == "republish" and self._state_result is not None
         to_send = self._state_result if republish else result
         self.seq += 1
-        payload = messages.detection_payload(to_send, self.run_id, self.seq, self.model_name)
-        self.publisher.publish(self.detection_topic, _dumps(payload))
+        # Built by the sender thread (the frame loop only appends): see MqttPublisher.publish.
+        self.publisher.publish(self.detection_topic, functools.partial(
+            _encode_detection, to_send, self.run_id, self.seq, self.model_name))
         if self.cfg.snapshot and frame is not None and decision.label != self._snapshot_label:
             self._snapshot_label = decision.label
             jpeg = encode_snapshot(frame, self.cfg.snapshot_max_bytes)
