@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--duration {args.duration}: must be >= 0 (0 = unbounded)")
     config, found = load_config(args.config, args.overrides)
     _setup_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
-    log.info("config: %s", found or "embedded defaults")
+    log.debug("config: %s", found or "embedded defaults")
     return run_daemon(config, RunOptions(found, list(args.overrides), args.max_frames, args.duration,
                                          args.stats_file))
 

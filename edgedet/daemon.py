@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from edgedet.publish.jsonl import JsonlSink
 from edgedet.service import Notifier, ServiceSignals, Watchdog, try_reload
 
 log = logging.getLogger(__name__)
+STOP_FLUSH_S = 0.8
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Pipeline:
 def build_pipeline(config: EdgedetConfig, run_id: str) -> Pipeline:
     classifier = Classifier.from_config(config.model, auto_threads=auto_threads())
     source = open_source(config.source, classifier.input_size)
+    source.open()  # fail fast, in the main thread: an empty folder or a missing camera is a start-up error
     sinks: list[Any] = []
     try:
         if config.publish.console:
@@ -54,6 +57,7 @@ def build_pipeline(config: EdgedetConfig, run_id: str) -> Pipeline:
         sinks.extend(_mqtt_sinks(config, classifier, source, run_id))
     except BaseException:
         close_sinks(sinks)
+        source.close()
         raise
     return Pipeline(config, classifier, source, sinks)
 
@@ -63,8 +67,11 @@ def _mqtt_sinks(config: EdgedetConfig, classifier: Classifier, source: FrameSour
         return []
     from edgedet.publish.sink import MqttSink  # paho only when MQTT is on
 
-    return [MqttSink.from_config(config, info={"edgedet_version": __version__, **classifier.info,
-                                               "source": source.describe()}, run_id=run_id)]
+    info = classifier.info
+    return [MqttSink.from_config(config, model_name=classifier.name, run_id=run_id,
+                                 info={"model": info["model"], "runtime": info["runtime"],
+                                       "delegate": info["delegate"], "source": source.describe(),
+                                       "started_wall": time.time()})]
 
 
 @dataclass
@@ -113,6 +120,7 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
                 return True
 
             frame_loop = FrameLoop(pipeline.classifier, pipeline.source, pipeline.sinks, stop=signals.stop,
+                                   source_opened=True,
                                    max_fps=cfg.loop.max_fps, max_frames=max_frames, duration_s=duration,
                                    timeout_s=cfg.source.timeout_s, max_retries=cfg.source.max_retries,
                                    on_frame=on_frame, should_break=should_break)
@@ -124,7 +132,8 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
                     stats_publisher.set()
                 if not reload_to:
                     notifier.stopping()
-                close_sinks(pipeline.sinks)
+                # SIGTERM must exit within 2 s: flush what can still be published for at most STOP_FLUSH_S.
+                close_sinks(pipeline.sinks, flush_timeout_s=min(STOP_FLUSH_S, cfg.mqtt.flush_timeout_s))
             if not reload_to:
                 break
             try:

@@ -144,7 +144,7 @@ class CaptureThread(threading.Thread):
     """Reads frames, preprocesses them and puts them in the slot; reopens a failing source with backoff."""
 
     def __init__(self, source: FrameSource, classifier: Classifier, slot: LatestSlot, stats: RollingStats,
-                 stop: threading.Event, timeout_s: float, max_retries: int = 0) -> None:
+                 stop: threading.Event, timeout_s: float, max_retries: int = 0, opened: bool = False) -> None:
         super().__init__(name="edgedet-capture", daemon=True)
         self.source, self.classifier, self.slot, self.stats = source, classifier, slot, stats
         self.stop, self.timeout_s, self.max_retries = stop, timeout_s, max_retries
@@ -152,12 +152,13 @@ class CaptureThread(threading.Thread):
         self.fatal: Optional[BaseException] = None
         self._next_id = 0
         self._warned_invalid = False
+        self._opened_by_caller = opened
 
     def run(self) -> None:
         backoff = BACKOFF_MIN_S
         failures = 0
-        opened = delivered = False
-        healthy_since = 0.0
+        opened, delivered = self._opened_by_caller, False
+        healthy_since = time.monotonic()
         while not self.stop.is_set():
             try:
                 if not opened:
@@ -243,7 +244,7 @@ class FrameLoop:
                  stop: Optional[threading.Event] = None, max_fps: float = 0.0, max_frames: int = 0,
                  duration_s: float = 0.0, timeout_s: float = 5.0, max_retries: int = 0,
                  on_frame: Optional[Callable[[FrameResult], None]] = None,
-                 should_break: Optional[Callable[[], bool]] = None) -> None:
+                 should_break: Optional[Callable[[], bool]] = None, source_opened: bool = False) -> None:
         self.classifier, self.source, self.sinks = classifier, source, sinks
         self.stop = stop or threading.Event()
         self.max_fps, self.max_frames, self.duration_s = max_fps, max_frames, duration_s
@@ -253,7 +254,7 @@ class FrameLoop:
         self.slot = LatestSlot()
         self._capture_stop = threading.Event()
         self.capture = CaptureThread(source, classifier, self.slot, self.stats, self._capture_stop,
-                                     timeout_s, max_retries)
+                                     timeout_s, max_retries, opened=source_opened)
         self.last_result: Optional[FrameResult] = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -340,10 +341,10 @@ class FrameLoop:
                               _one_line(exc))
 
 
-def close_sinks(sinks: list[Any]) -> None:
+def close_sinks(sinks: list[Any], flush_timeout_s: Optional[float] = None) -> None:
     for sink in sinks:
         try:
-            sink.close()
+            sink.close(flush_timeout_s=flush_timeout_s)
         except Exception as exc:
             log.error("closing sink %s failed: %s", type(sink).__name__, _one_line(exc))
 

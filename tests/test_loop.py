@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,8 @@ def classifier(path: Path) -> Classifier:
 
 
 def synthetic(width: int = 160, height: int = 120, fps: float = 0) -> FrameSource:
-    return open_source(build_config({"source": {"type": "synthetic", "width": width, "height": height,
-                                                "fps": fps}}, "test").source)
+    cfg = build_config({"source": {"type": "synthetic", "width": width, "height": height, "fps": fps}}, "test")
+    return open_source(cfg.source)
 
 
 class Collect:
@@ -54,7 +53,7 @@ class Collect:
     def handle(self, result: FrameResult) -> None:
         self.results.append(result)
 
-    def close(self) -> None:
+    def close(self, flush_timeout_s: float | None = None) -> None:
         pass
 
 
@@ -95,8 +94,8 @@ def test_memory_stays_flat_over_many_frames(models):
         if result is not None and loop.stats.frames_processed in (1000, 6000):
             marks[loop.stats.frames_processed] = _rss_kb()
 
-    loop = FrameLoop(classifier(models["tiny"]), synthetic(320, 240), [JsonlSink(os.devnull)], max_frames=6000,
-                     on_frame=on_frame)
+    loop = FrameLoop(classifier(models["tiny"]), synthetic(320, 240), [JsonlSink(os.devnull)],
+                     max_frames=6000, on_frame=on_frame)
     stats = loop.run()
     assert stats["frames_processed"] == 6000
     growth_kb = marks[6000] - marks[1000]
@@ -179,7 +178,7 @@ def test_a_failing_sink_does_not_stop_the_loop(models):
         def handle(self, result: FrameResult) -> None:
             raise ConnectionError("broker went away")
 
-        def close(self) -> None:
+        def close(self, flush_timeout_s: float | None = None) -> None:
             pass
 
     good = Collect()
@@ -254,8 +253,8 @@ def test_run_writes_the_stats_file(models, tmp_path):
 
 
 def test_sigterm_exits_zero_within_two_seconds(models, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "edgedet", *run_args(models["slow"], "--set", "source.fps=30")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = run_args(models["slow"], "--set", "source.fps=30")
+    proc = subprocess.Popen([sys.executable, "-m", "edgedet", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         seen = ""
@@ -305,8 +304,8 @@ def test_unreachable_stream_retries_then_fails(models):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run = run_cli(*run_args(models["tiny"], "--set", "source.type=opencv",
-                            "--set", f"source.path=http://127.0.0.1:{port}/stream.mjpg", "--set", "source.max_retries=1"))
+    run = run_cli(*run_args(models["tiny"], "--set", "source.type=opencv", "--set",
+                            f"source.path=http://127.0.0.1:{port}/stream.mjpg", "--set", "source.max_retries=1"))
     assert_one_line_error(run, f"127.0.0.1:{port}", "attempts")
 
 

@@ -68,18 +68,30 @@ def test_info_payload_keeps_documented_keys_only() -> None:
     assert payload["started"] == "1970-01-01T00:00:00.000Z"
 
 
+def _loop_stats() -> dict:
+    """Real statistics from the frame loop's own RollingStats (three processed frames)."""
+    from edgedet.loop import STAGES, RollingStats
+
+    stats = RollingStats()
+    for i in range(3):
+        stats.captured()
+        stats.processed({stage: 1.0 + i for stage in STAGES})
+    return stats.snapshot(frames_dropped=2)
+
+
 def test_stats_payload_adds_mqtt_memory_and_temperature(tmp_path: Path) -> None:
     thermal = tmp_path / "temp"
     thermal.write_text("51234\n")
     mqtt_stats = {"queued": 2, "dropped": 1, "reconnects": 3, "sent": 9}
-    payload = messages.stats_payload({"fps": 12.5, "frames": 100}, mqtt_stats, device_id="cam1", run_id="r",
+    loop_stats = _loop_stats()
+    payload = messages.stats_payload(loop_stats, mqtt_stats, device_id="cam1", run_id="r",
                                      wall=time.time(), thermal_path=thermal)
     schema("stats").validate(payload)
     assert payload["mqtt"] == {"queued": 2, "dropped": 1, "reconnects": 3}
     assert payload["cpu_temp_c"] == 51.2
     assert payload["rss_mb"] > 1
-    assert payload["fps"] == 12.5
-    without = messages.stats_payload({}, {}, device_id="c", run_id="r", wall=0.0,
+    assert payload["fps_out"] == loop_stats["fps_out"] and payload["frames_processed"] == 3
+    without = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0,
                                      thermal_path=tmp_path / "absent")
     assert "cpu_temp_c" not in without
 
@@ -164,7 +176,7 @@ def test_discovery_configs_field_by_field() -> None:
 def test_discovery_templates_read_real_payload_fields() -> None:
     """Every value_template path exists in the payload it reads (detection or stats)."""
     detection = messages.detection_payload(result(), "r", 1, "m")
-    stats = messages.stats_payload({"fps": 3.0}, {}, device_id="c", run_id="r", wall=0.0)
+    stats = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0)
     for _, payload in homeassistant.discovery_configs(device_id="c", base_topic="edgedet/c"):
         node = detection if payload["state_topic"].endswith("/detection") else stats
         path = payload["value_template"].removeprefix("{{ value_json.").removesuffix(" }}")

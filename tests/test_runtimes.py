@@ -34,7 +34,7 @@ def test_unknown_and_missing_runtimes_are_clear_errors():
     try:
         import tflite_runtime  # noqa: F401
     except ImportError:
-        with pytest.raises(ModelError, match="tflite-runtime is not importable.*pip install tflite-runtime"):
+        with pytest.raises(ModelError, match=r"tflite-runtime is not importable.*pip install tflite-runtime"):
             select_runtime("tflite-runtime")
 
 

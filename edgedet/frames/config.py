@@ -15,7 +15,7 @@ class SourceConfig(Strict):
     type: SourceType = "auto"
     # images: a directory or glob; opencv: a camera index, /dev/videoN, an RTSP/HTTP URL or a video file.
     # Optional/Union, not "|": pydantic evaluates this annotation at runtime, also on Python 3.9.
-    path: Optional[Union[str, int]] = None  # noqa: UP007, UP045
+    path: Optional[Union[str, int]] = None
     width: int = Field(default=640, ge=1, le=16384)
     height: int = Field(default=480, ge=1, le=16384)
     fps: float = Field(default=30.0, ge=0)  # 0 = as fast as possible

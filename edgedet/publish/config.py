@@ -1,5 +1,5 @@
 """Configuration of publishing (``publish:``, ``mqtt:`` and ``homeassistant:`` in config.yaml)."""
-# ruff: noqa: UP045  (pydantic evaluates these annotations at runtime; `X | None` fails on Python 3.9)
+
 
 from __future__ import annotations
 

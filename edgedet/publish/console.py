@@ -25,5 +25,5 @@ class ConsoleSink:
         log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, best.label, best.score,
                  result.latency_ms.get("inference", 0.0), result.frame_age_ms)
 
-    def close(self) -> None:
+    def close(self, flush_timeout_s: float | None = None) -> None:
         pass

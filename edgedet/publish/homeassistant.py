@@ -32,7 +32,7 @@ SENSORS = (
     SensorSpec("score", "Score", "detection", "{{ value_json.score }}", None, "measurement", "mdi:percent"),
     SensorSpec("inference_ms", "Inference latency", "detection", "{{ value_json.latency_ms.inference }}",
                "ms", "measurement", "mdi:timer-outline"),
-    SensorSpec("fps", "Frames per second", "stats", "{{ value_json.fps }}", "fps", "measurement",
+    SensorSpec("fps", "Frames per second", "stats", "{{ value_json.fps_out }}", "fps", "measurement",
                "mdi:speedometer"),
 )
 

@@ -43,5 +43,5 @@ class JsonlSink:
             self._file.flush()
             self._last_flush = now
 
-    def close(self) -> None:
+    def close(self, flush_timeout_s: float | None = None) -> None:
         self._file.close()

@@ -117,8 +117,9 @@ class MqttSink:
             else:
                 self.publisher.publish(self.snapshot_topic, jpeg)
 
-    def close(self) -> None:
-        self.publisher.stop()
+    def close(self, flush_timeout_s: float | None = None) -> None:
+        """Flush at most ``flush_timeout_s`` (default mqtt.flush_timeout_s), publish offline, disconnect."""
+        self.publisher.stop(flush_timeout_s)
 
     # -- other messages -----------------------------------------------------------------------------
     def publish_stats(self, stats: dict[str, Any]) -> None:
