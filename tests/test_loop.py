@@ -33,7 +33,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     (folder / "tiny_labels.txt").write_text("red\ngreen\nblue\n")
     (folder / "slow_labels.txt").write_text("red\ngreen\nblue\n")
     (folder / "empty.yaml").write_text("# every key at its default\n")
-    return {"config": folder / "empty.yaml", "tiny": tflite_builder.write(folder / "tiny.tflite", tflite_builder.tiny_classifier()),
+    return {"config": folder / "empty.yaml",
+            "tiny": tflite_builder.write(folder / "tiny.tflite", tflite_builder.tiny_classifier()),
             "slow": tflite_builder.write(folder / "slow.tflite", tflite_builder.slow_classifier())}
 
 
@@ -231,7 +232,8 @@ def test_picamera2_source_through_the_loop_with_the_fake(models):
 
 
 def run_args(model: Path, *extra: str) -> list[str]:
-    return ["run", "--config", str(model.parent / "empty.yaml"), "--set", f"model.path={model}", "--set", "source.type=synthetic",
+    return ["run", "--config", str(model.parent / "empty.yaml"), "--set", f"model.path={model}",
+            "--set", "source.type=synthetic",
             "--set", "source.width=96", "--set", "source.height=72", *extra]
 
 
@@ -254,7 +256,8 @@ def test_run_writes_the_stats_file(models, tmp_path):
 
 def test_sigterm_exits_zero_within_two_seconds(models, tmp_path):
     args = run_args(models["slow"], "--set", "source.fps=30")
-    proc = subprocess.Popen([sys.executable, "-m", "edgedet", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "edgedet", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         seen = ""
