@@ -9,6 +9,7 @@ import pytest
 
 from edgedet.errors import ModelError
 from edgedet.model.graph import inspect_graph
+from edgedet.model.tflite_file import read_tflite
 from tests.conftest import V1, V1_EDGETPU, V2
 
 
@@ -71,8 +72,10 @@ def test_edgetpu_build_is_opaque(shared_models: Path) -> None:
     assert stats.input_shape == [1, 128, 128, 3]
 
 
-def test_bytes_and_path_agree(shared_models: Path) -> None:
-    assert inspect_graph((shared_models / V1).read_bytes()) == inspect_graph(shared_models / V1)
+def test_parsed_file_and_path_agree(shared_models: Path) -> None:
+    parsed = read_tflite(shared_models / V1)
+    assert inspect_graph(parsed) == inspect_graph(shared_models / V1)
+    assert inspect_graph(parsed).other_constant_elements == 2  # the RESHAPE's target shape [1, 1001]
 
 
 def test_missing_file(tmp_path: Path) -> None:
