@@ -8,7 +8,9 @@ What is counted, and why:
   (in_elements x kh x kw x out_channels). This is the convention of the MobileNet papers and of
   TensorFlow's published tables. Pooling and ``MEAN`` (additions, no weights), element-wise ``ADD``,
   activations, softmax and the bias addition are *not* counted: they are small and the published figures
-  leave them out too.
+  leave them out too. Checked against TF-slim's ``mobilenet_v1.md`` table (whole millions): this count gives
+  exactly its 569/418/291/186 M for V1 1.0 at 224/192/160/128, and 13.57 M -> "14" for 0.25/128. Counting the
+  bias additions too would give 13.99 M there but 573.8 M for 1.0/224, so the table does not count them.
 * Parameters: the elements of the weight and bias tensors of those same operators (batch normalisation is
   already folded into them by the converter). Other constant tensors -- a ``RESHAPE``'s target shape, the
   quantization tables, lookup tables -- are not learned parameters and are reported separately as
