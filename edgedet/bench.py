@@ -1,9 +1,16 @@
 """``edgedet bench``: latency, size, cost and accuracy of TFLite models on this machine, side by side.
 
-Timing follows TensorFlow Lite's ``benchmark_model``: the input tensor is filled once with a real preprocessed
-image (timing can depend on the data, so never uninitialised memory), ``--warmup`` invokes are run and
-reported apart, then ``invoke()`` alone is timed with ``time.perf_counter_ns`` for at least ``--runs`` runs
-and at least ``--min-secs`` seconds. Statistics are over those per-invoke times.
+Each model is loaded as the daemon loads it, through :class:`edgedet.model.classifier.Classifier` (same
+runtime selection, Edge TPU delegate, labels and preprocessing; ``fallback: fail``, so a bench never quietly
+measures the CPU in place of the Edge TPU). ``init_ms`` is the Classifier's load + allocate time and
+``first_inference_ms`` its first invoke (on a neutral grey frame; on the Edge TPU it includes the model
+upload).
+
+Timing then follows TensorFlow Lite's ``benchmark_model``: the input tensor is filled once with a real image
+(``--image``, else the first ``--images`` image, else ``cat.bmp`` beside the model) preprocessed exactly as the
+daemon does (timing can depend on the data, so never a blank tensor), ``--warmup`` invokes are run and
+reported apart, then ``interpreter.invoke()`` alone is timed with ``time.perf_counter_ns`` for at least
+``--runs`` runs and at least ``--min-secs`` seconds. Statistics are over those per-invoke times.
 
 ``bench_main(argv) -> int`` is the CLI entry: 0 when every model ran, 2 when any failed (the others still
 run; each failure is one line on stderr).
@@ -12,12 +19,13 @@ run; each failure is one line on stderr).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
+import logging
 import math
-import os
 import platform
 import re
 import shutil
@@ -25,20 +33,25 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from edgedet import __version__
-from edgedet.errors import ConfigError, DelegateError, EdgedetError, ImageError, LabelsError, ModelError
+from edgedet.errors import ConfigError, EdgedetError, ImageError, LabelsError, ModelError
+from edgedet.model.classifier import Classifier
+from edgedet.model.config import ModelConfig
 from edgedet.model.graph import inspect_graph
+from edgedet.model.preprocess import load_image
+from edgedet.model.runtime import cpu_count
+from edgedet.model.tflite_file import read_tflite
 
 DEFAULT_IMAGE_NAMES = ("cat.bmp",)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
-LABEL_FILE_NAMES = ("labels.txt", "imagenet_labels.txt")
-EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -48,24 +61,21 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message, where="edgedet bench", fix="see 'edgedet bench --help'")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0)
 
 
 def _non_negative_float(text: str) -> float:
@@ -83,6 +93,13 @@ def _positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
+
+
+def _edgetpu_device(text: str) -> str:
+    try:
+        return ModelConfig(edgetpu_device=text).edgetpu_device  # the daemon's own check of the device string
+    except ValidationError as err:
+        raise argparse.ArgumentTypeError(err.errors()[0]["msg"]) from None
 
 
 def _thread_list(text: str) -> list[int]:
@@ -106,15 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_thread_list, default=[1], help="comma list, e.g. 1,2,4 (default 1)"
     )
     parser.add_argument("--delegate", choices=("cpu", "edgetpu"), default="cpu")
-    parser.add_argument("--edgetpu-device", default="usb", help="usb, usb:N, pci, pci:N (default usb)")
     parser.add_argument(
-        "--image", type=Path, help="input image for timing (default: cat.bmp beside the model)"
+        "--edgetpu-device", type=_edgetpu_device, default="usb", help="usb, usb:N, pci, pci:N (default usb)"
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        help="input image for timing (default: the first --images image, else cat.bmp beside the model)",
     )
     parser.add_argument(
         "--images", type=Path, help="accuracy set: folder of label folders, or a CSV file,label"
     )
     parser.add_argument(
-        "--labels", type=Path, help="labels file (default: labels.txt/imagenet_labels.txt beside the model)"
+        "--labels",
+        type=Path,
+        help="labels file (default: the model's embedded labels, sidecar, or NAME_labels.txt/labels.txt beside it)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -127,131 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ------------------------------------------------------------------------------------------- interpreter
-
-
-@dataclass
-class OpenedModel:
-    interpreter: Any
-    runtime: str
-    runtime_version: str
-    delegate: str
-    init_ms: float
-
-
-def _runtime_module() -> tuple[Any, Any, str, str]:
-    """(Interpreter class, load_delegate, runtime name, version). To become edgedet.model.runtime's."""
-    try:
-        from ai_edge_litert import interpreter as litert
-
-        try:
-            from importlib.metadata import version
-
-            runtime_version = version("ai-edge-litert")
-        except Exception:
-            runtime_version = "?"
-        return litert.Interpreter, litert.load_delegate, "ai-edge-litert", runtime_version
-    except ImportError:
-        pass
-    try:
-        import tflite_runtime
-        from tflite_runtime import interpreter as tflr
-
-        return (
-            tflr.Interpreter,
-            tflr.load_delegate,
-            "tflite-runtime",
-            getattr(tflite_runtime, "__version__", "?"),
-        )
-    except ImportError:
-        raise ModelError(
-            "no TFLite runtime installed", fix="pip install ai-edge-litert (or tflite-runtime)"
-        ) from None
-
-
-def open_model(path: Path, threads: int, delegate: str, edgetpu_device: str = "usb") -> OpenedModel:
-    """Load and allocate; the wall time of both is the init time."""
-    interpreter_class, load_delegate, runtime, runtime_version = _runtime_module()
-    delegates = []
-    started = time.perf_counter()
-    if delegate == "edgetpu":
-        library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
-        try:
-            # Probe with ctypes first: when load_delegate fails to open the library, ai-edge-litert 2.3's
-            # Delegate.__del__ then prints an "Exception ignored" traceback on stderr.
-            import ctypes
-
-            ctypes.CDLL(library)
-            delegates.append(load_delegate(library, {"device": edgetpu_device}))
-        except (ValueError, OSError) as err:
-            raise DelegateError(
-                f"cannot load the Edge TPU delegate {library} ({err})",
-                where=path,
-                fix="plug in the Coral and install libedgetpu1-std, or use --delegate cpu",
-            ) from None
-    try:
-        interpreter = interpreter_class(
-            model_path=str(path), num_threads=threads, experimental_delegates=delegates or None
-        )
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as err:
-        raise ModelError(
-            f"the runtime cannot load this model ({str(err).splitlines()[0]})", where=path
-        ) from None
-    init_ms = (time.perf_counter() - started) * 1e3
-    return OpenedModel(interpreter, runtime, runtime_version, delegate, init_ms)
-
-
 # ------------------------------------------------------------------------------------------ input images
-
-
-def load_rgb(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError("image not found", where=path) from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise ImageError(
-            f"cannot decode the image ({err})", where=path, fix="use a JPEG/PNG/BMP file"
-        ) from None
-
-
-def preprocess(image: Any, input_detail: dict[str, Any]) -> np.ndarray:
-    """Resize the whole image (bilinear) to the input size; uint8 raw, int8 shifted, float to [-1, 1].
-
-    Stand-in until edgedet.model.classifier.Classifier.preprocess is in main.
-    """
-    from PIL import Image
-
-    _, height, width, _ = (int(d) for d in input_detail["shape"])
-    pixels = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.uint8)
-    dtype = np.dtype(input_detail["dtype"])
-    if dtype == np.uint8:
-        tensor = pixels
-    elif dtype == np.int8:
-        tensor = (pixels.astype(np.int16) - 128).astype(np.int8)
-    else:
-        tensor = ((pixels.astype(np.float32) - 127.5) / 127.5).astype(dtype)
-    return tensor[np.newaxis, ...]
-
-
-def read_labels(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise LabelsError("labels file not found", where=path) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise LabelsError(f"cannot read the labels ({err})", where=path) from None
-    # "0 background" / "0: background" prefixes (Coral style) are ids, not part of the name.
-    labels = [re.sub(r"^\s*\d+[:\s]\s*", "", line).strip() for line in lines]
-    while labels and not labels[-1]:
-        labels.pop()
-    if not labels:
-        raise LabelsError("labels file is empty", where=path)
-    return labels
 
 
 def _normalise_name(name: str) -> str:
@@ -440,6 +339,10 @@ class RunContext:
     images: list[LabelledImage] | None
     labels: Path | None
 
+    @property
+    def first_image(self) -> Path | None:
+        return self.images[0].path if self.images else None
+
 
 def _find_beside(model: Path, names: tuple[str, ...]) -> Path | None:
     for name in names:
@@ -449,12 +352,9 @@ def _find_beside(model: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def accuracy(
-    opened: OpenedModel, items: list[LabelledImage], labels: list[str], where: Path
-) -> dict[str, Any]:
-    interpreter = opened.interpreter
-    input_detail = interpreter.get_input_details()[0]
-    output_index = interpreter.get_output_details()[0]["index"]
+def accuracy(classifier: Classifier, items: list[LabelledImage]) -> dict[str, Any]:
+    """Top-1/top-5 over labelled images, each preprocessed and classified exactly as the daemon does."""
+    labels = classifier.labels
     targets: dict[str, set[int]] = {}
     for item in items:
         if item.label not in targets:
@@ -462,28 +362,25 @@ def accuracy(
             if not targets[item.label]:
                 raise LabelsError(
                     f"label {item.label!r} (from {item.path}) matches no label",
-                    where=where,
+                    where=f"{classifier.model_file.path} labels ({classifier.labels_source})",
                     fix="name folders/CSV labels as in the labels file (case does not matter)",
                 )
+    max_pixels = classifier.config.preprocess.max_image_pixels
     top1 = top5 = 0
     per_label: dict[str, dict[str, Any]] = {}
     confusions: Counter[tuple[str, str]] = Counter()
     for item in items:
-        interpreter.set_tensor(input_detail["index"], preprocess(load_rgb(item.path), input_detail))
-        interpreter.invoke()
-        scores = interpreter.get_tensor(output_index).reshape(-1)
-        ranked = [int(i) for i in np.argsort(-scores.astype(np.float64), kind="stable")[:5]]
+        ranked = classifier.classify(load_image(item.path, max_pixels), top_k=5).top_k
         wanted = targets[item.label]
         row = per_label.setdefault(item.label, {"images": 0, "top1": 0, "top5": 0, "predicted": Counter()})
         row["images"] += 1
-        if ranked[0] in wanted:
+        if ranked[0].id in wanted:
             top1 += 1
             row["top1"] += 1
         else:
-            predicted = labels[ranked[0]] if ranked[0] < len(labels) else str(ranked[0])
-            row["predicted"][predicted] += 1
-            confusions[(item.label, predicted)] += 1
-        if wanted.intersection(ranked):
+            row["predicted"][ranked[0].label] += 1
+            confusions[(item.label, ranked[0].label)] += 1
+        if wanted.intersection(c.id for c in ranked):
             top5 += 1
             row["top5"] += 1
     total = len(items)
@@ -504,64 +401,94 @@ def accuracy(
     }
 
 
+@contextlib.contextmanager
+def _core_warnings() -> Iterator[list[str]]:
+    """Collect the inference core's log warnings (labels, fallback) for the report instead of the root log.
+
+    ``edgedet bench`` prints them itself, one ``edgedet: warning:`` line each, and keeps them in --json.
+    """
+    collected: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            collected.append(record.getMessage())
+
+    logger = logging.getLogger("edgedet.model")
+    handler = Collect(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield collected
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
     """All numbers for one model at one thread count. Raises EdgedetError for a model that cannot run."""
     model = setting.model
     if not model.is_file():
         raise ModelError("model file not found", where=model, fix="check the path")
-    graph = inspect_graph(model)
-    if graph.compiled_for_edgetpu and context.delegate != "edgetpu":
+    model_file = read_tflite(model)
+    if model_file.is_edgetpu and context.delegate != "edgetpu":
         raise ModelError(
             "compiled for the Edge TPU; it cannot run on the CPU",
             where=model,
             fix="use --delegate edgetpu, or the model's CPU build (without _edgetpu)",
         )
-    image_path = context.image or _find_beside(model, DEFAULT_IMAGE_NAMES)
+    graph = inspect_graph(model_file)
+    image_path = context.image or context.first_image or _find_beside(model, DEFAULT_IMAGE_NAMES)
     if image_path is None:
         raise ImageError("no input image", where=model, fix="pass --image FILE (a real photo)")
-    image = load_rgb(image_path)
-    labels_path = context.labels or _find_beside(model, LABEL_FILE_NAMES)
-    if context.images is not None and labels_path is None:
-        raise LabelsError("--images needs labels", where=model, fix="pass --labels FILE")
 
     rss_scope = "model" if _reset_peak_rss() else "process"
-    opened = open_model(model, setting.threads, context.delegate, context.edgetpu_device)
-    interpreter = opened.interpreter
-    input_detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(input_detail["index"], preprocess(image, input_detail))
+    config = ModelConfig(path=model, labels=context.labels, num_threads=setting.threads,
+                         delegate=context.delegate, edgetpu_device=context.edgetpu_device, fallback="fail")
+    with _core_warnings() as warnings:
+        # Loads, allocates (timed: init_ms) and runs the first invoke on a neutral frame (first_invoke_ms).
+        classifier = Classifier.from_config(config)
+    if context.images is not None and not classifier.labels:
+        raise LabelsError("--images needs labels: the model has none embedded and none beside it",
+                          where=model, fix="pass --labels FILE")
+    image = load_image(image_path, config.preprocess.max_image_pixels)
+    interpreter = classifier.interpreter
+    classifier.set_input(classifier.preprocess(image))
 
-    first_start = time.perf_counter_ns()
-    interpreter.invoke()
-    first_ms = (time.perf_counter_ns() - first_start) / 1e6
     warmup = timed_invokes(interpreter.invoke, context.warmup, 0.0) if context.warmup else []
     samples = timed_invokes(interpreter.invoke, context.runs, context.min_secs)
     stats = latency_stats(samples)
+    info = classifier.info
+    first_ms = classifier.first_invoke_ms
+    delegate = info["delegate"]["active"]
     result: dict[str, Any] = {
         "model": model.name,
         "path": str(model),
-        "file_bytes": model.stat().st_size,
+        "sha256": model_file.sha256,
+        "file_bytes": model_file.size_bytes,
         "params": graph.params,
         "macs": graph.macs,
-        "input_shape": [int(d) for d in input_detail["shape"]],
-        "input_dtype": np.dtype(input_detail["dtype"]).name,
-        "runtime": opened.runtime,
-        "runtime_version": opened.runtime_version,
-        "delegate": opened.delegate,
-        "threads": setting.threads,
+        "input_shape": info["model"]["input_shape"],
+        "input_dtype": info["model"]["input_dtype"],
+        "runtime": info["runtime"]["name"],
+        "runtime_version": info["runtime"]["version"],
+        "delegate": delegate,
+        "threads": info["runtime"]["threads"],
         "image": str(image_path),
-        "init_ms": opened.init_ms,
+        "init_ms": classifier.init_ms,
         "first_inference_ms": first_ms,
         "warmup_runs": len(warmup),
         "warmup_mean_ms": float(np.mean(warmup)) if warmup else None,
         "latency_ms": stats,
         # On the Edge TPU the first invoke uploads the model's parameters to the device; that one-time cost
         # is first inference minus a steady-state invoke, kept out of the latency statistics.
-        "edgetpu_upload_ms": max(first_ms - stats["p50"], 0.0) if opened.delegate == "edgetpu" else None,
+        "edgetpu_upload_ms": max(first_ms - stats["p50"], 0.0) if delegate == "edgetpu" else None,
         "accuracy": None,
+        "labels": classifier.labels_source,
+        "warnings": warnings,
     }
-    if context.images is not None and labels_path is not None:
-        result["accuracy"] = accuracy(opened, context.images, read_labels(labels_path), labels_path)
-        result["labels"] = str(labels_path)
+    if context.images is not None:
+        result["accuracy"] = accuracy(classifier, context.images)
     result["peak_rss_mb"] = peak_rss_mb()
     result["peak_rss_scope"] = rss_scope
     return result
@@ -802,7 +729,7 @@ def run_bench(args: argparse.Namespace, *, on_error: Callable[[EdgedetError], No
             "machine": platform.machine(),
             "system": platform.system(),
             "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": cpu_count(),
         },
         "options": {
             "runs": args.runs,
@@ -836,6 +763,9 @@ def bench_main(argv: list[str] | None = None) -> int:
         report = run_bench(args, on_error=complain)
         for warning in report["conditions"]["warnings"]:
             print(f"edgedet: warning: {warning}", file=sys.stderr)
+        for result in report["results"]:
+            for warning in result["warnings"]:
+                print(f"edgedet: warning: {result['model']}: {warning}", file=sys.stderr)
         if args.json:
             print(json.dumps(report, indent=2))
         elif args.csv:

@@ -1,10 +1,13 @@
 """The model catalogue: ``edgedet models list | info NAME | pull NAME [--dir D]``.
 
-The manifest (``models/catalog.json``) lists public MobileNet TFLite files with their URL, sha256 where known,
+The manifest lists public MobileNet TFLite files with their URL, sha256 where known,
 input size, normalization and labels. ``pull`` downloads with the standard library (urllib), resumes a
 ``.partial`` file with an HTTP Range request, verifies sha256 and renames atomically, so a file with the final
 name is always complete and verified. An entry whose digest is not known is kept but reported as unverified,
 with the digest it got, so the user can pin it.
+
+The manifest lives in the package (``edgedet/data/catalog.json``, shipped in the wheel as package data);
+``models/catalog.json`` in a checkout is a relative symlink to it, so there is one file to edit.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from typing import Any, BinaryIO, Callable
 from edgedet.errors import EdgedetError
 
 CATALOG_ENV = "EDGEDET_CATALOG"
-REPO_CATALOG = Path(__file__).resolve().parents[1] / "models" / "catalog.json"
 PACKAGED_CATALOG = Path(__file__).resolve().parent / "data" / "catalog.json"
 CHUNK_BYTES = 64 * 1024
 TIMEOUT_S = 30.0
@@ -61,12 +63,12 @@ class CatalogEntry:
 
 
 def catalog_path(path: str | Path | None = None) -> Path:
-    """The manifest: an explicit path, then $EDGEDET_CATALOG, then the repository's, then the package's."""
+    """The manifest: an explicit path, then $EDGEDET_CATALOG, then the package's."""
     if path is not None:
         return Path(path)
     if os.environ.get(CATALOG_ENV):
         return Path(os.environ[CATALOG_ENV])
-    return REPO_CATALOG if REPO_CATALOG.is_file() else PACKAGED_CATALOG
+    return PACKAGED_CATALOG
 
 
 def load_catalog(path: str | Path | None = None) -> dict[str, CatalogEntry]:

@@ -11,8 +11,10 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from edgedet.bench import bench_main, budget_choice, label_ids_for, latency_stats, read_labels
+from edgedet.bench import bench_main, budget_choice, label_ids_for, latency_stats
+from edgedet.model.labels import load_labels
 from tests.conftest import REPO, V1, V1_EDGETPU, V2
+from tests.tflite_builder import tiny_classifier, write
 
 SCHEMA = json.loads((REPO / "docs" / "schemas" / "bench.schema.json").read_text())
 QUICK = ["--runs", "3", "--warmup", "1", "--min-secs", "0"]
@@ -36,11 +38,13 @@ def test_json_report_validates_and_is_sorted(shared_models: Path, capsys: pytest
     assert (v1["macs"], v1["params"]) == (13_570_304, 467_593)
     assert v2["input_shape"] == [1, 224, 224, 3] and v2["input_dtype"] == "uint8"
     assert v1["image"].endswith("cat.bmp")  # a real image, found beside the model
+    assert v1["labels"] == "metadata" and v1["warnings"] == []  # both models embed their 1001 labels
+    assert v1["sha256"] == (shared_models / "SHA256SUMS").read_text().split(V1)[0].split()[-1]
     for r in report["results"]:
         lat = r["latency_ms"]
         assert lat["count"] >= 3
         assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-        assert r["runtime"] == "ai-edge-litert" and r["threads"] == 1 and r["delegate"] == "cpu"
+        assert r["runtime"] == "litert" and r["threads"] == 1 and r["delegate"] == "cpu"
         assert r["file_bytes"] == (shared_models / r["model"]).stat().st_size
         assert r["peak_rss_mb"] > 10
 
@@ -60,10 +64,15 @@ def hand_checked_images(shared_models: Path, root: Path) -> Path:
 def test_accuracy_folder_matches_hand_count(shared_models: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     images = hand_checked_images(shared_models, tmp_path / "set")
-    code, out, errors = run([str(shared_models / V2), "--images", str(images), "--json", *QUICK], capsys)
+    labels = shared_models / "imagenet_labels.txt"
+    code, out, errors = run([str(shared_models / V2), "--images", str(images), "--labels", str(labels),
+                             "--json", *QUICK], capsys)
     assert (code, errors) == (0, [])
     report = json.loads(out)
     jsonschema.validate(report, SCHEMA)
+    # Without --image, latency is timed on the first labelled image (folders sorted by name).
+    assert report["results"][0]["image"] == str(images / "Egyptian cat" / "cat.bmp")
+    assert report["results"][0]["labels"] == str(labels)
     accuracy = report["results"][0]["accuracy"]
     assert accuracy["images"] == 5
     assert accuracy["top1"] == pytest.approx(3 / 5)
@@ -83,12 +92,14 @@ def test_accuracy_csv_and_budget(shared_models: Path, tmp_path: Path,
                        f"{shared_models / 'bird.bmp'},chickadee\n"
                        f"{shared_models / 'grace_hopper.bmp'},military uniform\n")
     code, out, errors = run([str(shared_models / V1), str(shared_models / V2), "--images", str(listing),
-                             "--budget-ms", "100000", "--json", *QUICK], capsys)
+                             "--labels", str(shared_models / "imagenet_labels.txt"), "--budget-ms", "100000",
+                             "--json", *QUICK], capsys)
     assert (code, errors) == (0, [])
     report = json.loads(out)
     top1 = {r["model"]: r["accuracy"]["top1"] for r in report["results"]}
-    # V1 0.25/128 calls Grace Hopper's uniform an academic gown; V2 gets all three.
-    assert top1 == {V1: pytest.approx(2 / 3), V2: 1.0}
+    # With the daemon's preprocessing (TFLite half-pixel bilinear) V1 0.25/128 says tiger cat (Egyptian cat
+    # 2nd) for cat.bmp and an academic gown for Grace Hopper's uniform; V2 gets all three.
+    assert top1 == {V1: pytest.approx(1 / 3), V2: 1.0}
     assert report["budget"]["model"] == V2 and report["budget"]["basis"] == "measured top-1"
 
 
@@ -147,6 +158,7 @@ def test_edgetpu_model_on_cpu(shared_models: Path, capsys: pytest.CaptureFixture
     (["--threads", "2,0"], "--threads: must be 1 or more"),
     (["--budget-ms", "0"], "--budget-ms: must be more than 0"),
     (["--json", "--csv"], "not allowed with argument"),
+    (["--edgetpu-device", "usb0"], "--edgetpu-device: Value error, must be one of usb, usb:N, pci, pci:N or :N"),
 ])
 def test_bad_options(shared_models: Path, argv: list[str], needle: str,
                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,12 +178,30 @@ def test_unknown_label_is_one_line(shared_models: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "set" / "tigr cat").mkdir(parents=True)
     (tmp_path / "set" / "tigr cat" / "cat.bmp").symlink_to(shared_models / "cat.bmp")
-    code, _, errors = run([str(shared_models / V1), "--images", str(tmp_path / "set"), *QUICK], capsys)
+    code, _, errors = run([str(shared_models / V1), "--images", str(tmp_path / "set"),
+                           "--labels", str(shared_models / "imagenet_labels.txt"), *QUICK], capsys)
     assert code == 2 and len(errors) == 1 and "'tigr cat'" in errors[0] and "matches no label" in errors[0]
 
 
+def test_model_without_labels(shared_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = write(tmp_path / "tiny.tflite", tiny_classifier())  # no metadata, no labels beside it
+    image = ["--image", str(shared_models / "cat.bmp")]
+    assert bench_main([str(model), *image, "--json", *QUICK]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)["results"][0]
+    # Latency needs no labels; the core's "no labels" warning is kept in the report and printed once.
+    assert result["labels"] == "none" and any("no labels" in w for w in result["warnings"])
+    assert [line for line in captured.err.splitlines() if "no labels" in line] == [
+        f"edgedet: warning: tiny.tflite: {result['warnings'][0]}"]
+    (tmp_path / "set" / "tiger cat").mkdir(parents=True)
+    (tmp_path / "set" / "tiger cat" / "cat.bmp").symlink_to(shared_models / "cat.bmp")
+    code, out, errors = run([str(model), *image, "--images", str(tmp_path / "set"), *QUICK], capsys)
+    assert code == 2 and out == ""
+    assert len(errors) == 1 and "--images needs labels" in errors[0] and "--labels" in errors[0]
+
+
 def test_label_matching(shared_models: Path) -> None:
-    labels = read_labels(shared_models / "imagenet_labels.txt")
+    labels = load_labels(shared_models / "imagenet_labels.txt")
     assert label_ids_for("tiger cat", labels) == {283}
     assert label_ids_for("TIGER_CAT", labels) == {283}
     assert label_ids_for("tabby", labels) == {282}  # a synonym after the comma: "tabby, tabby cat"
@@ -193,4 +223,4 @@ def test_edgetpu_delegate_absent_is_one_line(shared_models: Path, capfd: pytest.
     code = bench_main([str(shared_models / V1_EDGETPU), "--delegate", "edgetpu", *QUICK])
     err = [line for line in capfd.readouterr().err.splitlines() if "warning:" not in line]
     assert code == 2
-    assert len(err) == 1 and "cannot load the Edge TPU delegate" in err[0]  # no "Exception ignored" trace
+    assert len(err) == 1 and "cannot load the Edge TPU library" in err[0]  # no "Exception ignored" trace

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edgedet.catalog import REPO_CATALOG, load_catalog, models_main
+from edgedet.catalog import PACKAGED_CATALOG, catalog_path, load_catalog, models_main
+from tests.conftest import REPO
 
 MODEL_BYTES = bytes(range(256)) * 400  # 100 kB, so a partial download is a real fraction of it
 LABELS_BYTES = b"background\ntench\ngoldfish\n"
@@ -200,7 +202,7 @@ def test_unknown_name_and_missing_catalog(tmp_path: Path, server: Server,
 
 
 def test_bundled_catalog_covers_the_issue(capsys: pytest.CaptureFixture[str]) -> None:
-    catalog = load_catalog(REPO_CATALOG)
+    catalog = load_catalog()
     for width in ("0.25", "0.5", "0.75", "1.0"):
         for size in (128, 160, 192, 224):
             for suffix in ("", "_quant"):
@@ -214,8 +216,17 @@ def test_bundled_catalog_covers_the_issue(capsys: pytest.CaptureFixture[str]) ->
     assert code == 0 and len(out.splitlines()) == len(catalog)
 
 
+def test_one_manifest_for_checkout_and_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The design's models/catalog.json is a relative symlink to the package data a wheel ships."""
+    monkeypatch.delenv("EDGEDET_CATALOG", raising=False)
+    assert catalog_path() == PACKAGED_CATALOG and PACKAGED_CATALOG.parent.name == "data"
+    checkout_copy = REPO / "models" / "catalog.json"
+    assert checkout_copy.is_symlink() and not Path(os.readlink(checkout_copy)).is_absolute()
+    assert checkout_copy.resolve() == PACKAGED_CATALOG.resolve()
+
+
 def test_bundled_digests_match_shared_models(shared_models: Path) -> None:
-    catalog = load_catalog(REPO_CATALOG)
+    catalog = load_catalog()
     known = {e.file: e.sha256 for e in catalog.values() if e.sha256}
     assert len(known) == 3
     for file, digest in known.items():
