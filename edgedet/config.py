@@ -319,6 +319,8 @@ def _require_file(value: Path | None, key: str, source: str, fix: str) -> None:
             raise ConfigError(f"{key}: broken symbolic link {value}", where=source, fix=fix)
         if not value.exists():
             raise ConfigError(f"{key}: file not found: {value}", where=source, fix=fix)
+        if value.is_dir():
+            raise ConfigError(f"{key}: is a directory, not a file: {value}", where=source, fix=fix)
         if not value.is_file():
             raise ConfigError(f"{key}: not a regular file: {value}", where=source, fix=fix)
     except PermissionError:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from edgedet.loop import STAGES, RollingStats
 from edgedet.publish.config import HomeAssistantConfig, MqttConfig, PublishConfig
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.sink import MqttSink
@@ -64,11 +65,15 @@ def main() -> int:
     print("READY" if publisher.connected else "NOT-CONNECTED", flush=True)
 
     frame_id = 0
+    loop_stats = RollingStats()  # the frame loop's own statistics, fed with the synthetic results
     while not stop.is_set() and (args.count == 0 or frame_id < args.count):
-        sink.handle(synthetic_result(frame_id))
+        result = synthetic_result(frame_id)
+        sink.handle(result)
+        loop_stats.captured()
+        loop_stats.processed({s: result.latency_ms.get(s, result.frame_age_ms) for s in STAGES})
         frame_id += 1
         stop.wait(args.interval)
-    sink.publish_stats({"fps": 1.0 / args.interval if args.interval else 0.0, "frames": frame_id})
+    sink.publish_stats(loop_stats.snapshot(frames_dropped=0))
     sink.close()
     print(json.dumps({"published": sink.seq, "run_id": sink.run_id, "mqtt": publisher.stats()}), flush=True)
     return 0

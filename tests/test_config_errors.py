@@ -28,7 +28,7 @@ BAD_CONFIGS: dict[str, tuple[str, str]] = {
         "mqtt:\n  xyzzy: 1\n",
         "{file}: mqtt.xyzzy: unknown key (known keys: enabled, host, port, protocol, topic_prefix, qos, "
         "client_id, username, password, password_file, keepalive_s, reconnect_min_s, reconnect_max_s, "
-        "outbox_max, tls)" + SEE),
+        "outbox_max, inflight_max, flush_timeout_s, tls)" + SEE),
     "wrong_type": ("mqtt:\n  port: abc\n", "{file}: mqtt.port: must be a valid integer, got 'abc'" + SEE),
     "port_above_range": ("mqtt:\n  port: 70000\n",
                          "{file}: mqtt.port: must be less than or equal to 65535, got 70000" + SEE),
@@ -82,7 +82,7 @@ BAD_CONFIGS: dict[str, tuple[str, str]] = {
                                "{file}: mqtt.port: must be a valid integer, got 'eighty'" + SEE),
     "missing_model_file": ("model:\n  path: models/nope.tflite\n",
                            "{file}: model.path: file not found: {dir}/models/nope.tflite" + MODEL_FIX),
-    "model_is_a_directory": ("model:\n  path: sub\n", "{file}: model.path: not a regular file: {dir}/sub"
+    "model_is_a_directory": ("model:\n  path: sub\n", "{file}: model.path: is a directory, not a file: {dir}/sub"
                              + MODEL_FIX),
     "missing_labels": ("model:\n  labels: /nonexistent/labels.txt\n",
                        "{file}: model.labels: file not found: /nonexistent/labels.txt" + MODEL_FIX),

@@ -26,20 +26,20 @@ def config_error(source: dict) -> str:
 
 def test_unknown_source_type_names_the_key_and_the_choices():
     message = config_error({"type": "webcam"})
-    assert message.startswith("config.yaml: source.type: input should be 'auto', 'picamera2', 'opencv', "
+    assert message.startswith("config.yaml: source.type: must be 'auto', 'picamera2', 'opencv', "
                               "'images' or 'synthetic', got 'webcam'")
 
 
 @pytest.mark.parametrize(("key", "value"), [("width", 0), ("width", -640), ("height", 0), ("height", -1)])
 def test_zero_or_negative_size_names_the_key(key, value):
     message = config_error({"type": "synthetic", key: value})
-    assert message.startswith(f"config.yaml: source.{key}: input should be greater than or equal to 1, "
+    assert message.startswith(f"config.yaml: source.{key}: must be greater than or equal to 1, "
                               f"got {value}")
 
 
 def test_negative_fps_names_the_key_and_zero_means_as_fast_as_possible():
     message = config_error({"fps": -5})
-    assert message.startswith("config.yaml: source.fps: input should be greater than or equal to 0, got -5")
+    assert message.startswith("config.yaml: source.fps: must be greater than or equal to 0, got -5")
     assert build_config({"source": {"fps": 0}}, "config.yaml").source.fps == 0
 
 

@@ -16,6 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# OpenCV and its FFmpeg backend print their own lines on stderr ("[tcp @ 0x...] Connection refused",
+# "[ WARN:0@0.5] global cap.cpp ..."); edgedet reports the same problems as one line of its own.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 import numpy as np
 
 from edgedet.errors import SourceError
