@@ -663,12 +663,18 @@ def write_plot(report: dict[str, Any], target: Path) -> None:
 
 
 def run_pipeline_benchmark(args: argparse.Namespace) -> int:
-    """Hook for ``--pipeline`` (bare invoke vs reference loop vs edgedet frame loop); the lead wires it."""
-    raise ConfigError(
-        "--pipeline is not available in this build yet",
-        where="edgedet bench",
-        fix="run 'edgedet bench MODEL' for inference latency",
-    )
+    """``--pipeline``: bare invoke vs the TFLite RPi example's loop vs edgedet's frame loop, side by side."""
+    from edgedet.pipeline_bench import print_table, run
+
+    models = [Path(m) for m in args.models]
+    for model in models:
+        read_tflite(model).validate_classifier()
+    results = run(models, rounds=3, seconds=max(1.0, float(args.min_secs or 4.0)), soak_frames=0)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print_table(results)
+    return 0
 
 
 def _progress(total: int) -> Any:

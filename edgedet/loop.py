@@ -9,6 +9,7 @@ stays flat. The inference thread count (``model.num_threads: auto``) leaves one 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -32,6 +33,11 @@ BACKOFF_MAX_S = 30.0
 # A reopened source must deliver this long before its backoff starts again from 1 s, so a flapping camera
 # (fails every few frames) backs off like one that never opens.
 BACKOFF_RESET_S = 30.0
+LEAD_SLACK_S = 0.0005
+# Python hands the GIL to a waiting thread only every switch interval (5 ms by default): after invoke()
+# returns, the inference thread would wait that long for the capture thread's Python code. 0.2 ms keeps the
+# hand-over small next to a millisecond-scale invoke.
+SWITCH_INTERVAL_S = 0.0002
 
 
 def auto_threads(cores: Optional[int] = None) -> int:
@@ -54,12 +60,33 @@ class Prepared:
 
 
 class LatestSlot:
-    """A one-slot buffer: ``put`` replaces an unread item (counted), ``take`` waits for a new one."""
+    """A one-slot buffer: ``put`` replaces an unread item (counted), ``take`` waits for a new one.
+
+    For on-demand sources the consumer also ``announce``s when it will next take a frame, so the capture
+    thread can read and preprocess one just in time: fresh, and without producing frames only to drop them.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._item: Optional[Prepared] = None
         self.replaced = 0
+        self._demand_seq = 0
+        self._demand_at = 0.0
+
+    def announce(self, next_take_mono: float) -> None:
+        with self._cond:
+            self._demand_seq += 1
+            self._demand_at = next_take_mono
+            self._cond.notify_all()
+
+    def wait_demand(self, last_seq: int, timeout_s: float) -> Optional[tuple[int, float]]:
+        """The newest announcement after ``last_seq`` as (seq, monotonic time), or None on timeout."""
+        with self._cond:
+            if self._demand_seq == last_seq:
+                self._cond.wait(timeout_s)
+            if self._demand_seq == last_seq:
+                return None
+            return self._demand_seq, self._demand_at
 
     def put(self, item: Prepared) -> None:
         with self._cond:
@@ -153,13 +180,25 @@ class CaptureThread(threading.Thread):
         self._next_id = 0
         self._warned_invalid = False
         self._opened_by_caller = opened
+        self._lead_s = 0.0
 
     def run(self) -> None:
         backoff = BACKOFF_MIN_S
         failures = 0
         opened, delivered = self._opened_by_caller, False
         healthy_since = time.monotonic()
+        demand_seq = 0
         while not self.stop.is_set():
+            if self.source.on_demand:
+                demand = self.slot.wait_demand(demand_seq, 0.1)
+                if demand is None:
+                    continue
+                demand_seq, due = demand
+                # Read and preprocess so the tensor is ready just as the model becomes free.
+                delay = due - self._lead_s - time.monotonic()
+                if delay > 0 and self.stop.wait(delay):
+                    break
+            started = time.monotonic()
             try:
                 if not opened:
                     self.source.open()
@@ -192,6 +231,9 @@ class CaptureThread(threading.Thread):
                 backoff = BACKOFF_MIN_S
             self.stats.captured()
             self.slot.put(self._prepare(frame))
+            # lead time = read + preprocess, smoothed, plus a little slack for the thread hand-over
+            took = time.monotonic() - started
+            self._lead_s = 0.8 * self._lead_s + 0.2 * (took + LEAD_SLACK_S) if self._lead_s else took + LEAD_SLACK_S
         if opened:
             self._close_source()
 
@@ -269,6 +311,10 @@ class FrameLoop:
         period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
         next_due = time.monotonic()
         deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
+        busy_s = 0.0  # smoothed time from taking a frame to asking for the next one
+        previous_switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_S))
+        self.slot.announce(time.monotonic())
         self.capture.start()
         try:
             while not self.stop.is_set():
@@ -291,7 +337,10 @@ class FrameLoop:
                     if self.capture.exhausted.is_set():
                         break
                     continue
-                wait_ms = (time.perf_counter() - waited) * 1e3
+                taken = time.perf_counter()
+                wait_ms = (taken - waited) * 1e3
+                next_take = time.monotonic() + busy_s
+                self.slot.announce(max(next_take, next_due) if period else next_take)
                 if item.tensor is None:
                     self.stats.frames_invalid += 1
                     continue
@@ -314,7 +363,10 @@ class FrameLoop:
                 self._deliver(result, item.frame)
                 if self.on_frame is not None:
                     self.on_frame(result)
+                took = time.perf_counter() - taken
+                busy_s = 0.8 * busy_s + 0.2 * took if busy_s else took
         finally:
+            sys.setswitchinterval(previous_switch)
             self._capture_stop.set()
             self.slot.wake()
             try:

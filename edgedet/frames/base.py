@@ -47,6 +47,14 @@ class FrameSource(ABC):
         self._closed.set()
 
     @property
+    def on_demand(self) -> bool:
+        """True when a frame exists whenever it is asked for (synthetic frames, image or video files read as
+        fast as possible). The loop then reads one just before the model is free, instead of producing frames
+        that would only be dropped. A camera or a stream has its own clock and is read continuously, so the
+        newest frame is always at hand."""
+        return False
+
+    @property
     def closed(self) -> bool:
         return self._closed.is_set()
 

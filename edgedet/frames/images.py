@@ -114,6 +114,10 @@ class ImagesSource(FrameSource):
         self._cache.clear()
         self._cache_bytes = 0
 
+    @property
+    def on_demand(self) -> bool:
+        return self.fps == 0
+
     def describe(self) -> dict[str, Any]:
         first = self._cache.get(self.files[0]) if self.files else None
         resolution = [int(first.shape[1]), int(first.shape[0])] if first is not None else None

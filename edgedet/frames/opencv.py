@@ -203,6 +203,10 @@ class OpenCVSource(FrameSource):
         if capture is not None:
             capture.release()
 
+    @property
+    def on_demand(self) -> bool:
+        return self.kind == "file" and self.fps == 0
+
     def describe(self) -> dict[str, Any]:
         return {"type": "opencv", "kind": self.kind, "path": self._label,
                 "requested": [self.width, self.height], "fps": self.fps,

@@ -77,6 +77,10 @@ class SyntheticSource(FrameSource):
         super().close()
         self._frames = []
 
+    @property
+    def on_demand(self) -> bool:
+        return self.fps == 0
+
     def describe(self) -> dict[str, Any]:
         return {"type": "synthetic", "resolution": [self.width, self.height], "fps": self.fps,
                 "seed": self.seed}
