@@ -34,11 +34,6 @@ from edgedet.model.runtime import cpu_count, make_interpreter, select_runtime
 WIDTH, HEIGHT = 640, 480
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _synthetic(fps: float = 0.0):
     cfg = build_config({"source": {"type": "synthetic", "width": WIDTH, "height": HEIGHT, "fps": fps}}, "bench")
     return open_source(cfg.source)
@@ -83,23 +78,15 @@ def reference_fps(interpreter: Any, seconds: float) -> float:
     return frames / (time.perf_counter() - started)
 
 
-def edgedet_run(model: Path, threads: Optional[int], seconds: float = 0.0, frames: int = 0,
-                rss_marks: tuple[int, ...] = ()) -> dict[str, Any]:
+def edgedet_run(model: Path, threads: Optional[int], seconds: float = 0.0, frames: int = 0) -> dict[str, Any]:
     """The daemon's loop (as `edgedet run` builds it) on the synthetic source at fps 0."""
     cfg = ModelConfig(path=model, num_threads=threads if threads else "auto")
     classifier = Classifier.from_config(cfg, auto_threads=auto_threads())
-    marks: dict[int, float] = {}
-
-    def on_frame(_result: Any) -> None:
-        if loop.stats.frames_processed in rss_marks:
-            marks[loop.stats.frames_processed] = round(rss_mb(), 1)
-
-    loop = FrameLoop(classifier, _synthetic(), [], duration_s=seconds, max_frames=frames, on_frame=on_frame)
+    loop = FrameLoop(classifier, _synthetic(), [], duration_s=seconds, max_frames=frames)
     started = time.perf_counter()
     stats = loop.run()
     elapsed = time.perf_counter() - started
-    return {"fps": stats["frames_processed"] / elapsed, "threads": classifier.num_threads, "stats": stats,
-            "rss_mb": marks}
+    return {"fps": stats["frames_processed"] / elapsed, "threads": classifier.num_threads, "stats": stats}
 
 
 def bench_model(model: Path, rounds: int, seconds: float, soak_frames: int) -> dict[str, Any]:
@@ -127,7 +114,7 @@ def bench_model(model: Path, rounds: int, seconds: float, soak_frames: int) -> d
         if cores > 1:
             samples["edgedet_all_cores"].append(edgedet_run(model, cores, seconds=seconds)["fps"])
     med = {k: statistics.median(v) for k, v in samples.items() if v}
-    soak = edgedet_run(model, None, frames=soak_frames, rss_marks=(1000, soak_frames)) if soak_frames else None
+    soak = soak_daemon(model, soak_frames) if soak_frames else None
     result = {
         "model": model.name, "runtime": runtime.as_dict(), "cores": cores, "auto_threads": auto,
         "rounds": rounds, "seconds_per_variant": seconds,
@@ -141,30 +128,68 @@ def bench_model(model: Path, rounds: int, seconds: float, soak_frames: int) -> d
         "frame_age_p50_ms": round(statistics.median(ages), 3),
     }
     if soak is not None:
-        marks = soak["rss_mb"]
-        result["soak"] = {"frames": soak_frames, "rss_mb_at_1000": marks.get(1000),
-                          f"rss_mb_at_{soak_frames}": marks.get(soak_frames),
-                          "rss_growth_mb": round(marks.get(soak_frames, 0) - marks.get(1000, 0), 1)}
+        result["soak"] = soak
     return result
+
+
+def soak_daemon(model: Path, frames: int) -> dict[str, Any]:
+    """`edgedet run` as its own process for FRAMES frames; its RSS is sampled from /proc every 50 ms."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        config.write_text("publish:\n  console: false\n")
+        stats_file = Path(tmp) / "stats.json"
+        cmd = [sys.executable, "-m", "edgedet", "run", "--config", str(config), "--set", f"model.path={model}",
+               "--set", "source.type=synthetic", "--set", f"source.width={WIDTH}", "--set",
+               f"source.height={HEIGHT}", "--set", "source.fps=0", "--max-frames", str(frames),
+               "--stats-file", str(stats_file)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        page = os.sysconf("SC_PAGE_SIZE")
+        samples: list[tuple[float, float]] = []
+        started = time.monotonic()
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/statm") as f:
+                    samples.append((time.monotonic() - started, int(f.read().split()[1]) * page / 2**20))
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.05)
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    processed = stats.get("frames_processed", 0)
+    # "early" = the first sample after a tenth of the run (model loaded, buffers allocated, caches warm)
+    total = samples[-1][0] if samples else 0.0
+    early = next((rss for t, rss in samples if t >= total / 10), None)
+    final = samples[-1][1] if samples else None
+    return {"frames": processed, "exit_code": proc.returncode, "rss_mb_peak": round(max(r for _, r in samples), 1)
+            if samples else None, "rss_mb_early": round(early, 1) if early else None,
+            "rss_mb_end": round(final, 1) if final else None,
+            "rss_growth_mb": round(final - early, 1) if early and final else None,
+            "fps_out": stats.get("fps_out")}
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print("| model | (a) bare invoke fps | (b) reference loop fps | (c) edgedet run fps | (c)/(a) | (c)/(b) | "
-          "edgedet, all cores / auto | invoke p50 | frame age p50 | RSS 1k -> end (frames) |")
+          "edgedet, all cores / auto | invoke p50 | frame age p50 | daemon RSS early -> end |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         soak = r.get("soak") or {}
-        end_key = next((k for k in soak if k.startswith("rss_mb_at_") and not k.endswith("_1000")), None)
-        rss = f"{soak.get('rss_mb_at_1000')} -> {soak.get(end_key)} MB ({soak.get('frames')})" if soak else "-"
+        rss = (f"{soak.get('rss_mb_early')} -> {soak.get('rss_mb_end')} MB, peak {soak.get('rss_mb_peak')} "
+               f"({soak.get('frames')} frames)") if soak else "-"
         print(f"| {r['model']} | {r['fps']['bare']:.1f} | {r['fps']['reference']:.1f} | {r['fps']['edgedet']:.1f} | "
               f"{r['ratio_edgedet_vs_bare']:.3f} | {r['ratio_edgedet_vs_reference']:.3f} | "
               f"{r['ratio_edgedet_all_cores_vs_auto']} | {r['invoke_p50_ms']:.2f} ms | "
               f"{r['frame_age_p50_ms']:.2f} ms | {rss} |")
 
 
-def run(models: list[Path], rounds: int = 3, seconds: float = 4.0, soak_frames: int = 20000,
+def run(models: list[Path], rounds: int = 3, seconds: float = 4.0, soak_frames: int | dict[str, int] = 20000,
         json_path: Optional[Path] = None) -> list[dict[str, Any]]:
-    results = [bench_model(m, rounds, seconds, soak_frames) for m in models]
+    def frames_for(model: Path) -> int:
+        return soak_frames.get(model.name, 0) if isinstance(soak_frames, dict) else soak_frames
+
+    results = [bench_model(m, rounds, seconds, frames_for(m)) for m in models]
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=1))
