@@ -44,13 +44,16 @@ def class_folders(data_dir: Path) -> list[Path]:
     """The class sub-folders of ``data_dir``, sorted by name; refuses a missing, empty or one-class folder."""
     if not data_dir.is_dir():
         raise EdgedetError("data folder not found", where=data_dir,
-                           fix="pass a folder with one sub-folder of images per class, e.g. pikachu/ and no-pikachu/")
+                           fix="pass a folder with one sub-folder of images per class, e.g. pikachu/ and "
+                           "no-pikachu/")
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise EdgedetError("data folder has no class sub-folders", where=data_dir,
-                           fix="put the images of each class in their own sub-folder, e.g. pikachu/ and no-pikachu/")
+                           fix="put the images of each class in their own sub-folder, e.g. pikachu/ and "
+                           "no-pikachu/")
     if len(folders) == 1:
-        raise EdgedetError(f"only one class ({folders[0].name}); a classifier needs at least two", where=data_dir,
+        raise EdgedetError(f"only one class ({folders[0].name}); a classifier needs at least two",
+                           where=data_dir,
                            fix="add a sub-folder of counter-examples, e.g. no-pikachu/")
     return folders
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import tflite
 
@@ -19,8 +19,12 @@ SIDECAR_FORMAT = "edgedet-sidecar/1"
 # real = (pixel - mean) / std for pixels in 0..255 RGB: the [-1, 1] range every Keras MobileNet expects.
 MOBILENET_NORMALIZATION = {"mean": 127.5, "std": 127.5}
 
-_TENSOR_TYPE_NAMES = {value: name for name, value in vars(tflite.TensorType).items() if not name.startswith("_")}
-_BUILTIN_NAMES = {value: name for name, value in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
+def _enum_names(enum: type) -> dict[int, str]:
+    return {value: name for name, value in vars(enum).items() if not name.startswith("_")}
+
+
+_TENSOR_TYPE_NAMES = _enum_names(tflite.TensorType)
+_BUILTIN_NAMES = _enum_names(tflite.BuiltinOperator)
 
 
 class TensorInfo(NamedTuple):
@@ -36,7 +40,7 @@ class FlatbufferInfo(NamedTuple):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     tensor_dtypes: set[str]  # every tensor type present in the graph
-    min_runtime: Optional[str]  # written by the converter into the "min_runtime_version" metadata
+    min_runtime: str | None  # written by the converter into the "min_runtime_version" metadata
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -69,7 +73,8 @@ def inspect_flatbuffer(path: Path) -> FlatbufferInfo:
         subgraph = model.Subgraphs(0)
         inputs = [_tensor(subgraph, int(i)) for i in subgraph.InputsAsNumpy()]
         outputs = [_tensor(subgraph, int(i)) for i in subgraph.OutputsAsNumpy()]
-        dtypes = {_TENSOR_TYPE_NAMES[subgraph.Tensors(i).Type()].lower() for i in range(subgraph.TensorsLength())}
+        dtypes = {_TENSOR_TYPE_NAMES[subgraph.Tensors(i).Type()].lower()
+                  for i in range(subgraph.TensorsLength())}
         min_runtime = None
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
@@ -77,14 +82,15 @@ def inspect_flatbuffer(path: Path) -> FlatbufferInfo:
                 raw = model.Buffers(entry.Buffer()).DataAsNumpy()
                 min_runtime = bytes(raw).split(b"\0", 1)[0].decode() or None
     except Exception as err:  # a truncated or foreign file fails deep inside the flatbuffer accessors
-        raise EdgedetError(f"not a readable TFLite flatbuffer ({type(err).__name__}: {err})", where=path) from None
+        raise EdgedetError(f"not a readable TFLite flatbuffer ({type(err).__name__}: {err})",
+                           where=path) from None
     return FlatbufferInfo(sorted(ops), custom, inputs, outputs, dtypes, min_runtime)
 
 
-def build_sidecar(*, architecture: Optional[str], alpha: Optional[float], input_size: list[int],
-                  labels: list[str], quantization: str, io_dtype: str, min_runtime: Optional[str],
+def build_sidecar(*, architecture: str | None, alpha: float | None, input_size: list[int],
+                  labels: list[str], quantization: str, io_dtype: str, min_runtime: str | None,
                   tool_versions: dict[str, str], source_model: str,
-                  normalization: Optional[dict[str, float]] = None) -> dict[str, Any]:
+                  normalization: dict[str, float] | None = None) -> dict[str, Any]:
     """The sidecar dictionary in the field order of the contract."""
     return {
         "format": SIDECAR_FORMAT,

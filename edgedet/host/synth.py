@@ -111,7 +111,8 @@ def _draw_creature(image: Image.Image, rng: np.random.Generator) -> None:
                      fill=(250, 250, 250))
         cheek_r = radius * 0.2
         kx, ky = at(sign * radius * 0.62, radius * 0.3)
-        draw.ellipse([kx - cheek_r, ky - cheek_r, kx + cheek_r, ky + cheek_r], fill=_jitter(rng, (225, 30, 30), 20))
+        draw.ellipse([kx - cheek_r, ky - cheek_r, kx + cheek_r, ky + cheek_r],
+                     fill=_jitter(rng, (225, 30, 30), 20))
     mx, my = at(0, radius * 0.35)
     draw.arc([mx - radius * 0.18, my - radius * 0.12, mx + radius * 0.18, my + radius * 0.12], 20, 160,
              fill=(40, 10, 10), width=max(1, side // 80))
@@ -137,7 +138,8 @@ def _draw_other(image: Image.Image, rng: np.random.Generator) -> None:
             draw.polygon([(x, y + size * 0.4), (x + size / 2, y), (x + size, y + size * 0.4)],
                          fill=_random_color(rng))
         else:
-            draw.line([(x, y), (x + size, y + size * rng.uniform(-1, 1))], fill=color, width=max(2, side // 30))
+            draw.line([(x, y), (x + size, y + size * rng.uniform(-1, 1))], fill=color,
+                      width=max(2, side // 30))
 
 
 def make_image(rng: np.random.Generator, size: int, positive: bool) -> Image.Image:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -39,10 +39,10 @@ class TrainOptions(NamedTuple):
     learning_rate: float = 1e-4
     val_split: float = 0.2
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
-    fine_tune_layers: Optional[int] = None  # None: all layers when weights=none, else 0 (head only)
+    fine_tune_layers: int | None = None  # None: all layers when weights=none, else 0 (head only)
     augment: bool = False
     seed: int = 0
-    threads: Optional[int] = None
+    threads: int | None = None
     verbose: int = 1  # Keras: 1 = progress bars, 2 = one line per epoch, 0 = silent
 
 
@@ -105,7 +105,7 @@ def check_writable_dir(out: Path) -> None:
                            fix="choose a writable --out") from None
 
 
-def resolve_weights(options: TrainOptions) -> Optional[str]:
+def resolve_weights(options: TrainOptions) -> str | None:
     """The ``weights=`` argument for keras.applications; offline-safe for ImageNet weights."""
     if options.weights == "none":
         return None
@@ -133,7 +133,7 @@ def split_indices(class_ids: np.ndarray, val_split: float, seed: int) -> tuple[n
     train, val = [], []
     for class_id in np.unique(class_ids):
         members = rng.permutation(np.flatnonzero(class_ids == class_id))
-        n_val = int(round(len(members) * val_split))
+        n_val = round(len(members) * val_split)
         if val_split > 0 and len(members) >= 2:
             n_val = min(max(n_val, 1), len(members) - 1)
         val.extend(members[:n_val])
@@ -141,7 +141,7 @@ def split_indices(class_ids: np.ndarray, val_split: float, seed: int) -> tuple[n
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
-def build_model(options: TrainOptions, num_classes: int, weights: Optional[str]) -> Any:
+def build_model(options: TrainOptions, num_classes: int, weights: str | None) -> Any:
     """MobileNet without its top, global average pooling, dropout and a new softmax head.
 
     The model takes normalized input (``(pixel - 127.5) / 127.5``), not raw pixels: the normalization
@@ -215,7 +215,7 @@ def predict_ids(model: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def train(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, save ``model.keras``, ``labels.txt`` and ``metrics.json`` into ``options.out``; return metrics."""
+    """Train; save ``model.keras``, ``labels.txt`` and ``metrics.json`` into ``options.out``."""
     validate_options(options)
     folder: ImageFolder = load_folder(options.data_dir, options.size)
     check_writable_dir(options.out)
@@ -292,10 +292,12 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str
         "seed": options.seed,
         "augment": options.augment,
         "data_dir": str(options.data_dir),
-        "tool_versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": sys.version.split()[0]},
+        "tool_versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                          "python": sys.version.split()[0]},
     }
     model.save(options.out / KERAS_MODEL_NAME)
     (options.out / LABELS_NAME).write_text("".join(f"{name}\n" for name in folder.class_names))
     (options.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
-    log(f"wrote {options.out / KERAS_MODEL_NAME}, {LABELS_NAME}, {METRICS_NAME} ({train_seconds:.1f} s training)")
+    log(f"wrote {options.out / KERAS_MODEL_NAME}, {LABELS_NAME}, {METRICS_NAME} "
+        f"({train_seconds:.1f} s training)")
     return metrics
