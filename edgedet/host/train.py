@@ -254,7 +254,8 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str
     val_data = (normalize(x_val), y_val) if len(x_val) else None
 
     started = time.monotonic()
-    history = model.fit(train_ds, epochs=options.epochs, validation_data=val_data, verbose=options.verbose)
+    history = model.fit(train_ds, epochs=options.epochs, validation_data=val_data, verbose=options.verbose,
+                        shuffle=False)  # train_ds is already shuffled, seeded
     train_seconds = time.monotonic() - started
 
     metrics: dict[str, Any] = {
