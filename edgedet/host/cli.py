@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
     convert.add_argument("--out", type=Path, required=True)
 
+    default = commands.add_parser("default-model", help="regenerate the bundled default model (fixed recipe)")
+    default.add_argument("--out", type=Path, default=Path("models"))
+    default.add_argument("--work", type=Path, default=None, help="keep the datasets and Keras model here")
+
     evaluate = commands.add_parser("evaluate", help="accuracy of a .tflite on DATA_DIR, agreement with Keras")
     evaluate.add_argument("model", type=Path)
     evaluate.add_argument("data_dir", type=Path)
@@ -113,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
             representative=args.representative, num_calib=args.num_calib,
             input_arrays=_names(args.input_arrays), output_arrays=_names(args.output_arrays), size=args.size,
             architecture=args.arch, alpha=args.alpha, labels=args.labels, seed=args.seed), log=_log)
+        return 0
+    if args.command == "default-model":
+        from edgedet.host.default_model import build_default_model
+
+        build_default_model(args.out, args.work, log=_log)
         return 0
     from edgedet.host.evaluate import evaluate
 
