@@ -38,7 +38,7 @@ class LoggingConfig(Strict):
 
 
 class EdgedetConfig(Strict):
-    device_id: Optional[str] = None
+    device_id: Optional[str] = None  # Optional, not `|`: pydantic evaluates it at runtime, also on 3.9
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
@@ -125,20 +125,47 @@ def find_config_file(explicit: str | Path | None) -> Path | None:
     return None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; every failure is one ConfigError naming the file (and line:column)."""
+    denied = ConfigError("cannot read the config file (permission denied)", where=path,
+                         fix="make it readable by the service user")
+    try:
+        if path.is_symlink() and not path.exists():
+            raise ConfigError(f"is a broken symbolic link (points to {os.readlink(path)})", where=path,
+                              fix="point it at an existing config file or pass --config")
+        if path.exists() and not path.is_file() and not path.is_dir():
+            # Reading a FIFO or a device would block or never end: refuse anything but a regular file.
+            raise ConfigError("is not a regular file (a pipe, socket or device)", where=path,
+                              fix="pass a regular YAML file")
+    except PermissionError:  # a parent folder the service user may not enter
+        raise denied from None
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("config file not found", where=path, fix="check the path or pass --config") from None
+        raise ConfigError("config file not found", where=path,
+                          fix="check the path or pass --config") from None
     except IsADirectoryError:
         raise ConfigError("is a directory, not a config file", where=path, fix="pass the YAML file") from None
     except PermissionError:
-        raise ConfigError("cannot read the config file (permission denied)", where=path,
-                          fix="make it readable by the service user") from None
+        raise denied from None
     except UnicodeDecodeError:
         raise ConfigError("is not UTF-8 text", where=path, fix="save the file as UTF-8 YAML") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -152,24 +179,79 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = [str(p) for p in error["loc"]]
-    # Drop pydantic's union-branch names ("int", "literal['auto']") from the path.
-    loc = [p for p in loc if not (p.startswith("literal[") or p in {"int", "float", "str", "list[float]"})]
-    dotted = ".".join(loc)
+# pydantic names union branches in an error's location ("int", "literal['auto']", "list[float]"):
+# they are not keys the user wrote, so they are dropped from the dotted path.
+_BRANCH_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def _is_branch_tag(part: str) -> bool:
+    return "[" in part or part in _BRANCH_TAGS
+
+
+def _dotted(error: Any) -> str:
+    parts = [str(p) for p in error["loc"]]
+    out: list[str] = []
+    for part in parts:
+        if _is_branch_tag(part):
+            continue
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}[{part}]"
+        else:
+            out.append(part)
+    return ".".join(out)
+
+
+def _expected(error: Any) -> str:
+    """The expected form of a value, in the words of pydantic's message ("must be ...")."""
     kind = error["type"]
-    if kind == "extra_forbidden":
-        parent: Any = model
-        for part in loc[:-1]:
-            field = parent.model_fields.get(part) if isinstance(parent, type) else None
-            parent = field.annotation if field is not None else None
-        known = list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return "must be a section (a mapping of keys)"
+    if kind == "path_type":
+        return "must be a file path (a string)"
+    if kind == "missing":
+        return "is required"
+    msg = error["msg"].split(", unable to")[0]  # drop pydantic's parser detail
+    msg = re.sub(r"^Input should be ", "must be ", msg)
+    return msg
+
+
+def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    parent: Any = model
+    for part in loc:
+        field = parent.model_fields.get(part) if isinstance(parent, type) else None
+        parent = field.annotation if field is not None else None
+    return list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+
+
+def _describe(errors: list[Any], model: type[BaseModel]) -> str:
+    """One line for the first wrong key; every branch of a union is named ("'auto' or an integer")."""
+    first = errors[0]
+    dotted = _dotted(first)
+    if first["type"] == "extra_forbidden":
+        loc = dotted.split(".")
+        known = _known_keys(model, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
         allowed = f" (known keys: {', '.join(known)})" if known and not close else ""
         return f"{dotted}: unknown key{hint}{allowed}"
-    got = error.get("input")
-    return f"{dotted}: {error['msg'].lower()}, got {got!r}"
+    same_key = [e for e in errors if _dotted(e) == dotted and e["type"] != "extra_forbidden"]
+    forms: list[str] = []
+    for error in same_key:
+        form = _expected(error)
+        if forms and form.startswith("must be "):
+            form = form[len("must be "):]
+        if form not in forms:
+            forms.append(form)
+    value = first.get("input")
+    if isinstance(value, dict) and first["type"] == "value_error":
+        # A check across keys of one section (e.g. reconnect_max_s >= reconnect_min_s) names its values.
+        return f"{dotted}: {' or '.join(forms)}"
+    got = repr(value)
+    if len(got) > 60:
+        got = got[:57] + "..."
+    return f"{dotted}: {' or '.join(forms)}, got {got}"
 
 
 def build_config(data: dict[str, Any], source: str) -> EdgedetConfig:
@@ -178,29 +260,108 @@ def build_config(data: dict[str, Any], source: str) -> EdgedetConfig:
         return EdgedetConfig.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        first = _describe(errors[0], EdgedetConfig)
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        first = _describe(errors, EdgedetConfig)
+        other_keys = {_dotted(e) for e in errors} - {_dotted(errors[0])}
+        more = f" (and {len(other_keys)} more)" if other_keys else ""
         raise ConfigError(f"{first}{more}", where=source, fix="see config.yaml for every key") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                *, search: bool = True) -> tuple[EdgedetConfig, Path | None]:
-    """Load, expand, override and validate. Returns the config and the file it came from (or None)."""
+                *, search: bool = True, check_files: bool = True) -> tuple[EdgedetConfig, Path | None]:
+    """Load, expand, override and validate. Returns the config and the file it came from (or None).
+
+    With ``check_files`` (the default) every file the config names must exist now: a missing model is a
+    start-time error naming the key and the path, not a failure minutes later in the frame loop.
+    ``mqtt.password_file`` is read into ``mqtt.password``.
+    """
     found = find_config_file(path) if search or path else None
     data = read_yaml(found) if found else {}
     for text in overrides or []:
         keys, value = parse_override(text)
         _apply_override(data, keys, value)
     base = found.parent if found else Path.cwd()
-    config = build_config(data, str(found) if found else "--set")
+    source = str(found) if found else "--set"
+    config = build_config(data, source)
     _resolve_relative_paths(config, base)
+    if check_files:
+        _check_files(config, source)
+    _read_secrets(config, source)
     return config, found
+
+
+_RELATIVE_PATHS = (
+    ("model", "path"), ("model", "labels"), ("model", "cpu_model"),
+    ("mqtt", "password_file"), ("mqtt.tls", "ca_file"), ("mqtt.tls", "cert_file"), ("mqtt.tls", "key_file"),
+)
+
+
+def _section(config: EdgedetConfig, dotted: str) -> Any:
+    obj: Any = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _resolve_relative_paths(config: EdgedetConfig, base: Path) -> None:
     """Paths in a config file are relative to that file, so a unit's WorkingDirectory does not matter."""
-    for section, key in (("model", "path"), ("model", "labels"), ("model", "cpu_model")):
-        obj = getattr(config, section)
+    for section, key in _RELATIVE_PATHS:
+        obj = _section(config, section)
         value = getattr(obj, key)
         if value is not None and not Path(value).is_absolute():
             setattr(obj, key, (base / value))
+
+
+def _require_file(value: Path | None, key: str, source: str, fix: str) -> None:
+    if value is None:
+        return
+    try:
+        if value.is_symlink() and not value.exists():
+            raise ConfigError(f"{key}: broken symbolic link {value}", where=source, fix=fix)
+        if not value.exists():
+            raise ConfigError(f"{key}: file not found: {value}", where=source, fix=fix)
+        if value.is_dir():
+            raise ConfigError(f"{key}: is a directory, not a file: {value}", where=source, fix=fix)
+        if not value.is_file():
+            raise ConfigError(f"{key}: not a regular file: {value}", where=source, fix=fix)
+    except PermissionError:
+        readable = False
+    else:
+        readable = os.access(value, os.R_OK)
+    if not readable:
+        raise ConfigError(f"{key}: cannot read {value} (permission denied)", where=source,
+                          fix="make it readable by the service user")
+
+
+def _check_files(config: EdgedetConfig, source: str) -> None:
+    model_fix = "check the path (relative paths are relative to the config file)"
+    _require_file(config.model.path, "model.path", source, model_fix)
+    _require_file(config.model.labels, "model.labels", source, model_fix)
+    _require_file(config.model.cpu_model, "model.cpu_model", source, model_fix)
+    if config.mqtt.tls.enabled:
+        for key in ("ca_file", "cert_file", "key_file"):
+            _require_file(getattr(config.mqtt.tls, key), f"mqtt.tls.{key}", source, "check the path")
+        if (config.mqtt.tls.cert_file is None) != (config.mqtt.tls.key_file is None):
+            raise ConfigError("mqtt.tls.cert_file and mqtt.tls.key_file must be set together", where=source,
+                              fix="give both (client certificate) or neither")
+
+
+def _read_secrets(config: EdgedetConfig, source: str) -> None:
+    """Secrets live in their own file (mode 0600, outside the config that gets shared in bug reports)."""
+    secret_file = config.mqtt.password_file
+    if secret_file is None:
+        return
+    if config.mqtt.password is not None:
+        raise ConfigError("mqtt.password and mqtt.password_file are both set", where=source,
+                          fix="keep only one of them")
+    _require_file(secret_file, "mqtt.password_file", source, "check the path")
+    try:
+        # The first line only, as the MQTT publisher reads it: `echo pw > file` adds a newline.
+        lines = secret_file.read_text(encoding="utf-8").splitlines()
+        secret = lines[0] if lines else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"mqtt.password_file: cannot read {secret_file} ({exc.__class__.__name__})",
+                          where=source, fix="make it a readable UTF-8 text file") from None
+    if not secret:
+        raise ConfigError(f"mqtt.password_file: {secret_file} is empty", where=source,
+                          fix="write the password on the file's first line")
+    config.mqtt.password = secret

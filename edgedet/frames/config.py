@@ -14,6 +14,7 @@ SourceType = Literal["auto", "picamera2", "opencv", "images", "synthetic"]
 class SourceConfig(Strict):
     type: SourceType = "auto"
     # images: a directory or glob; opencv: a camera index, /dev/videoN, an RTSP/HTTP URL or a video file.
+    # Optional/Union, not "|": pydantic evaluates this annotation at runtime, also on Python 3.9.
     path: Optional[Union[str, int]] = None
     width: int = Field(default=640, ge=1, le=16384)
     height: int = Field(default=480, ge=1, le=16384)

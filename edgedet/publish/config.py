@@ -1,11 +1,12 @@
 """Configuration of publishing (``publish:``, ``mqtt:`` and ``homeassistant:`` in config.yaml)."""
 
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgedet.model.config import Strict
 
@@ -45,7 +46,18 @@ class MqttConfig(Strict):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     outbox_max: int = Field(default=10000, ge=1)
+    # QoS>0 messages handed to paho and not yet acknowledged (PUBACK); bounds paho's own in-memory store.
+    inflight_max: int = Field(default=100, ge=1, le=65000)
+    # On a clean stop: how long to wait for the outbox to drain before publishing ``offline``.
+    flush_timeout_s: float = Field(default=5.0, ge=0)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s "
+                             f"({self.reconnect_min_s})")
+        return self
 
 
 class HomeAssistantConfig(Strict):

@@ -1,0 +1,40 @@
+"""``edgedet check-config [FILE]``: validate a config and print the effective result with secrets masked."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from edgedet.config import EdgedetConfig, load_config
+from edgedet.errors import EdgedetError
+
+MASK = "********"
+
+
+def effective_config(config: EdgedetConfig) -> dict[str, Any]:
+    """The config as plain data, with every secret replaced by a mask (it gets pasted into bug reports)."""
+    data = config.model_dump(mode="json")
+    mqtt = data.get("mqtt", {})
+    if mqtt.get("password") is not None:
+        # Also covers a password read from mqtt.password_file: load_config copied it into mqtt.password.
+        mqtt["password"] = MASK
+    return data
+
+
+def check_config_command(path: str | Path | None, overrides: list[str] | None = None, *,
+                         out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Validate; print the effective config as YAML on ``out``. Returns 0, or 2 with one line on ``err``."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        config, found = load_config(path, overrides)
+    except EdgedetError as exc:
+        print(str(exc), file=err)
+        return exc.exit_code
+    origin = str(found) if found else "built-in defaults (no config file found)"
+    out.write(f"# effective config from {origin}\n")
+    out.write(yaml.safe_dump(effective_config(config), sort_keys=False, default_flow_style=False))
+    return 0

@@ -1,0 +1,234 @@
+"""One image in, trustworthy classes out: the model, its runtime and delegate, its pre- and postprocessing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from edgedet.errors import DelegateError, ModelError
+from edgedet.model.config import ModelConfig
+from edgedet.model.labels import load_labels, sidecar_label_files
+from edgedet.model.preprocess import ImageLike, InputQuantization, Preprocessor
+from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
+from edgedet.model.tflite_file import TfliteFile, numpy_dtype, read_tflite
+from edgedet.results import Class
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEAN = 127.5
+DEFAULT_STD = 127.5
+
+
+class Classification(NamedTuple):
+    top_k: list[Class]
+    latency_ms: dict[str, float]  # preprocess, inference, postprocess
+
+
+def cpu_twin(model_path: Path, explicit: Optional[Path] = None) -> Optional[Path]:
+    """The CPU build of an Edge TPU model: ``model.cpu_model``, else ``foo_edgetpu.tflite`` -> ``foo.tflite``."""
+    if explicit is not None:
+        return explicit
+    if model_path.stem.endswith("_edgetpu"):
+        twin = model_path.with_name(model_path.stem[: -len("_edgetpu")] + model_path.suffix)
+        if twin.is_file():
+            return twin
+    return None
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer scores -> float, through int64 so uint8/int8 arithmetic cannot wrap (as pycoral does)."""
+    if not scale:
+        return values.astype(np.float32, copy=False)
+    return (scale * (values.astype(np.int64) - zero_point)).astype(np.float32)
+
+
+def top_classes(scores: np.ndarray, k: int, labels: list[str]) -> list[Class]:
+    """The k best classes, best first (ties by lower class id)."""
+    k = max(1, min(k, scores.size))
+    candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    order = sorted(candidates.tolist(), key=lambda i: (-float(scores[i]), i))
+    return [Class(i, float(scores[i]), labels[i] if i < len(labels) else f"class {i}") for i in order]
+
+
+class Classifier:
+    """A loaded model ready to classify frames. Build it with :meth:`from_config`."""
+
+    def __init__(self, cfg: ModelConfig, *, auto_threads: Optional[int] = None) -> None:
+        if cfg.path is None:
+            raise ModelError("model.path is not set", fix="set model.path in config.yaml or pass --model")
+        self.config = cfg
+        requested_path = Path(cfg.path)
+        model_file = read_tflite(requested_path)
+        model_file.validate_classifier()
+        self.runtime: Runtime = select_runtime(cfg.runtime)
+        self.num_threads = cfg.num_threads if isinstance(cfg.num_threads, int) else (auto_threads or cpu_count())
+        self.delegate_info: dict[str, Any] = {"requested": cfg.delegate, "active": "cpu",
+                                              "device": cfg.edgetpu_device if cfg.delegate == "edgetpu" else None,
+                                              "fallback": False}
+        delegates = []
+        if cfg.delegate == "edgetpu":
+            try:
+                delegates = [load_edgetpu_delegate(self.runtime, cfg.edgetpu_device)]
+                self.delegate_info["active"] = "edgetpu"
+                if not model_file.is_edgetpu:
+                    log.warning("%s is not compiled for the Edge TPU: every op runs on the CPU; compile it with "
+                                "edgetpu_compiler for the Coral", requested_path)
+            except DelegateError as exc:
+                if cfg.fallback == "fail":
+                    raise
+                twin = cpu_twin(requested_path, cfg.cpu_model) if model_file.is_edgetpu else requested_path
+                if twin is None:
+                    raise ModelError(
+                        f"the Edge TPU is unavailable and no CPU build of the model was found for model.fallback: "
+                        f"cpu ({exc})", where=requested_path,
+                        fix=f"put {requested_path.stem.replace('_edgetpu', '')}.tflite beside it or set "
+                            "model.cpu_model") from None
+                log.warning("EDGE TPU UNAVAILABLE — falling back to the CPU (model.fallback: cpu): %s. "
+                            "Running %s on the CPU; expect much higher latency.", exc, twin)
+                self.delegate_info.update(fallback=True, fallback_reason=str(exc), cpu_model=str(twin))
+                model_file = read_tflite(twin)
+                model_file.validate_classifier()
+        elif model_file.is_edgetpu:
+            twin = cpu_twin(requested_path, cfg.cpu_model)
+            use = f"use its CPU build {twin}" if twin else "use the CPU build of the model (without _edgetpu)"
+            raise ModelError("model is compiled for the Edge TPU (edgetpu-custom-op) and cannot run on the CPU",
+                             where=requested_path,
+                             fix=f"set model.delegate: edgetpu (needs libedgetpu.so.1 and a Coral), or {use}")
+        self.model_file: TfliteFile = model_file
+        started = time.perf_counter()
+        self.interpreter = make_interpreter(model_file.path, self.runtime, self.num_threads, delegates)
+        self.init_ms = (time.perf_counter() - started) * 1e3
+
+        input_details = self.interpreter.get_input_details()[0]
+        output_details = self.interpreter.get_output_details()[0]
+        self._input_index = input_details["index"]
+        self._output_index = output_details["index"]
+        _, height, width, _ = (int(d) for d in input_details["shape"])
+        self.input_size = (width, height)
+        in_spec = model_file.inputs[0]
+        out_spec = model_file.outputs[0]
+        self._out_scale, self._out_zero = out_spec.scale, out_spec.zero_point
+        self.num_classes = int(np.prod(out_spec.shape))
+
+        mean, std, self.normalization_source = self._normalization()
+        self.quantization = InputQuantization.build(numpy_dtype(in_spec), in_spec.scale, in_spec.zero_point,
+                                                    np.asarray(mean), np.asarray(std))
+        self.normalization = {"mean": mean, "std": std, "source": self.normalization_source,
+                              "raw_pixels": self.quantization.raw}
+        pre = cfg.preprocess
+        self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop)
+        self.labels, self.labels_source = self._labels()
+        self.top_k = cfg.top_k
+
+        # The first invoke is slow (on the Edge TPU it uploads the model): do it now and time it on its own.
+        neutral = self.quantization.apply(np.full((height, width, 3), 128, np.uint8))[None]
+        started = time.perf_counter()
+        self.interpreter.set_tensor(self._input_index, neutral)
+        self.interpreter.invoke()
+        self.first_invoke_ms = (time.perf_counter() - started) * 1e3
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, *, auto_threads: Optional[int] = None) -> Classifier:
+        return cls(cfg, auto_threads=auto_threads)
+
+    # -- model facts -------------------------------------------------------------------------------------
+
+    def _normalization(self) -> tuple[list[float], list[float], str]:
+        """Model metadata or sidecar first, then config, then 127.5/127.5 (see README, "Preprocessing")."""
+        pre = self.config.preprocess
+        sidecar = self.model_file.sidecar or {}
+        norm = sidecar.get("normalization")
+        found: Optional[tuple[Any, Any, str]] = None
+        if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+            found = (norm["mean"], norm["std"], "sidecar")
+        elif self.model_file.metadata_normalization:
+            mean, std = self.model_file.metadata_normalization
+            found = (mean, std, "metadata")
+        if found is not None:
+            if pre.mean is not None or pre.std is not None:
+                log.warning("model.preprocess.mean/std ignored: %s declares mean=%s std=%s in its %s",
+                            self.model_file.path.name, found[0], found[1], found[2])
+            return _as_list(found[0]), _as_list(found[1]), found[2]
+        if pre.mean is not None or pre.std is not None:
+            return _as_list(pre.mean if pre.mean is not None else DEFAULT_MEAN), \
+                _as_list(pre.std if pre.std is not None else DEFAULT_STD), "config"
+        return [DEFAULT_MEAN], [DEFAULT_STD], "default"
+
+    def _labels(self) -> tuple[list[str], str]:
+        explicit = self.config.labels
+        if explicit is not None:
+            labels, source = load_labels(explicit), str(explicit)
+        elif isinstance((self.model_file.sidecar or {}).get("labels"), list):
+            labels, source = [str(x) for x in self.model_file.sidecar["labels"]], "sidecar"  # type: ignore[index]
+        elif self.model_file.embedded_labels:
+            labels, source = self.model_file.embedded_labels, "metadata"
+        else:
+            path = next((p for p in sidecar_label_files(self.model_file.path) if p.is_file()), None)
+            if path is None:
+                log.warning("%s: no labels (none in its metadata or sidecar, no labels file beside it); "
+                            "classes are reported as 'class N' — set model.labels", self.model_file.path)
+                return [], "none"
+            labels, source = load_labels(path), str(path)
+        if len(labels) != self.num_classes:
+            log.warning("labels count mismatch: %s has %d labels but the model outputs %d classes; "
+                        "check that the labels belong to this model", source, len(labels), self.num_classes)
+        return labels, source
+
+    @property
+    def name(self) -> str:
+        return self.model_file.name
+
+    @property
+    def info(self) -> dict[str, Any]:
+        spec = self.model_file.inputs[0]
+        return {
+            "model": {"name": self.name, "path": str(self.model_file.path), "sha256": self.model_file.sha256,
+                      "size_bytes": self.model_file.size_bytes, "input_shape": list(spec.shape),
+                      "input_dtype": spec.dtype.lower(), "num_classes": self.num_classes,
+                      "label_count": len(self.labels), "labels_source": self.labels_source,
+                      "edgetpu_compiled": self.model_file.is_edgetpu},
+            "runtime": {**self.runtime.as_dict(), "threads": self.num_threads},
+            "delegate": dict(self.delegate_info),
+            "preprocess": {"resize": self.preprocessor.method, "crop": self.preprocessor.crop,
+                           **self.normalization},
+            "init_ms": round(self.init_ms, 3),
+            "first_invoke_ms": round(self.first_invoke_ms, 3),
+        }
+
+    # -- the hot path --------------------------------------------------------------------------------------
+
+    def preprocess(self, frame: ImageLike) -> np.ndarray:
+        return self.preprocessor(frame)
+
+    def set_input(self, tensor: np.ndarray) -> None:
+        self.interpreter.set_tensor(self._input_index, tensor)
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def scores(self) -> np.ndarray:
+        raw = self.interpreter.get_tensor(self._output_index).reshape(-1)
+        return dequantize(raw, self._out_scale, self._out_zero)
+
+    def postprocess(self, top_k: Optional[int] = None) -> list[Class]:
+        return top_classes(self.scores(), top_k or self.top_k, self.labels)
+
+    def classify(self, frame: ImageLike, top_k: Optional[int] = None) -> Classification:
+        t0 = time.perf_counter()
+        tensor = self.preprocessor(frame)
+        t1 = time.perf_counter()
+        self.interpreter.set_tensor(self._input_index, tensor)
+        self.interpreter.invoke()
+        t2 = time.perf_counter()
+        classes = top_classes(self.scores(), top_k or self.top_k, self.labels)
+        t3 = time.perf_counter()
+        return Classification(classes, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                                        "postprocess": (t3 - t2) * 1e3})
+
+
+def _as_list(value: Any) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]

@@ -1,0 +1,323 @@
+"""Read and validate a .tflite file without running it.
+
+The flatbuffer is parsed with the ``tflite`` package (generated from TensorFlow's schema), so a model can be
+checked, described (``edgedet models info``) and refused with a clear message before an interpreter touches
+it: a truncated or foreign file must never reach the C++ loader. Labels and normalization stored in the TFLite
+metadata are read here too (labels are a zip archive appended to the flatbuffer, normalization is a
+``NormalizationOptions`` process unit of the input tensor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+import flatbuffers
+import numpy as np
+import tflite
+from flatbuffers.table import Table
+
+from edgedet.errors import ModelError
+
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+SIDECAR_FORMAT = "edgedet-sidecar/1"
+
+_TENSOR_TYPES = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+_OP_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+_NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT8": np.int8}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # TFLite type name: FLOAT32, UINT8, INT8, ...
+    scale: float = 0.0
+    zero_point: int = 0
+    dynamic_dims: tuple[int, ...] = ()  # indices whose shape signature is -1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.lower(),
+                "quantization": {"scale": self.scale, "zero_point": self.zero_point} if self.scale else None}
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str  # builtin name (CONV_2D) or custom code (edgetpu-custom-op)
+    version: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass
+class TfliteFile:
+    """A parsed, validated-to-be-readable TFLite model file."""
+
+    path: Path
+    data: bytes = field(repr=False)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    tensors: list[TensorSpec] = field(repr=False)
+    operators: list[Operator] = field(repr=False)
+    constant_tensors: set[int] = field(repr=False)
+    description: str = ""
+    metadata_normalization: Optional[tuple[list[float], list[float]]] = None
+    embedded_labels: Optional[list[str]] = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def is_edgetpu(self) -> bool:
+        return any(op.name == EDGETPU_CUSTOM_OP for op in self.operators)
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(Counter(op.name for op in self.operators))
+
+    def op_versions(self) -> dict[str, int]:
+        versions: dict[str, int] = {}
+        for op in self.operators:
+            versions[op.name] = max(versions.get(op.name, 0), op.version)
+        return versions
+
+    def sidecar_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    @cached_property
+    def sidecar(self) -> Optional[dict[str, Any]]:
+        """The host script's JSON written beside the model (normalization, labels, provenance), if any."""
+        path = self.sidecar_path()
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"sidecar is not valid JSON ({exc})", where=path,
+                             fix="regenerate it with edgedet-host convert, or delete it") from None
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+            return None  # some other tool's JSON that happens to share the name
+        return data
+
+    def validate_classifier(self) -> None:
+        """One NHWC 3-channel image input and one class-score output, float32/uint8/int8 tensors."""
+        where = self.path
+        if len(self.inputs) != 1:
+            raise ModelError(f"model has {len(self.inputs)} inputs; edgedet needs exactly one image input "
+                             "(1xHxWx3)", where=where, fix="use an image classification model such as MobileNet")
+        if len(self.outputs) != 1:
+            raise ModelError(f"model has {len(self.outputs)} outputs; edgedet needs exactly one class-score "
+                             "output", where=where,
+                             fix="use an image classification model, not a detector or a multi-head model")
+        inp, out = self.inputs[0], self.outputs[0]
+        if len(inp.shape) != 4 or inp.shape[3] != 3 or inp.shape[0] != 1 or min(inp.shape) < 1:
+            raise ModelError(f"input '{inp.name}' has shape {list(inp.shape)}; edgedet needs 1xHxWx3 (NHWC, RGB)",
+                             where=where, fix="export the model with a 1xHxWx3 input")
+        for kind, spec in (("input", inp), ("output", out)):
+            if spec.dtype not in _NUMPY_TYPES:
+                raise ModelError(f"{kind} '{spec.name}' is {spec.dtype.lower()}; edgedet supports float32, uint8 "
+                                 "and int8", where=where, fix="convert with --quant int8 or float32")
+            if spec.dtype != "FLOAT32" and not spec.scale:
+                raise ModelError(f"{kind} '{spec.name}' is {spec.dtype.lower()} without quantization parameters",
+                                 where=where, fix="reconvert the model with full-integer quantization")
+        classes = int(np.prod(out.shape)) if out.shape else 0
+        if not out.shape or any(d != 1 for d in out.shape[:-1]) or classes < 2:
+            raise ModelError(f"output '{out.name}' has shape {list(out.shape)}, not a vector of class scores "
+                             "(1xN)", where=where, fix="use an image classification model")
+
+
+def _field_pos(tab: Table, index: int) -> int:
+    return tab.Offset(4 + 2 * index)
+
+
+def _sub_tables(tab: Table, index: int) -> list[Table]:
+    off = _field_pos(tab, index)
+    if not off:
+        return []
+    start, count = tab.Vector(off), tab.VectorLen(off)
+    return [Table(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(count)]
+
+
+def _sub_table(tab: Table, index: int) -> Optional[Table]:
+    off = _field_pos(tab, index)
+    return Table(tab.Bytes, tab.Indirect(off + tab.Pos)) if off else None
+
+
+def _floats(tab: Table, index: int) -> list[float]:
+    off = _field_pos(tab, index)
+    if not off:
+        return []
+    start, count = tab.Vector(off), tab.VectorLen(off)
+    return [tab.Get(flatbuffers.number_types.Float32Flags, start + 4 * i) for i in range(count)]
+
+
+def _u8(tab: Table, index: int) -> int:
+    off = _field_pos(tab, index)
+    return tab.Get(flatbuffers.number_types.Uint8Flags, off + tab.Pos) if off else 0
+
+
+def _metadata_normalization(buf: bytes) -> Optional[tuple[list[float], list[float]]]:
+    """NormalizationOptions(mean, std) of the first input in a TFLite ModelMetadata flatbuffer."""
+    root = Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
+    for subgraph in _sub_tables(root, 3):  # ModelMetadata.subgraph_metadata
+        for tensor in _sub_tables(subgraph, 2)[:1]:  # SubGraphMetadata.input_tensor_metadata
+            for unit in _sub_tables(tensor, 4):  # TensorMetadata.process_units
+                options = _sub_table(unit, 1)
+                if _u8(unit, 0) == 1 and options is not None:  # ProcessUnitOptions.NormalizationOptions
+                    mean, std = _floats(options, 0), _floats(options, 1)
+                    if mean and std:
+                        return mean, std
+    return None
+
+
+def _embedded_labels(data: bytes) -> Optional[list[str]]:
+    """Labels from the zip of associated files that TFLite metadata appends to the model."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = [n for n in archive.namelist() if n.lower().endswith(".txt")]
+            preferred = [n for n in names if "label" in n.lower()] or names
+            if not preferred:
+                return None
+            text = archive.read(preferred[0]).decode("utf-8", errors="replace")
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+    from edgedet.model.labels import parse_labels
+
+    return parse_labels(text) or None
+
+
+def _has_broken_archive(data: bytes) -> bool:
+    """A zip local-file header (metadata associated files) without a readable zip: the tail was cut off."""
+    start = data.find(b"PK\x03\x04")
+    while start != -1:
+        header = data[start:start + 30]
+        if len(header) == 30:
+            name_len = struct.unpack_from("<H", header, 26)[0]
+            name = data[start + 30:start + 30 + name_len]
+            if 0 < name_len < 256 and len(name) == name_len and name.isascii() and b"." in name:
+                return not zipfile.is_zipfile(io.BytesIO(data))
+        start = data.find(b"PK\x03\x04", start + 4)
+    return False
+
+
+def _tensor_spec(t: Any) -> TensorSpec:
+    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+    signature = tuple(int(d) for d in t.ShapeSignatureAsNumpy()) if t.ShapeSignatureLength() else ()
+    scale, zero_point = 0.0, 0
+    q = t.Quantization()
+    if q is not None and q.ScaleLength() == 1:
+        scale, zero_point = float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+    name = t.Name().decode("utf-8", errors="replace") if t.Name() else ""
+    return TensorSpec(name=name, shape=shape, dtype=_TENSOR_TYPES.get(t.Type(), f"TYPE_{t.Type()}"),
+                      scale=scale, zero_point=zero_point,
+                      dynamic_dims=tuple(i for i, d in enumerate(signature) if d == -1))
+
+
+def read_tflite(path: str | Path) -> TfliteFile:
+    """Parse a model file; every failure is a ModelError naming the file and what to do."""
+    path = Path(path)
+    fix_path = "check model.path (or --model)"
+    if not path.exists():
+        raise ModelError("model file not found", where=path, fix=fix_path)
+    if path.is_dir():
+        raise ModelError("is a directory, not a .tflite model file", where=path, fix=fix_path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file ({exc.strerror})", where=path, fix="check its permissions") from None
+    if not data:
+        raise ModelError("model file is empty (0 bytes)", where=path,
+                         fix="the copy or download failed; fetch the model again")
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError("not a TFLite model (no TFL3 flatbuffer identifier)", where=path,
+                         fix="pass a .tflite file converted with the TFLite converter")
+    try:
+        return _parse(path, data)
+    except ModelError:
+        raise
+    except (struct.error, IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"truncated or corrupt TFLite file ({type(exc).__name__})", where=path,
+                         fix="the copy or download is incomplete; fetch the model again") from None
+
+
+def _parse(path: Path, data: bytes) -> TfliteFile:
+    size = len(data)
+    model = tflite.Model.GetRootAsModel(data, 0)
+    if model.SubgraphsLength() < 1:
+        raise ModelError("model has no subgraph", where=path, fix="reconvert the model")
+    # Every buffer must lie inside the file: a truncated download fails here instead of in the C++ loader.
+    buffers: list[bytes] = []
+    for i in range(model.BuffersLength()):
+        buffer = model.Buffers(i)
+        offset = buffer.Offset() if hasattr(buffer, "Offset") else 0
+        if offset > 1:
+            end = offset + buffer.Size()
+            if end > size:
+                raise ModelError(f"truncated: buffer {i} ends at byte {end} of a {size}-byte file", where=path,
+                                 fix="fetch the model again")
+            buffers.append(data[offset:end])
+            continue
+        length = buffer.DataLength()
+        if length:
+            start = buffer._tab.Vector(buffer._tab.Offset(4))
+            if start + length > size:
+                raise ModelError(f"truncated: buffer {i} ends at byte {start + length} of a {size}-byte file",
+                                 where=path, fix="fetch the model again")
+            buffers.append(data[start:start + length])
+        else:
+            buffers.append(b"")
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = (code.CustomCode() or b"").decode() if builtin == tflite.BuiltinOperator.CUSTOM else \
+            _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        codes.append((name, code.Version()))
+    graph = model.Subgraphs(0)
+    tensors = [_tensor_spec(graph.Tensors(i)) for i in range(graph.TensorsLength())]
+    constant = {i for i in range(graph.TensorsLength())
+                if graph.Tensors(i).Buffer() < len(buffers) and buffers[graph.Tensors(i).Buffer()]}
+    operators = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name, version = codes[op.OpcodeIndex()]
+        operators.append(Operator(name, version,
+                                  tuple(int(x) for x in op.InputsAsNumpy()) if op.InputsLength() else (),
+                                  tuple(int(x) for x in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
+    inputs = [tensors[int(i)] for i in graph.InputsAsNumpy()] if graph.InputsLength() else []
+    outputs = [tensors[int(i)] for i in graph.OutputsAsNumpy()] if graph.OutputsLength() else []
+    normalization = None
+    for i in range(model.MetadataLength()):
+        meta = model.Metadata(i)
+        if meta.Name() == b"TFLITE_METADATA" and meta.Buffer() < len(buffers) and buffers[meta.Buffer()]:
+            try:
+                normalization = _metadata_normalization(buffers[meta.Buffer()])
+            except (struct.error, IndexError, ValueError):
+                normalization = None  # unreadable metadata is not fatal: the model itself is fine
+    if _has_broken_archive(data):
+        raise ModelError("truncated: the model's appended metadata archive (labels) is incomplete", where=path,
+                         fix="the copy or download is incomplete; fetch the model again")
+    description = (model.Description() or b"").decode("utf-8", errors="replace")
+    return TfliteFile(path=path, data=data, inputs=inputs, outputs=outputs, tensors=tensors,
+                      operators=operators, constant_tensors=constant, description=description,
+                      metadata_normalization=normalization, embedded_labels=_embedded_labels(data))
+
+
+def numpy_dtype(spec: TensorSpec) -> np.dtype:
+    return np.dtype(_NUMPY_TYPES[spec.dtype])

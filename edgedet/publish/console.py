@@ -1,0 +1,29 @@
+"""Console/log sink: one line on a label change, and the latest result at most every ``interval_s``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from edgedet.results import FrameResult
+
+log = logging.getLogger("edgedet.results")
+
+
+class ConsoleSink:
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last_label: str | None = None
+        self._last_time = 0.0
+
+    def handle(self, result: FrameResult) -> None:
+        best = result.top_k[0]
+        now = time.monotonic()
+        if best.label == self._last_label and now - self._last_time < self.interval_s:
+            return
+        self._last_label, self._last_time = best.label, now
+        log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, best.label, best.score,
+                 result.latency_ms.get("inference", 0.0), result.frame_age_ms)
+
+    def close(self, flush_timeout_s: float | None = None) -> None:
+        pass

@@ -1,0 +1,490 @@
+"""MQTT publishing that never blocks the caller and never silently loses a message.
+
+Design (why it looks like this):
+
+* The caller (the frame loop) only appends to our own bounded outbox (``collections.deque`` with
+  ``maxlen=mqtt.outbox_max``); when it is full the oldest message is dropped and counted. Appending is O(1)
+  and takes one short lock, so a down broker cannot slow the loop.
+* A sender thread drains the outbox in order, and only while connected. It hands at most
+  ``mqtt.inflight_max`` unacknowledged QoS>0 messages to paho. paho keeps every QoS>0 message it was given
+  until the PUBACK arrives and re-sends it after a reconnect (``_messages_reconnect_reset`` +
+  CONNACK handling), so a broker restart loses nothing; we track the mids through ``on_publish`` to know
+  when the window frees up and when a stop has flushed everything.
+* ``status`` is ``online`` (retained) from the connect callback, so it follows every reconnect, and
+  ``offline`` (retained, QoS 1) both as the Will and on a clean stop.
+* Retained messages (info, Home Assistant discovery) and subscriptions are re-sent on every connect, so a
+  broker that lost its state (no persistence) is repopulated.
+* Connection problems (wrong credentials, ACL denial, TLS mismatch, unreachable host) give one clear log
+  line per kind, repeated at most every ``REPEAT_LOG_S`` while they persist; paho keeps retrying with
+  exponential backoff (``reconnect_delay_set``).
+
+Never call into paho while holding ``self._cond``: paho calls ``on_publish`` while holding its own
+``_out_message_mutex``, and ``publish()`` takes that mutex, so the two locks would deadlock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Union
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgedet.errors import ConfigError
+from edgedet.publish.config import MqttConfig
+
+log = logging.getLogger("edgedet.mqtt")
+
+PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
+STATUS_ONLINE = "online"
+STATUS_OFFLINE = "offline"
+REPEAT_LOG_S = 300.0  # a persisting connection problem is logged again at most this often
+STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "lost connection" log limit
+# Problems that a successful connect proves solved; the others (ACL denials, drops right after connecting)
+# can persist across connects and stay rate-limited.
+CONNECT_PROBLEMS = frozenset({"tls", "dns", "refused", "timeout", "unreachable", "unknown", "closed", "auth"})
+# MQTT 5 reason code "Not authorized" (PUBACK/SUBACK) and MQTT 3.1.1 SUBACK failure.
+RC_NOT_AUTHORIZED = 135
+SUBACK_FAILURE_311 = 128
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+Payload = Union[bytes, Callable[[], bytes]]
+
+
+class OutMessage(NamedTuple):
+    topic: str
+    # bytes, or a function that builds them: encoding is deferred to the sender thread so the frame loop
+    # pays only for an append, and messages dropped while the broker is down are never encoded at all.
+    payload: Payload
+    qos: int
+    retain: bool
+
+
+class _ErrorRecordingClient(mqtt.Client):
+    """paho's client, remembering why the last connection attempt raised.
+
+    ``loop_forever`` swallows the ``OSError`` of a failed connect and only calls ``on_connect_fail``
+    without arguments; the exception is what tells "refused" from "TLS mismatch" from "no such host".
+    """
+
+    last_connect_error: BaseException | None = None
+    attempts = 0  # connection attempts so far; tells one connection's callbacks from the next one's
+
+    def reconnect(self) -> MQTTErrorCode:
+        self.attempts += 1
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+        self.last_connect_error = None
+        return rc
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """The password from ``mqtt.password_file``, else ``$EDGEDET_MQTT_PASSWORD``, else ``mqtt.password``."""
+    if cfg.password_file is not None:
+        path = Path(cfg.password_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("mqtt.password_file not found", where=path,
+                              fix="create it (one line, mode 0600) or remove mqtt.password_file") from None
+        except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"mqtt.password_file cannot be read ({type(exc).__name__})", where=path,
+                              fix="make it a UTF-8 text file readable by the service user") from None
+        # The first line only: a trailing newline from `echo pw > file` is not part of the password.
+        lines = text.splitlines()
+        return lines[0] if lines else ""
+    if os.environ.get(PASSWORD_ENV) is not None:
+        return os.environ[PASSWORD_ENV]
+    return cfg.password
+
+
+def _check_tls_files(cfg: MqttConfig) -> None:
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(cfg.tls, key)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"mqtt.tls.{key} not found", where=value,
+                              fix=f"fix the path or remove mqtt.tls.{key}")
+    if (cfg.tls.cert_file is None) != (cfg.tls.key_file is None):
+        raise ConfigError("mqtt.tls.cert_file and mqtt.tls.key_file must be given together",
+                          fix="set both (client certificate authentication) or neither")
+
+
+def describe_connect_error(exc: BaseException | None, cfg: MqttConfig) -> tuple[str, str]:
+    """(kind, one-line explanation with the fix) for an exception raised while connecting."""
+    where = f"{cfg.host}:{cfg.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls", (f"MQTT TLS: the certificate of {where} is not trusted ({exc.verify_message}); "
+                       "check mqtt.tls.ca_file and that mqtt.host matches the certificate name")
+    if isinstance(exc, ssl.SSLError):
+        detail = getattr(exc, "reason", None) or exc
+        return "tls", (f"MQTT TLS handshake with {where} failed ({detail}); is the port a TLS listener, and "
+                       "are mqtt.tls.ca_file/cert_file/key_file the right ones?")
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"MQTT: cannot resolve host {cfg.host!r} ({exc.strerror}); check mqtt.host"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", f"MQTT: connection to {where} refused; is the broker running, is mqtt.port right?"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timeout", f"MQTT: connecting to {where} timed out; is the host reachable (network, firewall)?"
+    if isinstance(exc, OSError):
+        return "unreachable", f"MQTT: cannot connect to {where} ({exc.strerror or exc}); check the network"
+    return "unknown", f"MQTT: cannot connect to {where}; retrying"
+
+
+class MqttPublisher:
+    """A non-blocking, reconnecting, loss-free MQTT publisher for one device namespace."""
+
+    def __init__(self, cfg: MqttConfig, device_id: str, *, client_id: str | None = None) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.base_topic = f"{cfg.topic_prefix.rstrip('/')}/{device_id}"
+        self.status_topic = f"{self.base_topic}/status"
+        _check_tls_files(cfg)
+        password = read_password(cfg)
+
+        self._cond = threading.Condition()
+        self._outbox: deque[OutMessage] = deque(maxlen=cfg.outbox_max)
+        self._inflight: dict[int, OutMessage] = {}
+        self._acked_before_recorded: set[int] = set()
+        self._retained: dict[str, OutMessage] = {}
+        self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._connected = False
+        self._ever_connected = False
+        self._connack_refused = False
+        self._connected_since = 0.0
+        self._disconnect_seen_for_attempt = -1
+        self._stopping = False
+        self._sender: threading.Thread | None = None
+        self._started = False
+        # counters (read by stats())
+        self._dropped = 0
+        self._reconnects = 0
+        self._sent = 0
+        self._acked = 0
+        self._denied = 0
+        self._failed_attempts = 0
+        # rate-limited problem log: kind -> (last logged monotonic time, times seen since)
+        self._problems: dict[str, list[float]] = {}
+
+        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+        self._protocol = protocol
+        cid = client_id or cfg.client_id or f"edgedet-{device_id}"
+        kwargs: dict[str, Any] = {}
+        if protocol == mqtt.MQTTv311:
+            kwargs["clean_session"] = True
+        client = _ErrorRecordingClient(CallbackAPIVersion.VERSION2, client_id=cid, protocol=protocol,
+                                       **kwargs)
+        # 0 = unlimited: our own window (inflight_max) bounds it, and paho must never park a message in its
+        # "queued" state, which its CONNACK handling resends less eagerly.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        # paho doubles the delay after each failed attempt up to the maximum (exponential backoff).
+        client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls.enabled:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure else ssl.CERT_REQUIRED,
+            )
+            if cfg.tls.insecure:
+                log.warning("MQTT TLS: mqtt.tls.insecure is set, the broker certificate is NOT verified")
+                client.tls_insecure_set(True)
+        client.will_set(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+
+    # ------------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once (the broker may be down)."""
+        if self._started:
+            return
+        self._started = True
+        self._sender = threading.Thread(target=self._sender_main, name="edgedet-mqtt-sender", daemon=True)
+        self._sender.start()
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.loop_start()
+
+    def topic(self, leaf: str) -> str:
+        return f"{self.base_topic}/{leaf}"
+
+    def publish(self, topic: str, payload: bytes | str | Callable[[], bytes], qos: int | None = None,
+                retain: bool = False) -> None:
+        """Queue a message; never blocks. A full outbox drops (and counts) its oldest message.
+
+        ``payload`` may be a function returning the bytes; the sender thread calls it when it sends."""
+        data: Payload = payload.encode("utf-8") if isinstance(payload, str) else payload
+        msg = OutMessage(topic, data, self.cfg.qos if qos is None else qos, retain)
+        with self._cond:
+            if len(self._outbox) == self._outbox.maxlen:
+                self._dropped += 1
+            self._outbox.append(msg)
+            if self._connected:
+                # Waking the sender while disconnected would only cost the caller a thread switch per frame.
+                self._cond.notify()
+
+    def publish_retained(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        """Publish a retained message now (or on connect) and again after every reconnect."""
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        msg = OutMessage(topic, data, qos, True)
+        with self._cond:
+            self._retained[topic] = msg
+            connected = self._connected
+        if connected:
+            self._client.publish(topic, data, qos=qos, retain=True)
+
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again on every connect."""
+        with self._cond:
+            self._subscriptions[topic] = (qos, handler)
+            connected = self._connected
+        if connected:
+            self._client.subscribe(topic, qos)
+
+    @property
+    def connected(self) -> bool:
+        with self._cond:
+            return self._connected
+
+    def stats(self) -> dict[str, Any]:
+        """``queued`` = waiting in the outbox + sent but not yet acknowledged."""
+        with self._cond:
+            return {
+                "connected": self._connected,
+                "queued": len(self._outbox) + len(self._inflight),
+                "dropped": self._dropped,
+                "reconnects": self._reconnects,
+                "sent": self._sent,
+                "acked": self._acked,
+                "denied": self._denied,
+                "failed_attempts": self._failed_attempts,
+            }
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty and every QoS>0 message is acknowledged (or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._outbox or self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.1))
+        return True
+
+    def stop(self, flush_timeout_s: float | None = None) -> None:
+        """Flush (bounded), publish ``offline`` retained, disconnect cleanly, stop the threads."""
+        if not self._started:
+            return
+        timeout = self.cfg.flush_timeout_s if flush_timeout_s is None else flush_timeout_s
+        flushed = self.flush(timeout) if self.connected else False
+        with self._cond:
+            left = len(self._outbox) + len(self._inflight)
+            self._stopping = True
+            self._cond.notify_all()
+        if not flushed and left:
+            log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)",
+                        left, "connected" if self.connected else "unreachable")
+        if self.connected:
+            info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+            # RuntimeError/ValueError: the connection dropped meanwhile; the Will says offline instead.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=max(1.0, min(timeout, 5.0)))
+            # A clean DISCONNECT suppresses the Will, so the explicit offline above is what subscribers see.
+            self._client.disconnect()
+        self._client.loop_stop()
+        if self._sender is not None:
+            self._sender.join(timeout=2.0)
+        self._started = False
+
+    # ------------------------------------------------------------------ sender thread
+
+    def _sender_main(self) -> None:
+        window = self.cfg.inflight_max
+        while True:
+            with self._cond:
+                while not self._stopping and (
+                    not self._connected or not self._outbox or len(self._inflight) >= window
+                ):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                msg = self._outbox.popleft()
+            if callable(msg.payload):
+                try:
+                    msg = msg._replace(payload=msg.payload())
+                except Exception:  # a payload that cannot be built must not stop the sender
+                    log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
+                    continue
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            with self._cond:
+                self._sent += 1
+                if msg.qos > 0:
+                    if info.mid in self._acked_before_recorded:
+                        self._acked_before_recorded.discard(info.mid)
+                    else:
+                        self._inflight[info.mid] = msg
+                # QoS 0 returning NO_CONN is lost by definition (at most once); QoS>0 stays in paho's store.
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self._report_refused(reason)
+            return
+        client.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)
+        with self._cond:
+            retained = list(self._retained.values())
+            subscriptions = [(t, q) for t, (q, _) in self._subscriptions.items()]
+            if self._ever_connected:
+                self._reconnects += 1
+            was_problem = any(kind in CONNECT_PROBLEMS for kind in self._problems)
+            for kind in CONNECT_PROBLEMS:
+                self._problems.pop(kind, None)
+            self._connack_refused = False
+            self._connected_since = time.monotonic()
+            self._ever_connected = True
+        for topic, qos in subscriptions:
+            client.subscribe(topic, qos)
+        for msg in retained:
+            client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+        log.info("MQTT: connected to %s:%d as %s (MQTT %s)%s", self.cfg.host, self.cfg.port,
+                 self.status_topic.rsplit("/", 2)[1], self.cfg.protocol, " again" if was_problem else "")
+        with self._cond:
+            self._connected = True
+            self._cond.notify_all()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        with self._cond:
+            self._failed_attempts += 1
+            self._connack_refused = False
+        exc = getattr(client, "last_connect_error", None)
+        kind, line = describe_connect_error(exc, self.cfg)
+        self._log_problem(kind, line)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Any) -> None:
+        attempt = getattr(client, "attempts", 0)
+        with self._cond:
+            # paho can report one lost connection (or one refused CONNACK) twice; handle it once.
+            if attempt == self._disconnect_seen_for_attempt:
+                return
+            self._disconnect_seen_for_attempt = attempt
+            was_connected = self._connected
+            self._connected = False
+            refused = self._connack_refused
+            up_s = time.monotonic() - self._connected_since
+            if was_connected and up_s >= STABLE_CONNECTION_S:
+                self._problems.pop("lost", None)  # a long-lived connection: its loss is news again
+            self._cond.notify_all()
+        if self._stopping:
+            return
+        if was_connected:
+            hint = ""
+            if up_s < STABLE_CONNECTION_S:
+                # mosquitto 2.0 closes the connection after a publish its ACL denies (MQTT 3.1.1 has no
+                # other way to say so), which shows up as a drop right after every connect.
+                hint = (f"; dropped {up_s:.1f} s after connecting: if this repeats, check that the broker "
+                        f"ACL lets user {self.cfg.username!r} write {self.base_topic}/#")
+            self._log_problem("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
+                              f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
+        elif not refused:
+            with self._cond:
+                self._failed_attempts += 1
+            # Closed before CONNACK: typically a TLS listener spoken to in plain text, or the reverse.
+            self._log_problem("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection before "
+                              "accepting it; does mqtt.tls.enabled match the broker listener on this port?")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Any) -> None:
+        with self._cond:
+            msg = self._inflight.pop(mid, None)
+            if msg is None:
+                if len(self._acked_before_recorded) < 100_000:
+                    self._acked_before_recorded.add(mid)
+            else:
+                self._acked += 1
+            if reason.value == RC_NOT_AUTHORIZED:
+                self._denied += 1
+            self._cond.notify_all()
+        if reason.value == RC_NOT_AUTHORIZED:
+            # msg is None when the PUBACK beat the sender to recording the mid: name our namespace then.
+            topic = msg.topic if msg is not None else f"{self.base_topic}/..."
+            self._log_problem("acl", f"MQTT: the broker refused a publish to {topic!r} (not authorized, "
+                              f"reason 135); allow user {self.cfg.username!r} to write {self.base_topic}/# "
+                              "in the broker ACL")
+        elif reason.is_failure:
+            self._log_problem(f"puback{reason.value}", f"MQTT: the broker refused a publish: {reason}")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Any) -> None:
+        for rc in reason_codes:
+            if rc.is_failure or rc.value in (SUBACK_FAILURE_311, RC_NOT_AUTHORIZED):
+                self._log_problem("suback", f"MQTT: the broker refused a subscription ({rc}); allow user "
+                                  f"{self.cfg.username!r} to read it in the broker ACL")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            handlers = [h for t, (_, h) in self._subscriptions.items()
+                        if mqtt.topic_matches_sub(t, message.topic)]
+        for handler in handlers:
+            try:
+                handler(message.topic, message.payload)
+            except Exception:  # a bad handler must not kill paho's network thread
+                log.exception("MQTT: handler for %s failed", message.topic)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _report_refused(self, reason: ReasonCode) -> None:
+        with self._cond:
+            self._connack_refused = True
+            self._failed_attempts += 1
+        name = str(reason)
+        value = reason.value
+        # 4/134 = bad user name or password; 5/135 = not authorized (mosquitto answers a wrong password so).
+        if value in (4, 5, 134, 135):
+            user = "no user name (anonymous)" if self.cfg.username is None else f"user {self.cfg.username!r}"
+            line = (f"MQTT: {self.cfg.host}:{self.cfg.port} refused the login of {user} ({name}); check "
+                    f"mqtt.username and the password (mqtt.password_file or ${PASSWORD_ENV})")
+            self._log_problem("auth", line)
+        else:
+            self._log_problem(f"connack{value}", f"MQTT: {self.cfg.host}:{self.cfg.port} refused the "
+                              f"connection ({name})")
+
+    def _log_problem(self, kind: str, line: str, level: int = logging.ERROR) -> None:
+        """Log a problem once, then at most every REPEAT_LOG_S while it persists (no per-retry spam)."""
+        now = time.monotonic()
+        with self._cond:
+            entry = self._problems.get(kind)
+            if entry is None:
+                self._problems[kind] = [now, 0]
+                repeat = None
+            elif now - entry[0] >= REPEAT_LOG_S:
+                repeat = int(entry[1])
+                entry[0], entry[1] = now, 0
+            else:
+                entry[1] += 1
+                return
+        suffix = "; retrying with backoff" if repeat is None else f" (again, {repeat} more times); retrying"
+        log.log(level, "%s%s", line, suffix)

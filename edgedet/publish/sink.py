@@ -1,0 +1,147 @@
+"""The MQTT sink of the frame loop: policy + payloads + the non-blocking publisher.
+
+Wiring (frame loop)::
+
+    sink = MqttSink.from_config(cfg, info=info_sections)   # starts connecting in the background
+    ...  sink.handle(result, frame=rgb)                     # per frame, inference thread; never blocks
+    ...  sink.publish_stats(loop.stats())                   # every publish.stats_interval_s
+    sink.close()                                            # flush (bounded), offline retained, disconnect
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+from edgedet.publish import homeassistant, messages
+from edgedet.publish.config import HomeAssistantConfig, PublishConfig
+from edgedet.publish.mqtt import MqttPublisher
+from edgedet.publish.policy import PublishPolicy
+from edgedet.results import FrameResult
+
+log = logging.getLogger("edgedet.mqtt")
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _encode_detection(result: FrameResult, run_id: str, seq: int, model_name: str) -> bytes:
+    return _dumps(messages.detection_payload(result, run_id, seq, model_name))
+
+
+def encode_snapshot(frame: Any, max_bytes: int) -> bytes | None:
+    """JPEG of an HxWx3 uint8 RGB array or PIL image, at most ``max_bytes`` (lower quality, then smaller)."""
+    from PIL import Image  # only when snapshots are on
+
+    image = frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
+    image = image.convert("RGB")
+    for _ in range(6):
+        for quality in (85, 70, 55, 40, 25):
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=quality)
+            if buffer.tell() <= max_bytes:
+                return buffer.getvalue()
+        if min(image.size) <= 16:
+            break
+        image = image.resize((max(1, image.width // 2), max(1, image.height // 2)))
+    return None
+
+
+class MqttSink:
+    """Implements the ``Sink`` protocol (``handle``/``close``) for MQTT."""
+
+    def __init__(self, publisher: MqttPublisher, publish_cfg: PublishConfig, *, model_name: str = "",
+                 run_id: str | None = None, ha_cfg: HomeAssistantConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.publisher = publisher
+        self.cfg = publish_cfg
+        self.model_name = model_name
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.ha_cfg = ha_cfg
+        self._clock = clock
+        self.policy = PublishPolicy(publish_cfg.mode, min_score=publish_cfg.min_score,
+                                    debounce_frames=publish_cfg.debounce_frames,
+                                    republish_s=publish_cfg.republish_s)
+        self.seq = 0
+        self._state_result: FrameResult | None = None
+        self._snapshot_label: str | None = None
+        self.detection_topic = publisher.topic("detection")
+        self.stats_topic = publisher.topic("stats")
+        self.info_topic = publisher.topic("info")
+        self.snapshot_topic = publisher.topic("snapshot")
+        if ha_cfg is not None and ha_cfg.enabled:
+            self._send_discovery()
+            publisher.subscribe(homeassistant.status_topic(ha_cfg.prefix), self._on_ha_status)
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, model_name: str = "", info: dict[str, Any] | None = None,
+                    run_id: str | None = None, start: bool = True) -> MqttSink:
+        """Build from an ``EdgedetConfig``; ``info`` = keyword arguments of ``messages.info_payload``
+        except device_id/run_id (model, runtime, delegate, source, started_wall)."""
+        device_id = cfg.resolved_device_id()
+        publisher = MqttPublisher(cfg.mqtt, device_id)
+        sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant)
+        if info is not None:
+            sink.publish_info(**info)
+        if start:
+            publisher.start()
+        return sink
+
+    # -- Sink protocol ------------------------------------------------------------------------------
+    def handle(self, result: FrameResult, frame: Any = None) -> None:
+        top = result.top_k[0] if result.top_k else None
+        decision = self.policy.decide(top.label if top else None, float(top.score) if top else 0.0,
+                                      self._clock())
+        if top is not None and top.label == self.policy.state:
+            self._state_result = result  # the newest frame that agrees with the published state
+        if not decision.publish:
+            return
+        republish = decision.reason == "republish" and self._state_result is not None
+        to_send = self._state_result if republish else result
+        self.seq += 1
+        # Built by the sender thread (the frame loop only appends): see MqttPublisher.publish.
+        self.publisher.publish(self.detection_topic, functools.partial(
+            _encode_detection, to_send, self.run_id, self.seq, self.model_name))
+        if self.cfg.snapshot and frame is not None and decision.label != self._snapshot_label:
+            self._snapshot_label = decision.label
+            jpeg = encode_snapshot(frame, self.cfg.snapshot_max_bytes)
+            if jpeg is None:
+                log.warning("snapshot skipped: cannot fit the frame in publish.snapshot_max_bytes=%d",
+                            self.cfg.snapshot_max_bytes)
+            else:
+                self.publisher.publish(self.snapshot_topic, jpeg)
+
+    def close(self, flush_timeout_s: float | None = None) -> None:
+        """Flush at most ``flush_timeout_s`` (default mqtt.flush_timeout_s), publish offline, disconnect."""
+        self.publisher.stop(flush_timeout_s)
+
+    # -- other messages -----------------------------------------------------------------------------
+    def publish_stats(self, stats: dict[str, Any]) -> None:
+        payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
+                                         run_id=self.run_id, wall=time.time())
+        self.publisher.publish(self.stats_topic, _dumps(payload))
+
+    def publish_info(self, *, model: dict[str, Any], runtime: dict[str, Any], delegate: dict[str, Any],
+                     source: dict[str, Any], started_wall: float | None = None) -> None:
+        payload = messages.info_payload(device_id=self.publisher.device_id, run_id=self.run_id,
+                                        started_wall=time.time() if started_wall is None else started_wall,
+                                        model=model, runtime=runtime, delegate=delegate, source=source)
+        self.publisher.publish_retained(self.info_topic, _dumps(payload))
+
+    def _send_discovery(self) -> None:
+        assert self.ha_cfg is not None
+        for config_topic, payload in homeassistant.discovery_configs(
+                device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
+                ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None):
+            self.publisher.publish_retained(config_topic, _dumps(payload))
+
+    def _on_ha_status(self, topic: str, payload: bytes) -> None:
+        if payload.strip() == b"online":
+            log.info("Home Assistant is online again: re-sending discovery")
+            self._send_discovery()

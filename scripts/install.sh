@@ -1,0 +1,164 @@
+#!/bin/sh
+# Install (or --uninstall) edgedet as a systemd service on a Raspberry Pi.
+#
+#   sudo scripts/install.sh [--no-pip] [--unit-dir DIR] [--models DIR]
+#   sudo scripts/install.sh --uninstall [--purge]
+#
+# DESTDIR=/staging installs into a staging root: no user is created and nothing is enabled; those
+# steps are recorded in $DESTDIR/opt/edgedet/install-actions.txt instead (tests, packaging).
+# EDGEDET_PIP_ARGS adds pip arguments (e.g. "--no-index --find-links /media/usb/wheels");
+# EDGEDET_SKIP_PIP=1 (or --no-pip) creates the venv without pip and installs no package.
+# Layout: /opt/edgedet/{venv,models,docs}, /etc/edgedet/config.yaml, <unit-dir>/edgedet.service.
+set -eu
+
+SERVICE_USER=edgedet
+DEVICE_GROUPS="video plugdev apex"   # camera / Coral USB / Coral PCIe (see docs/systemd.md)
+PYTHON=${PYTHON:-python3}
+DESTDIR=${DESTDIR:-}
+PREFIX=/opt/edgedet
+CONFIG_DIR=/etc/edgedet
+UNIT_DIR=/etc/systemd/system
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+MODELS_SRC=$SRC/models
+SKIP_PIP=${EDGEDET_SKIP_PIP:-0}
+ACTION=install
+PURGE=0
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "install.sh: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --uninstall) ACTION=uninstall ;;
+        --purge) PURGE=1 ;;
+        --no-pip) SKIP_PIP=1 ;;
+        --unit-dir) [ $# -ge 2 ] || die "--unit-dir needs a directory"; UNIT_DIR=$2; shift ;;
+        --models) [ $# -ge 2 ] || die "--models needs a directory"; MODELS_SRC=$2; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "install.sh: unknown argument: $1" >&2; usage 2 ;;
+    esac
+    shift
+done
+
+ROOT=${DESTDIR%/}
+OPT=$ROOT$PREFIX
+ETC=$ROOT$CONFIG_DIR
+UNITS=$ROOT$UNIT_DIR
+ACTIONS=$OPT/install-actions.txt
+MODEL_LINE='  path: models/pikachu_mobilenet_v2_0.35_96_int8.tflite'
+
+# Steps that change the running system: done for real, or only recorded under DESTDIR.
+system_step() {
+    if [ -n "$ROOT" ]; then
+        mkdir -p "$OPT"
+        echo "$*" >> "$ACTIONS"
+    else
+        "$@"
+    fi
+}
+
+if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
+    die "run as root (sudo), or set DESTDIR to install into a staging root"
+fi
+
+install_all() {
+    [ -f "$SRC/systemd/edgedet.service" ] || die "$SRC/systemd/edgedet.service not found: run from a checkout"
+
+    if [ -z "$ROOT" ]; then
+        for group in $DEVICE_GROUPS; do
+            getent group "$group" >/dev/null || groupadd --system "$group"
+        done
+        if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+            useradd --system --user-group --home-dir /var/lib/edgedet --no-create-home \
+                --shell /usr/sbin/nologin --comment "edgedet camera classifier" "$SERVICE_USER"
+        fi
+    else
+        for group in $DEVICE_GROUPS; do
+            system_step groupadd --system "$group"
+        done
+        system_step useradd --system --user-group "$SERVICE_USER"
+    fi
+
+    mkdir -p "$OPT/models" "$OPT/docs" "$ETC" "$UNITS"
+
+    # The venv sees the system site packages: apt's python3-picamera2 and libcamera are not on PyPI.
+    if [ ! -x "$OPT/venv/bin/python" ]; then
+        if [ "$SKIP_PIP" = 1 ]; then
+            "$PYTHON" -m venv --system-site-packages --without-pip "$OPT/venv"
+        else
+            "$PYTHON" -m venv --system-site-packages "$OPT/venv"
+        fi
+    fi
+    if [ "$SKIP_PIP" != 1 ]; then
+        # shellcheck disable=SC2086 # EDGEDET_PIP_ARGS is a list of arguments
+        "$OPT/venv/bin/python" -m pip install --upgrade ${EDGEDET_PIP_ARGS:-} "$SRC"
+    fi
+
+    if [ -d "$MODELS_SRC" ]; then
+        for model in "$MODELS_SRC"/*.tflite "$MODELS_SRC"/*.txt; do
+            [ -f "$model" ] && install -m 0644 "$model" "$OPT/models/"
+        done
+    fi
+    install -m 0644 "$SRC/docs/systemd.md" "$SRC/docs/troubleshooting.md" "$OPT/docs/"
+
+    # The installed config names the model by absolute path: it lives in /opt, not beside /etc/edgedet.
+    sed "s#^$MODEL_LINE\$#  path: $PREFIX/models/pikachu_mobilenet_v2_0.35_96_int8.tflite#" \
+        "$SRC/config.yaml" > "$OPT/config.yaml.example"
+    chmod 0644 "$OPT/config.yaml.example"
+    if [ -e "$ETC/config.yaml" ]; then
+        # Never overwrite a config someone may have edited: put the new example beside it.
+        install -m 0644 "$OPT/config.yaml.example" "$ETC/config.yaml.new"
+        echo "install.sh: kept $CONFIG_DIR/config.yaml; the new example is $CONFIG_DIR/config.yaml.new"
+    else
+        install -m 0640 "$OPT/config.yaml.example" "$ETC/config.yaml"
+        # Readable by the service (group), writable by root only.
+        system_step chgrp "$SERVICE_USER" "$ETC/config.yaml"
+    fi
+
+    install -m 0644 "$SRC/systemd/edgedet.service" "$UNITS/edgedet.service"
+    system_step systemctl daemon-reload
+    system_step systemctl enable edgedet.service
+    echo "install.sh: installed; start with: systemctl start edgedet"
+}
+
+remove_if_empty() {
+    # Under DESTDIR, remove the now empty folders up to the staging root; never on a live system.
+    [ -n "$ROOT" ] || return 0
+    dir=$1
+    while [ "$dir" != "$ROOT" ] && [ "${dir#"$ROOT"}" != "$dir" ] && rmdir "$dir" 2>/dev/null; do
+        dir=$(dirname "$dir")
+    done
+}
+
+uninstall_all() {
+    if [ -z "$ROOT" ]; then
+        systemctl disable --now edgedet.service 2>/dev/null || true
+    fi
+    rm -f "$UNITS/edgedet.service"
+    if [ -z "$ROOT" ]; then
+        systemctl daemon-reload
+    fi
+    rm -f "$ETC/config.yaml.new"
+    if [ -f "$ETC/config.yaml" ]; then
+        if [ "$PURGE" = 1 ] || { [ -f "$OPT/config.yaml.example" ] &&
+                cmp -s "$ETC/config.yaml" "$OPT/config.yaml.example"; }; then
+            rm -f "$ETC/config.yaml"
+        else
+            echo "install.sh: kept the edited $CONFIG_DIR/config.yaml (use --purge to remove it)"
+        fi
+    fi
+    rm -rf "$OPT"
+    if [ -z "$ROOT" ]; then
+        if id -u "$SERVICE_USER" >/dev/null 2>&1; then
+            userdel "$SERVICE_USER"
+        fi
+        rm -rf /var/lib/edgedet /var/cache/edgedet
+        rmdir "$ETC" 2>/dev/null || true
+    fi
+    remove_if_empty "$ETC"
+    remove_if_empty "$UNITS"
+    remove_if_empty "$(dirname "$OPT")"
+    echo "install.sh: uninstalled"
+}
+
+if [ "$ACTION" = install ]; then install_all; else uninstall_all; fi

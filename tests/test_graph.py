@@ -1,0 +1,104 @@
+"""MACs and parameters from the TFLite graph, checked against the published figures and the architecture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from edgedet.errors import ModelError
+from edgedet.model.graph import inspect_graph
+from edgedet.model.tflite_file import read_tflite
+from tests.conftest import V1, V1_EDGETPU, V2
+
+
+def mobilenet_v1_counts(width: float, size: int, classes: int = 1001) -> tuple[int, int]:
+    """MACs and parameters of MobileNet V1 worked out from the paper's layer table, independently of any file.
+
+    First a 3x3 stride-2 convolution, then 13 depthwise-separable blocks, then a 1x1 classifier. SAME padding,
+    so a stride-2 layer gives ceil(size / 2). Every layer has a bias (folded batch norm).
+    """
+    blocks = [(1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512)]
+    blocks += [(1, 512)] * 5 + [(2, 1024), (1, 1024)]
+    channels = int(32 * width)
+    side = math.ceil(size / 2)
+    macs = side * side * channels * 3 * 3 * 3
+    params = 3 * 3 * 3 * channels + channels
+    for stride, base_out in blocks:
+        out_channels = int(base_out * width)
+        side = math.ceil(side / stride)
+        macs += side * side * channels * 9 + side * side * out_channels * channels
+        params += 9 * channels + channels + channels * out_channels + out_channels
+        channels = out_channels
+    macs += channels * classes  # after global average pooling: 1x1
+    params += channels * classes + classes
+    return macs, params
+
+
+def test_v1_matches_architecture_exactly(shared_models: Path) -> None:
+    stats = inspect_graph(shared_models / V1)
+    assert (stats.macs, stats.params) == mobilenet_v1_counts(0.25, 128)
+    assert stats.input_shape == [1, 128, 128, 3]
+    assert stats.input_dtype == "uint8"
+    assert stats.output_shape == [1, 1001]
+    assert stats.operator_counts["CONV_2D"] == 15
+    assert stats.operator_counts["DEPTHWISE_CONV_2D"] == 13
+
+
+def test_v1_against_published_figures(shared_models: Path) -> None:
+    stats = inspect_graph(shared_models / V1)
+    assert stats.params == pytest.approx(0.47e6, rel=0.03)
+    # Published: 14 M MACs, a figure rounded to whole millions. The exact count is 13.57 M (3.07 % below 14);
+    # it rounds to the published 14. This is the published figure's precision, not a looser tolerance: the
+    # exact value is pinned by test_v1_matches_architecture_exactly.
+    assert stats.macs == 13_570_304
+    assert round(stats.macs / 1e6) == 14
+
+
+@pytest.mark.parametrize("width, size, published", [(1.0, 224, 569), (1.0, 192, 418), (1.0, 160, 291),
+                                                    (1.0, 128, 186), (0.25, 128, 14)])
+def test_published_table_counts_no_bias_adds(width: float, size: int, published: int) -> None:
+    """TF-slim's mobilenet_v1.md table (whole millions) is conv + depthwise + logits MACs, as counted here.
+
+    Adding the bias additions (and pooling) would bring 0.25/128 to 13.99 M, but 1.0/224 to 573.8 M, off its
+    published 569: so 14 M is 13.57 M rounded, not a different convention, and the count stays as it is.
+    """
+    assert round(mobilenet_v1_counts(width, size)[0] / 1e6) == published
+
+
+def test_v2_against_published_figures(shared_models: Path) -> None:
+    stats = inspect_graph(shared_models / V2)
+    assert stats.macs == pytest.approx(300e6, rel=0.03)
+    assert stats.params == pytest.approx(3.47e6, rel=0.03)
+    assert stats.operator_counts["ADD"] == 10  # residual adds: present, and not counted as MACs
+    # The RESHAPE's 2-element target shape is a constant but not a parameter.
+    assert stats.other_constant_elements == 2
+
+
+def test_edgetpu_build_is_opaque(shared_models: Path) -> None:
+    stats = inspect_graph(shared_models / V1_EDGETPU)
+    assert stats.compiled_for_edgetpu
+    assert stats.macs is None and stats.params is None
+    assert stats.input_shape == [1, 128, 128, 3]
+
+
+def test_parsed_file_and_path_agree(shared_models: Path) -> None:
+    parsed = read_tflite(shared_models / V1)
+    assert inspect_graph(parsed) == inspect_graph(shared_models / V1)
+    assert inspect_graph(parsed).other_constant_elements == 2  # the RESHAPE's target shape [1, 1001]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found") as caught:
+        inspect_graph(tmp_path / "nope.tflite")
+    assert "nope.tflite" in str(caught.value)
+
+
+def test_not_a_tflite_file(tmp_path: Path) -> None:
+    bogus = tmp_path / "labels.tflite"
+    bogus.write_text("background\ntench\n")
+    with pytest.raises(ModelError, match="not a TFLite model") as caught:
+        inspect_graph(bogus)
+    assert "labels.tflite" in str(caught.value)
+    assert "\n" not in str(caught.value)

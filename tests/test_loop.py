@@ -1,0 +1,320 @@
+"""The bounded frame loop: latest-frame policy, bounds, failures and reopen, bad frames, signals, stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tflite_builder
+from helpers import REPO, assert_one_line_error, run_cli
+from PIL import Image
+
+from edgedet.config import build_config
+from edgedet.frames import open_source
+from edgedet.frames.base import Frame, FrameSource
+from edgedet.loop import FrameLoop, LatestSlot, Prepared, auto_threads
+from edgedet.model.classifier import Classifier
+from edgedet.model.config import ModelConfig
+from edgedet.publish.jsonl import JsonlSink
+from edgedet.results import FrameResult
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "tiny_labels.txt").write_text("red\ngreen\nblue\n")
+    (folder / "slow_labels.txt").write_text("red\ngreen\nblue\n")
+    (folder / "empty.yaml").write_text("# every key at its default\n")
+    return {"config": folder / "empty.yaml",
+            "tiny": tflite_builder.write(folder / "tiny.tflite", tflite_builder.tiny_classifier()),
+            "slow": tflite_builder.write(folder / "slow.tflite", tflite_builder.slow_classifier())}
+
+
+def classifier(path: Path) -> Classifier:
+    return Classifier.from_config(ModelConfig(path=path, num_threads=1))
+
+
+def synthetic(width: int = 160, height: int = 120, fps: float = 0) -> FrameSource:
+    cfg = build_config({"source": {"type": "synthetic", "width": width, "height": height, "fps": fps}}, "test")
+    return open_source(cfg.source)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.results: list[FrameResult] = []
+
+    def handle(self, result: FrameResult) -> None:
+        self.results.append(result)
+
+    def close(self, flush_timeout_s: float | None = None) -> None:
+        pass
+
+
+def test_latest_slot_replaces_unread_and_counts():
+    slot = LatestSlot()
+    frames = [Prepared(Frame(i, np.zeros((1, 1, 3), np.uint8), 0.0, 0.0), i, None, 0.0) for i in range(3)]
+    for item in frames:
+        slot.put(item)
+    assert slot.replaced == 2
+    assert slot.take(0.01).frame_id == 2  # the newest
+    assert slot.take(0.01) is None
+
+
+def test_slow_model_fast_source_drops_frames_and_takes_the_newest(models):
+    sink = Collect()
+    loop = FrameLoop(classifier(models["slow"]), synthetic(), [sink], max_frames=15)
+    stats = loop.run()
+    assert stats["frames_processed"] == 15 and len(sink.results) == 15
+    assert stats["frames_dropped"] > 15 * 5, stats  # the source is far faster than the model
+    assert stats["frames_captured"] >= stats["frames_processed"] + stats["frames_dropped"]
+    ids = [r.frame_id for r in sink.results]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    gaps = np.diff(ids)
+    assert gaps.mean() > 3  # skipped over dropped frames rather than queueing them
+    # each result is fresh: its age is about one inference, not a backlog
+    assert all(r.frame_age_ms < 2000 for r in sink.results)
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def test_memory_stays_flat_over_many_frames(models):
+    marks: dict[int, int] = {}
+
+    def on_frame(result: FrameResult) -> None:
+        if result is not None and loop.stats.frames_processed in (1000, 6000):
+            marks[loop.stats.frames_processed] = _rss_kb()
+
+    loop = FrameLoop(classifier(models["tiny"]), synthetic(320, 240), [JsonlSink(os.devnull)],
+                     max_frames=6000, on_frame=on_frame)
+    stats = loop.run()
+    assert stats["frames_processed"] == 6000
+    growth_kb = marks[6000] - marks[1000]
+    assert growth_kb < 2048, f"RSS grew {growth_kb} kB over 5000 frames"
+
+
+def test_max_frames_and_duration_bound_a_run(models):
+    stats = FrameLoop(classifier(models["tiny"]), synthetic(), [], max_frames=7).run()
+    assert stats["frames_processed"] == 7
+    started = time.monotonic()
+    stats = FrameLoop(classifier(models["tiny"]), synthetic(fps=50), [], duration_s=0.6).run()
+    assert 0.5 <= time.monotonic() - started < 5
+    assert 5 <= stats["frames_processed"] <= 60
+
+
+def test_max_fps_throttles(models):
+    started = time.monotonic()
+    stats = FrameLoop(classifier(models["tiny"]), synthetic(), [], max_fps=20, max_frames=10).run()
+    assert time.monotonic() - started >= 0.4  # 10 frames at 20 fps need at least 9 periods
+    assert stats["frames_processed"] == 10
+
+
+class FlakySource(FrameSource):
+    """Our own FrameSource that fails after a few frames per open, or hands out bad frames."""
+
+    def __init__(self, fail_after: int = 3, bad_every: int = 0, stall: bool = False) -> None:
+        super().__init__()
+        self.fail_after, self.bad_every, self.stall = fail_after, bad_every, stall
+        self.opens = 0
+        self._count = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        self._count = 0
+        self._closed.clear()
+
+    def read(self, timeout_s: float) -> Frame | None:
+        if self.closed:
+            return None
+        self._count += 1
+        if self.fail_after and self._count > self.fail_after:
+            if self.stall:
+                if self._closed.wait(timeout_s):
+                    return None
+                raise TimeoutError(f"no frame within {timeout_s} s")
+            raise OSError("camera cable wiggled")
+        time.sleep(0.002)
+        if self.bad_every and self._count % self.bad_every == 0:
+            return self._make_frame(np.zeros((4, 4, 2), np.uint8))  # two channels: unusable
+        return self._make_frame(np.full((16, 16, 3), 100, np.uint8))
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "flaky"}
+
+
+def test_failing_source_is_reopened_with_backoff_and_counted(models):
+    source = FlakySource(fail_after=3)
+    started = time.monotonic()
+    stats = FrameLoop(classifier(models["tiny"]), source, [], max_frames=9, timeout_s=0.5).run()
+    elapsed = time.monotonic() - started
+    assert stats["frames_processed"] == 9
+    assert source.opens >= 3 and stats["source_errors"] >= 2 and stats["source_reopens"] >= 2
+    assert elapsed >= 1.0 + 2.0 * 0.9  # backoff 1 s then 2 s between the reopens
+
+
+def test_stalled_source_times_out_and_reopens(models):
+    source = FlakySource(fail_after=2, stall=True)
+    stats = FrameLoop(classifier(models["tiny"]), source, [], max_frames=4, timeout_s=0.3).run()
+    assert stats["frames_processed"] == 4 and stats["source_errors"] >= 1 and source.opens >= 2
+
+
+def test_bad_frames_are_dropped_counted_and_do_not_stop_the_loop(models):
+    source = FlakySource(fail_after=0, bad_every=3)
+    stats = FrameLoop(classifier(models["tiny"]), source, [], max_frames=12).run()
+    assert stats["frames_processed"] == 12 and stats["frames_invalid"] >= 3
+
+
+def test_a_failing_sink_does_not_stop_the_loop(models):
+    class Broken:
+        def handle(self, result: FrameResult) -> None:
+            raise ConnectionError("broker went away")
+
+        def close(self, flush_timeout_s: float | None = None) -> None:
+            pass
+
+    good = Collect()
+    stats = FrameLoop(classifier(models["tiny"]), synthetic(), [Broken(), good], max_frames=20).run()
+    assert stats["frames_processed"] == 20 and stats["sink_errors"] == 20 and len(good.results) == 20
+
+
+def test_results_carry_ids_times_and_stages(models):
+    sink = Collect()
+    FrameLoop(classifier(models["tiny"]), synthetic(), [sink], max_frames=5).run()
+    r = sink.results[-1]
+    assert set(r.latency_ms) == {"capture_wait", "preprocess", "inference", "postprocess", "total", "frame_age"}
+    assert abs(r.captured_wall - time.time()) < 30 and r.captured_mono <= time.monotonic()
+    assert r.frame_age_ms >= r.latency_ms["inference"]
+    assert r.top_k[0].label in {"red", "green", "blue"}
+
+
+def test_auto_threads_leaves_a_core_for_capture():
+    assert auto_threads(1) == 1 and auto_threads(2) == 1 and auto_threads(4) == 3
+
+
+def test_images_source_through_the_loop(models, tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    cfg = build_config({"source": {"type": "images", "path": str(tmp_path), "fps": 0, "loop": False}}, "t")
+    sink = Collect()
+    stats = FrameLoop(classifier(models["tiny"]), open_source(cfg.source), [sink]).run()
+    assert stats["frames_captured"] == 3  # the text file was skipped, and the run ended with the images
+
+
+def test_picamera2_source_through_the_loop_with_the_fake(models):
+    code = (
+        "import sys; sys.path.insert(0, 'tests/fakes'); sys.path.insert(0, 'tests')\n"
+        "from test_loop import classifier, Collect\n"
+        "from edgedet.config import build_config\nfrom edgedet.frames import open_source\n"
+        "from edgedet.loop import FrameLoop\nfrom pathlib import Path\n"
+        f"c = classifier(Path({str(models['tiny'])!r}))\n"
+        "cfg = build_config({'source': {'type': 'picamera2', 'width': 640, 'height': 480, 'fps': 30}}, 't')\n"
+        "src = open_source(cfg.source, c.input_size)\nsink = Collect()\n"
+        "stats = FrameLoop(c, src, [sink], max_frames=5).run()\n"
+        "print(stats['frames_processed'], src.describe()['type'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["5", "picamera2"]
+
+
+# --- the `edgedet run` command -------------------------------------------------------------------------
+
+
+def run_args(model: Path, *extra: str) -> list[str]:
+    return ["run", "--config", str(model.parent / "empty.yaml"), "--set", f"model.path={model}",
+            "--set", "source.type=synthetic",
+            "--set", "source.width=96", "--set", "source.height=72", *extra]
+
+
+def test_run_writes_the_stats_file(models, tmp_path):
+    stats_file = tmp_path / "stats.json"
+    jsonl = tmp_path / "results.jsonl"
+    run = run_cli(*run_args(models["tiny"], "--max-frames", "25", "--stats-file", str(stats_file),
+                            "--set", f"publish.jsonl_path={jsonl}"))
+    assert run.code == 0, run.err
+    stats = json.loads(stats_file.read_text())
+    for key in ("frames_captured", "frames_processed", "frames_dropped", "fps_in", "fps_out", "uptime_s"):
+        assert key in stats
+    assert stats["frames_processed"] == 25
+    for stage in ("preprocess", "inference", "postprocess", "total", "frame_age"):
+        assert set(stats["latency_ms"][stage]) == {"p50", "p90", "p99"}
+        assert stats["latency_ms"][stage]["p50"] is not None
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(lines) == 25 and lines[0]["label"] in {"red", "green", "blue"}
+
+
+def test_sigterm_exits_zero_within_two_seconds(models, tmp_path):
+    args = run_args(models["slow"], "--set", "source.fps=30")
+    proc = subprocess.Popen([sys.executable, "-m", "edgedet", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        seen = ""
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen += line
+            if "edgedet.results" in line or not line:
+                break
+        assert "edgedet.results" in seen, seen
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    assert took <= 2.0, f"exit took {took:.2f} s"
+
+
+@pytest.mark.parametrize(("sets", "needles"), [
+    (["source.type=webcam"], ["source.type", "webcam"]),
+    (["source.width=0"], ["source.width"]),
+    (["source.height=-5"], ["source.height"]),
+    (["source.fps=-1"], ["source.fps"]),
+])
+def test_bad_source_config_is_one_line(models, sets, needles):
+    extra = [x for s in sets for x in ("--set", s)]
+    assert_one_line_error(run_cli(*run_args(models["tiny"], *extra)), *needles)
+
+
+def test_empty_image_directory(models, tmp_path):
+    run = run_cli(*run_args(models["tiny"], "--set", "source.type=images", "--set", f"source.path={tmp_path}"))
+    assert_one_line_error(run, str(tmp_path), "no readable images")
+
+
+def test_camera_index_that_does_not_exist(models):
+    pytest.importorskip("cv2", reason="the opencv extra (opencv-python-headless) is not installed")
+    run = run_cli(*run_args(models["tiny"], "--set", "source.type=opencv", "--set", "source.path=7"))
+    assert_one_line_error(run, "camera 7 does not exist")
+
+
+def test_unreachable_stream_retries_then_fails(models):
+    pytest.importorskip("cv2", reason="the opencv extra (opencv-python-headless) is not installed")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = run_cli(*run_args(models["tiny"], "--set", "source.type=opencv", "--set",
+                            f"source.path=http://127.0.0.1:{port}/stream.mjpg", "--set", "source.max_retries=1"))
+    # retries are logged as warnings; the failure itself is one error line, and nothing from OpenCV/FFmpeg
+    assert run.code == 2 and "Traceback" not in run.err
+    errors = [line for line in run.error_lines() if "WARNING" not in line]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "2 attempts" in errors[0], run.err
+    assert "retrying" in run.err
+
+
+def test_negative_max_frames_flag(models):
+    assert_one_line_error(run_cli(*run_args(models["tiny"], "--max-frames", "-3")), "--max-frames")

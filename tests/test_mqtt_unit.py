@@ -1,0 +1,224 @@
+"""Pure parts of MQTT publishing: payloads vs schemas, the on_change policy, HA discovery fields, config."""
+
+from __future__ import annotations
+
+import io
+import json
+import ssl
+import time
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgedet.config import build_config
+from edgedet.errors import ConfigError
+from edgedet.publish import homeassistant, messages
+from edgedet.publish.config import MqttConfig
+from edgedet.publish.mqtt import PASSWORD_ENV, describe_connect_error, read_password
+from edgedet.publish.policy import PublishPolicy
+from edgedet.publish.sink import encode_snapshot
+from edgedet.results import Class, FrameResult
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+
+
+def schema(name: str) -> jsonschema.protocols.Validator:
+    loaded = json.loads((SCHEMAS / f"{name}.json").read_text())
+    return jsonschema.Draft202012Validator(loaded, format_checker=jsonschema.FormatChecker())
+
+
+def result(frame_id: int = 7, label: str = "cat", score: float = 0.8) -> FrameResult:
+    return FrameResult(frame_id, 1_700_000_000.25, 100.0, [Class(3, score, label), Class(4, 0.1, "dog")],
+                       {"capture_wait": 1.0, "preprocess": 2.0, "inference": 3.0, "postprocess": 0.5,
+                        "total": 6.5}, 7.25, "mobilenet")
+
+
+def test_detection_payload_fields_and_schema() -> None:
+    payload = messages.detection_payload(result(), "run1", 1, "mobilenet_v1")
+    schema("detection").validate(payload)
+    assert payload["ts"] == "2023-11-14T22:13:20.250Z"
+    assert (payload["label"], payload["class_id"], payload["score"]) == ("cat", 3, 0.8)
+    assert payload["top_k"] == [{"class_id": 3, "label": "cat", "score": 0.8},
+                                {"class_id": 4, "label": "dog", "score": 0.1}]
+    assert payload["latency_ms"] == {"preprocess": 2.0, "inference": 3.0, "postprocess": 0.5, "total": 6.5}
+    assert (payload["seq"], payload["run_id"], payload["model"], payload["frame_age_ms"]) == (
+        1, "run1", "mobilenet_v1", 7.25)
+
+
+def test_detection_schema_rejects_a_missing_field() -> None:
+    payload = messages.detection_payload(result(), "run1", 1, "m")
+    del payload["seq"]
+    with pytest.raises(jsonschema.ValidationError, match="seq"):
+        schema("detection").validate(payload)
+
+
+def test_info_payload_keeps_documented_keys_only() -> None:
+    payload = messages.info_payload(
+        device_id="cam1", run_id="r", started_wall=0.0,
+        model={"name": "v1", "path": "/m.tflite", "sha256": "a" * 64, "input_shape": [1, 128, 128, 3],
+               "input_dtype": "uint8", "label_count": 1001, "extra": "dropped"},
+        runtime={"name": "ai-edge-litert", "version": "2.3", "threads": 4},
+        delegate={"requested": "edgetpu", "active": "cpu", "device": None},
+        source={"type": "synthetic", "resolution": [640, 480]})
+    schema("info").validate(payload)
+    assert "extra" not in payload["model"]
+    assert payload["started"] == "1970-01-01T00:00:00.000Z"
+
+
+def _loop_stats() -> dict:
+    """Real statistics from the frame loop's own RollingStats (three processed frames)."""
+    from edgedet.loop import STAGES, RollingStats
+
+    stats = RollingStats()
+    for i in range(3):
+        stats.captured()
+        stats.processed({stage: 1.0 + i for stage in STAGES})
+    return stats.snapshot(frames_dropped=2)
+
+
+def test_stats_payload_adds_mqtt_memory_and_temperature(tmp_path: Path) -> None:
+    thermal = tmp_path / "temp"
+    thermal.write_text("51234\n")
+    mqtt_stats = {"queued": 2, "dropped": 1, "reconnects": 3, "sent": 9}
+    loop_stats = _loop_stats()
+    payload = messages.stats_payload(loop_stats, mqtt_stats, device_id="cam1", run_id="r",
+                                     wall=time.time(), thermal_path=thermal)
+    schema("stats").validate(payload)
+    assert payload["mqtt"] == {"queued": 2, "dropped": 1, "reconnects": 3}
+    assert payload["cpu_temp_c"] == 51.2
+    assert payload["rss_mb"] > 1
+    assert payload["fps_out"] == loop_stats["fps_out"] and payload["frames_processed"] == 3
+    without = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0,
+                                     thermal_path=tmp_path / "absent")
+    assert "cpu_temp_c" not in without
+
+
+def test_status_schema() -> None:
+    schema("status").validate("online")
+    schema("status").validate("offline")
+    with pytest.raises(jsonschema.ValidationError):
+        schema("status").validate("up")
+
+
+def test_topics_and_ids() -> None:
+    assert messages.topic("edgedet/", "cam1", "detection") == "edgedet/cam1/detection"
+    assert messages.sanitize_id("pi.local/#+ x") == "pi_local____x"
+    with pytest.raises(ValueError, match="unknown topic leaf"):
+        messages.topic("edgedet", "cam1", "nope")
+
+
+# ---------------------------------------------------------------- policy
+def run(policy: PublishPolicy, frames: list[tuple[str | None, float, float]]) -> list[tuple[str | None, str]]:
+    out = []
+    for label, score, now in frames:
+        decision = policy.decide(label, score, now)
+        if decision.publish:
+            out.append((decision.label, decision.reason))
+    return out
+
+
+def test_every_frame_publishes_every_frame() -> None:
+    assert len(run(PublishPolicy("every_frame"), [("a", 0.0, t) for t in range(5)])) == 5
+
+
+def test_on_change_debounces_and_gates_on_score() -> None:
+    policy = PublishPolicy("on_change", min_score=0.5, debounce_frames=3, republish_s=0)
+    frames = [("cat", 0.9, 0), ("cat", 0.9, 1), ("cat", 0.9, 2),  # held 3 -> publish cat
+              ("cat", 0.9, 3),                                   # no change
+              ("dog", 0.9, 4), ("dog", 0.9, 5), ("cat", 0.9, 6),  # dog only 2 frames -> nothing
+              ("dog", 0.9, 7), ("dog", 0.4, 8), ("dog", 0.9, 9),  # weak frame breaks the run
+              ("dog", 0.9, 10), ("dog", 0.9, 11)]                # dog held 3 -> publish dog
+    assert run(policy, frames) == [("cat", "change"), ("dog", "change")]
+
+
+def test_on_change_republishes_current_state() -> None:
+    policy = PublishPolicy("on_change", debounce_frames=1, republish_s=10)
+    frames = [("cat", 0.9, 0), ("cat", 0.9, 5), ("cat", 0.9, 10), ("cat", 0.9, 15), ("cat", 0.9, 20.5)]
+    assert run(policy, frames) == [("cat", "change"), ("cat", "republish"), ("cat", "republish")]
+
+
+def test_policy_rejects_bad_mode() -> None:
+    with pytest.raises(ValueError, match=r"publish\.mode"):
+        PublishPolicy("sometimes")
+
+
+# ---------------------------------------------------------------- Home Assistant
+def test_discovery_configs_field_by_field() -> None:
+    configs = homeassistant.discovery_configs(device_id="cam1", base_topic="edgedet/cam1", ha_prefix="ha")
+    by_object = {topic.split("/")[-2]: (topic, payload) for topic, payload in configs}
+    assert set(by_object) == {"label", "score", "inference_ms", "fps"}
+    unique_ids = set()
+    for object_id, (topic, payload) in by_object.items():
+        schema("ha_discovery").validate(payload)
+        # <discovery_prefix>/<component>/<node_id>/<object_id>/config
+        assert topic == f"ha/sensor/edgedet_cam1/{object_id}/config"
+        # Sensor: state_topic is required.
+        assert payload["state_topic"] in ("edgedet/cam1/detection", "edgedet/cam1/stats")
+        # Device registry: needs unique_id and device.identifiers (a list).
+        assert payload["unique_id"] == f"edgedet_cam1_{object_id}"
+        unique_ids.add(payload["unique_id"])
+        assert payload["device"]["identifiers"] == ["edgedet_cam1"]
+        assert payload["device"]["name"] == "edgedet cam1"
+        # Origin: name is required when origin is given.
+        assert payload["origin"]["name"] == "edgedet"
+        # Availability on our status topic with our literal payloads.
+        assert payload["availability_topic"] == "edgedet/cam1/status"
+        assert (payload["payload_available"], payload["payload_not_available"]) == ("online", "offline")
+    assert len(unique_ids) == 4
+    assert by_object["fps"][1]["state_topic"] == "edgedet/cam1/stats"
+    assert by_object["inference_ms"][1]["value_template"] == "{{ value_json.latency_ms.inference }}"
+    assert by_object["inference_ms"][1]["unit_of_measurement"] == "ms"
+
+
+def test_discovery_templates_read_real_payload_fields() -> None:
+    """Every value_template path exists in the payload it reads (detection or stats)."""
+    detection = messages.detection_payload(result(), "r", 1, "m")
+    stats = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0)
+    for _, payload in homeassistant.discovery_configs(device_id="c", base_topic="edgedet/c"):
+        node = detection if payload["state_topic"].endswith("/detection") else stats
+        path = payload["value_template"].removeprefix("{{ value_json.").removesuffix(" }}")
+        for part in path.split("."):
+            node = node[part]
+        assert node is not None
+
+
+# ---------------------------------------------------------------- config, password, errors, snapshot
+def test_config_keeps_existing_keys_and_checks_backoff() -> None:
+    cfg = build_config({"mqtt": {"outbox_max": 5, "inflight_max": 10, "tls": {"enabled": True}}}, "t.yaml")
+    assert (cfg.mqtt.outbox_max, cfg.mqtt.inflight_max, cfg.mqtt.tls.enabled) == (5, 10, True)
+    assert cfg.homeassistant.prefix == "homeassistant"
+    with pytest.raises(ConfigError, match=r"reconnect_max_s .* must be >= reconnect_min_s"):
+        build_config({"mqtt": {"reconnect_min_s": 10, "reconnect_max_s": 1}}, "t.yaml")
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    assert read_password(MqttConfig(password="inline")) == "inline"
+    monkeypatch.setenv(PASSWORD_ENV, "from-env")
+    assert read_password(MqttConfig(password="inline")) == "from-env"
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    assert read_password(MqttConfig(password="inline", password_file=secret)) == "from-file"
+    with pytest.raises(ConfigError, match="password_file not found") as err:
+        read_password(MqttConfig(password_file=tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(err.value)
+
+
+def test_connect_errors_are_one_clear_line() -> None:
+    cfg = MqttConfig(host="broker.example", port=8883)
+    assert describe_connect_error(ConnectionRefusedError(111, "Connection refused"), cfg)[0] == "refused"
+    kind, line = describe_connect_error(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER]"), cfg)
+    assert kind == "tls" and "mqtt.tls" in line and "\n" not in line
+    kind, line = describe_connect_error(OSError(113, "No route to host"), cfg)
+    assert kind == "unreachable" and "broker.example:8883" in line
+
+
+def test_snapshot_is_size_capped() -> None:
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8)  # noise compresses badly
+    jpeg = encode_snapshot(noisy, 20_000)
+    assert jpeg is not None and len(jpeg) <= 20_000
+    assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
