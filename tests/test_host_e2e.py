@@ -95,29 +95,10 @@ def test_int8_is_full_integer_static_uint8_with_sidecar(workdir: Path, capsys: p
 
 
 def _classify_with_daemon_runtime(model: Path, image: np.ndarray) -> tuple[str, float, list[float]]:
-    """Top label, its score and all scores, through the daemon's Classifier when present.
+    """Top label, its score and all scores, through the daemon's Classifier with nothing but the path."""
+    from edgedet.model.classifier import Classifier
+    from edgedet.model.config import ModelConfig
 
-    Until the inference core is merged, ai-edge-litert (the daemon's runtime) is used directly.
-    """
-    try:
-        from edgedet.model.classifier import Classifier
-
-        from edgedet.model.config import ModelConfig
-    except ImportError:
-        from ai_edge_litert.interpreter import Interpreter
-
-        from edgedet.host.evaluate import dequantize_output, quantize_input
-
-        interpreter = Interpreter(model_path=str(model))
-        interpreter.allocate_tensors()
-        sidecar = read_sidecar(model)
-        detail, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        real = (image[None].astype(np.float32) - 127.5) / 127.5
-        interpreter.set_tensor(detail["index"], quantize_input(real, detail))
-        interpreter.invoke()
-        scores = dequantize_output(interpreter.get_tensor(out["index"]), out)[0]
-        best = int(np.argmax(scores))
-        return sidecar["labels"][best], float(scores[best]), scores.tolist()
     classifier = Classifier.from_config(ModelConfig(path=model))
     result = classifier.classify(image, top_k=2)
     scores = [c.score for c in sorted(result.top_k, key=lambda c: c.id)]

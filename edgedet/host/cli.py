@@ -1,4 +1,4 @@
-"""``edgedet-host``: synth-dataset, train, convert and evaluate, one command per step.
+"""edgedet-host: synth-dataset, train, convert, evaluate and default-model, one command per step.
 
 Needs the ``host`` extra (TensorFlow); the daemon never imports this package. TensorFlow is imported only
 inside the commands that need it, so bad arguments are refused in well under a second.
