@@ -225,3 +225,21 @@ def test_imagenet_weights_offline_names_the_file_to_put(tmp_path: Path) -> None:
     expected = tmp_path / "keras" / "models" / file_name
     assert f"put the file {expected.name} at {expected}" in last
     assert "Traceback" not in run.stderr
+
+
+def test_int8_without_edgetpu_compiler_prints_the_command(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgedet.host.convert import ConvertOptions, convert
+    from edgedet.host.synth import generate
+
+    generate(tmp_path / "calib", per_class=4, size=32)
+    _tiny_keras_model().save(tmp_path / "tiny.keras")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no edgetpu_compiler, whatever the machine has
+    lines: list[str] = []
+    out = tmp_path / "tiny_int8.tflite"
+    result = convert(ConvertOptions(model=tmp_path / "tiny.keras", out=out, quantization="int8",
+                                    representative=tmp_path / "calib", num_calib=8), log=lines.append)
+    command = ["edgetpu_compiler", "-s", "-o", str(tmp_path), str(out)]
+    assert result.edgetpu_command == command and result.edgetpu_log is None
+    assert any(line.endswith(" ".join(command)) and "not on PATH" in line for line in lines)
+    assert result.sidecar["labels"] == [] and result.sidecar["architecture"] is None

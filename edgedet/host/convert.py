@@ -307,6 +307,9 @@ def convert(options: ConvertOptions, log: Callable[[str], None] = print) -> Conv
               else list(trained.get("labels", [])))
     if options.labels and not labels:
         raise EdgedetError("labels file not found", where=options.labels)
+    if not labels:
+        log("warning: no labels (no labels.txt beside the model, no --labels): the sidecar lists none and "
+            "the daemon will report classes by index")
     normalization = dict(trained.get("normalization", MOBILENET_NORMALIZATION))
 
     import tensorflow as tf
