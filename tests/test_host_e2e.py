@@ -243,3 +243,24 @@ def test_int8_without_edgetpu_compiler_prints_the_command(tmp_path: Path,
     assert result.edgetpu_command == command and result.edgetpu_log is None
     assert any(line.endswith(" ".join(command)) and "not on PATH" in line for line in lines)
     assert result.sidecar["labels"] == [] and result.sidecar["architecture"] is None
+
+
+def test_local_weights_file_is_loaded_and_base_frozen(tmp_path: Path) -> None:
+    import keras
+
+    from edgedet.host.train import TrainOptions, build_model, resolve_weights
+
+    keras.utils.set_random_seed(1)
+    donor = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, include_top=False,
+                                           weights=None, pooling="avg")
+    weights = tmp_path / "base.weights.h5"
+    donor.save_weights(weights)
+    options = TrainOptions(data_dir=tmp_path, out=tmp_path, architecture="mobilenet_v2", alpha=0.35, size=64,
+                           weights=str(weights), fine_tune_layers=3)
+    model = build_model(options, num_classes=2, weights=resolve_weights(options))
+    np.testing.assert_array_equal(model.get_layer("Conv1").get_weights()[0],
+                                  donor.get_layer("Conv1").get_weights()[0])
+    base_layers = model.layers[:-2]  # the new head is dropout + dense
+    assert len(base_layers) == len(donor.layers)
+    assert [layer.trainable for layer in base_layers] == [False] * (len(base_layers) - 3) + [True] * 3
+    assert model.get_layer("head").trainable
