@@ -1,4 +1,4 @@
-"""Image folder loading, split and sidecar/flatbuffer helpers: the parts of edgedet-host without TensorFlow."""
+"""Image folder loading, split and sidecar/flatbuffer helpers: edgedet-host without TensorFlow."""
 
 from __future__ import annotations
 

@@ -220,7 +220,8 @@ def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, 
     if missing:
         raise EdgedetError(f"tensor(s) not in the graph: {', '.join(missing)}", where=path,
                            fix="check --input-arrays/--output-arrays against the graph's node names")
-    input_name = options.input_arrays[0]  # type: ignore[index]
+    input_arrays = options.input_arrays or []  # both checked non-empty by _check_options
+    input_name = input_arrays[0]
     shape_attr = nodes[input_name.split(":")[0]].attr.get("shape")
     dims = [d.size for d in shape_attr.shape.dim] if shape_attr is not None else []
     if len(dims) == 4 and dims[1] > 0 and dims[2] > 0:
@@ -233,7 +234,7 @@ def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, 
                            fix="pass --size S")
     converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
         str(path), options.input_arrays, options.output_arrays,
-        input_shapes={name: [1, height, width, channels] for name in options.input_arrays})  # type: ignore[union-attr]
+        input_shapes={name: [1, height, width, channels] for name in input_arrays})
     return converter, (height, width)
 
 

@@ -25,7 +25,8 @@ Color = tuple[int, int, int]
 
 
 def _jitter(rng: np.random.Generator, base: Color, amount: int) -> Color:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in base)  # type: ignore[return-value]
+    jittered = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in base)
+    return tuple(jittered)  # type: ignore[return-value]
 
 
 def _random_color(rng: np.random.Generator) -> Color:
