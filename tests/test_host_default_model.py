@@ -68,3 +68,10 @@ def test_loads_in_tflite_runtime_2_14() -> None:
                          check=False)
     assert run.returncode == 0, run.stderr
     assert np.asarray(json.loads(run.stdout.strip().splitlines()[-1])).shape == (1, 2)
+
+
+def test_bundled_sample_images_are_classified_correctly() -> None:
+    """models/samples is what the README's camera-less demo shows; every one must come out right."""
+    result = evaluate(MODEL, MODEL.parent / "samples", log=lambda _: None)
+    assert result["images"] == 6
+    assert result["confusion_matrix"] == [[3, 0], [0, 3]]
