@@ -1,0 +1,5 @@
+import sys
+
+from edgedet.host.cli import main
+
+sys.exit(main())
