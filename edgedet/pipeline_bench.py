@@ -35,7 +35,8 @@ WIDTH, HEIGHT = 640, 480
 
 
 def _synthetic(fps: float = 0.0):
-    cfg = build_config({"source": {"type": "synthetic", "width": WIDTH, "height": HEIGHT, "fps": fps}}, "bench")
+    cfg = build_config({"source": {"type": "synthetic", "width": WIDTH, "height": HEIGHT, "fps": fps,
+                                   "pattern": "gradient"}}, "bench")
     return open_source(cfg.source)
 
 

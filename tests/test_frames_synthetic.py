@@ -97,4 +97,25 @@ def test_max_frames_exhausts_the_source():
 
 def test_describe_names_the_type_and_resolution():
     source = open_source(SourceConfig(type="synthetic", width=640, height=480, fps=15))
-    assert source.describe() == {"type": "synthetic", "resolution": [640, 480], "fps": 15.0, "seed": 0}
+    assert source.describe() == {"type": "synthetic", "resolution": [640, 480], "fps": 15.0, "seed": 0,
+                                 "pattern": "scenes"}
+
+
+def test_scenes_show_the_bundled_model_both_classes():
+    """The shipped config's synthetic source + the bundled model give real classifications out of the box."""
+    from pathlib import Path
+
+    from edgedet.model.classifier import Classifier
+    from edgedet.model.config import ModelConfig
+
+    model = Path(__file__).resolve().parents[1] / "models" / "pikachu_mobilenet_v2_0.35_96_int8.tflite"
+    classifier = Classifier.from_config(ModelConfig(path=model, num_threads=1))
+    source = open_source(SourceConfig(type="synthetic", width=640, height=480, fps=0))
+    labels = []
+    with source:
+        for _ in range(8):
+            frame = source.read(1.0)
+            labels.append(classifier.classify(frame.image).top_k[0].label)
+    # scenes alternate with and without the creature; the model must tell them apart on nearly all
+    expected = ["pikachu", "no-pikachu"] * 4
+    assert sum(a == b for a, b in zip(labels, expected)) >= 7, labels

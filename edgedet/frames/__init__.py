@@ -86,7 +86,7 @@ def open_source(cfg: SourceConfig, model_input_size: tuple[int, int] | None = No
     if source_type == "synthetic":
         from edgedet.frames.synthetic import SyntheticSource
 
-        return SyntheticSource(cfg.width, cfg.height, cfg.fps)
+        return SyntheticSource(cfg.width, cfg.height, cfg.fps, pattern=cfg.pattern)
     if source_type == "images":
         from edgedet.frames.images import ImagesSource
 

@@ -22,3 +22,6 @@ class SourceConfig(Strict):
     loop: bool = True
     timeout_s: float = Field(default=5.0, gt=0)
     max_retries: int = Field(default=0, ge=0)  # 0 = retry forever
+    # synthetic: scenes = drawn scenes with and without the creature the bundled model knows; gradient = a
+    # colour field (cheap, content-free, for benchmarks)
+    pattern: Literal["scenes", "gradient"] = "scenes"

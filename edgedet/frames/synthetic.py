@@ -32,25 +32,58 @@ def make_pattern(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(image + noise - 32, 0, 255).astype(np.uint8)
 
 
+SCENE_SIDE = 192  # scenes are drawn square at this size, then stretched to the frame
+
+
+def make_scenes(width: int, height: int, seed: int, count: int = DEFAULT_CYCLE) -> list[np.ndarray]:
+    """Alternating scenes with and without the creature (``edgedet.frames.scenes``), stretched to WxH.
+
+    Drawn square and stretched, so a model that squeezes the whole frame back to a square input (the
+    default ``crop: full``) sees them undistorted: the bundled model classifies them out of the box.
+    """
+    from PIL import Image
+
+    from edgedet.frames.scenes import make_image
+
+    rng = np.random.default_rng([seed, 2024])
+    count = max(1, min(count, MAX_CYCLE_BYTES // max(1, width * height * 3)))
+    frames = []
+    for n in range(count):
+        scene = make_image(rng, SCENE_SIDE, positive=n % 2 == 0)
+        frame = np.asarray(scene.resize((width, height), Image.Resampling.BILINEAR))
+        frame.flags.writeable = False
+        frames.append(frame)
+    return frames
+
+
 class SyntheticSource(FrameSource):
     """``source.width`` x ``source.height`` frames at ``source.fps`` (0 = as fast as possible).
 
-    Frame ``n`` is always the same image for the same seed and size: a base pattern shifted
-    diagonally by ``n`` (cycled over a few precomputed frames). Images are read-only views.
+    Frame ``n`` is always the same image for the same seed and size, cycled over a few precomputed frames
+    (read-only views). ``pattern``: ``scenes`` (default in config) alternates drawn scenes with and without
+    the creature the bundled model knows; ``gradient`` is a colour field shifted diagonally by ``n``.
     """
 
     def __init__(self, width: int, height: int, fps: float, *, seed: int = 0,
-                 max_frames: int | None = None) -> None:
+                 max_frames: int | None = None, pattern: str = "gradient") -> None:
         super().__init__()
         self.width, self.height, self.fps, self.seed = width, height, fps, seed
+        self.pattern = pattern
         self.max_frames = max_frames
         self._frames: list[np.ndarray] = []
+        self._hold = 1
         self._pacer = FramePacer(fps, self._closed)
 
     def open(self) -> None:
         self._closed.clear()
         self._pacer.reset()
         self._next_frame_id = 0
+        if self.pattern == "scenes":
+            self._frames = make_scenes(self.width, self.height, self.seed)
+            # a scene stays in view for about a second, like something passing in front of a camera
+            self._hold = max(1, round(self.fps))
+            return
+        self._hold = 1
         base = make_pattern(self.width, self.height, self.seed)
         cycle = max(1, min(DEFAULT_CYCLE, MAX_CYCLE_BYTES // max(1, base.nbytes)))
         step_y = max(1, self.height // (4 * cycle))
@@ -71,7 +104,7 @@ class SyntheticSource(FrameSource):
             return None
         if not self._pacer.wait(timeout_s):
             return None
-        return self._make_frame(frames[self._next_frame_id % len(frames)])
+        return self._make_frame(frames[(self._next_frame_id // self._hold) % len(frames)])
 
     def close(self) -> None:
         super().close()
@@ -83,4 +116,4 @@ class SyntheticSource(FrameSource):
 
     def describe(self) -> dict[str, Any]:
         return {"type": "synthetic", "resolution": [self.width, self.height], "fps": self.fps,
-                "seed": self.seed}
+                "seed": self.seed, "pattern": self.pattern}

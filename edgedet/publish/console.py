@@ -1,4 +1,4 @@
-"""Console/log sink: one line on a label change, and the latest result at most every ``interval_s``."""
+"""Console/log sink: a line on a label change, else the latest result every ``interval_s`` (rate-limited)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ class ConsoleSink:
     def handle(self, result: FrameResult) -> None:
         best = result.top_k[0]
         now = time.monotonic()
-        if best.label == self._last_label and now - self._last_time < self.interval_s:
+        since = now - self._last_time
+        # at most one line per interval, or a label change (but never more than 4 lines a second)
+        if since < self.interval_s and (best.label == self._last_label or since < 0.25):
             return
         self._last_label, self._last_time = best.label, now
         log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, best.label, best.score,
