@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgedet.errors import ConfigError
 from edgedet.frames.config import SourceConfig
-from edgedet.model.config import ModelConfig, Strict
+from edgedet.model.config import ModelConfig, Strict, default_model_path
 from edgedet.publish.config import HomeAssistantConfig, MqttConfig, PublishConfig
 
 CONFIG_ENV = "EDGEDET_CONFIG"
@@ -283,6 +283,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = str(found) if found else "--set"
     config = build_config(data, source)
     _resolve_relative_paths(config, base)
+    if config.model.path is None:
+        config.model.path = default_model_path()  # the embedded default: the bundled model
     if check_files:
         _check_files(config, source)
     _read_secrets(config, source)

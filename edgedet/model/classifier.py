@@ -59,7 +59,8 @@ class Classifier:
 
     def __init__(self, cfg: ModelConfig, *, auto_threads: Optional[int] = None) -> None:
         if cfg.path is None:
-            raise ModelError("model.path is not set", fix="set model.path in config.yaml or pass --model")
+            raise ModelError("model.path is not set and the bundled default model was not found",
+                             fix="set model.path in config.yaml or pass --model")
         self.config = cfg
         requested_path = Path(cfg.path)
         model_file = read_tflite(requested_path)

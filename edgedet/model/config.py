@@ -14,6 +14,20 @@ ResizeMethod = Literal["bilinear", "nearest", "area", "antialias"]
 CropMode = Literal["full", "center"]
 
 
+DEFAULT_MODEL = "pikachu_mobilenet_v2_0.35_96_int8.tflite"
+
+
+def default_model_path() -> Optional[Path]:
+    """The bundled model, used when ``model.path`` is not set: in the checkout (``models/``, also editable
+    installs), where scripts/install.sh puts it (/opt/edgedet/models), or under the venv's share/."""
+    import sys
+
+    candidates = [Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL,
+                  Path("/opt/edgedet/models") / DEFAULT_MODEL,
+                  Path(sys.prefix) / "share" / "edgedet" / "models" / DEFAULT_MODEL]
+    return next((path for path in candidates if path.is_file()), None)
+
+
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored."""
 
@@ -43,7 +57,7 @@ class PreprocessConfig(Strict):
 
 
 class ModelConfig(Strict):
-    path: Optional[Path] = None
+    path: Optional[Path] = None  # None = the bundled default model (default_model_path())
     labels: Optional[Path] = None
     runtime: Runtime = "auto"
     num_threads: Union[Literal["auto"], int] = "auto"
