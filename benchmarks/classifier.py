@@ -32,8 +32,8 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
-def bench_model(path: Path, rounds: int, per_round: int) -> dict:
-    classifier = Classifier.from_config(ModelConfig(path=path))
+def bench_model(path: Path, rounds: int, per_round: int, threads: int) -> dict:
+    classifier = Classifier.from_config(ModelConfig(path=path, num_threads=threads))
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     interpreter = classifier.interpreter
     tensor = classifier.preprocess(frame).copy()
@@ -70,11 +70,11 @@ def bench_model(path: Path, rounds: int, per_round: int) -> dict:
     }
 
 
-def bench_preprocess_only(out_size: int, runs: int = 500) -> float:
+def bench_preprocess_only(out_size: int, runs: int = 500, backend: str = "auto") -> float:
     from edgedet.model.preprocess import InputQuantization, Preprocessor
 
     pre = Preprocessor(out_size, out_size, InputQuantization.build(np.uint8, 1 / 128, 128, np.array(127.5),
-                                                                   np.array(127.5)))
+                                                                   np.array(127.5)), backend=backend)
     frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     for _ in range(20):
         pre(frame)
@@ -94,24 +94,30 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=HERE / "results" / "classifier.json")
     args = parser.parse_args()
     result = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
-              "preprocess_640x480_to_224_ms_p50": round(bench_preprocess_only(224), 3),
-              "preprocess_640x480_to_128_ms_p50": round(bench_preprocess_only(128), 3), "models": []}
+              "models": []}
+    from edgedet.model.preprocess import opencv_resize
+
+    backends = ["opencv", "numpy"] if opencv_resize() is not None else ["numpy"]
+    result["preprocess_ms_p50"] = {f"{backend} 640x480->{size}": round(bench_preprocess_only(size, backend=backend), 3)
+                                   for backend in backends for size in (224, 128)}
     for name in ("mobilenet_v2_1.0_224_quant.tflite", "mobilenet_v1_0.25_128_quant.tflite"):
         path = args.models / name
         if not path.is_file():
             print(f"skip {name}: not found in {args.models}")
             continue
-        result["models"].append(bench_model(path, args.rounds, args.per_round))
+        for threads in sorted({1, os.cpu_count() or 1}):
+            result["models"].append(bench_model(path, args.rounds, args.per_round, threads))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"machine: {result['machine']}")
-    print(f"preprocess 640x480 -> 224x224: {result['preprocess_640x480_to_224_ms_p50']:.3f} ms p50 (target <= 1.0)")
-    print(f"preprocess 640x480 -> 128x128: {result['preprocess_640x480_to_128_ms_p50']:.3f} ms p50")
-    print("| model | bare invoke p50 | Classifier inference p50 | ratio (target <= 1.03) | preprocess p50 | "
+    for name, value in result["preprocess_ms_p50"].items():
+        print(f"preprocess {name}: {value:.3f} ms p50" + (" (target <= 1.0)" if name.endswith("224") else ""))
+    print("| model | threads | bare invoke p50 | Classifier inference p50 | ratio (target <= 1.03) | preprocess p50 | "
           "postprocess p50 | (pre+post)/invoke |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for m in result["models"]:
-        print(f"| {m['model']} | {m['bare_invoke_ms_p50']:.3f} ms | {m['classifier_inference_ms_p50']:.3f} ms | "
+        print(f"| {m['model']} | {m['runtime']['threads']} | {m['bare_invoke_ms_p50']:.3f} ms | "
+              f"{m['classifier_inference_ms_p50']:.3f} ms | "
               f"{m['inference_vs_bare']:.3f} | {m['preprocess_ms_p50']:.3f} ms | {m['postprocess_ms_p50']:.3f} ms | "
               f"{m['pre_plus_post_vs_invoke'] * 100:.1f} % |")
     return 0

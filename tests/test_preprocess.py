@@ -13,6 +13,7 @@ from edgedet.model.preprocess import (
     InputQuantization,
     Preprocessor,
     center_crop,
+    opencv_resize,
     resize,
     resize_bilinear_reference,
     to_rgb,
@@ -47,6 +48,22 @@ def test_bilinear_matches_tflite_resize_bilinear(shape, out, tmp_path):
     # and equal to TFLite's own result rounded, for nearly every pixel
     assert np.mean(np.floor(reference + 0.5) != ours) < 0.05
     assert np.abs(resize_bilinear_reference(frame, out[1], out[0]).astype(np.float32) - reference).max() < 0.6
+    cv2_resize = opencv_resize()
+    if cv2_resize is not None:  # the opencv backend: same sampling, coarser fixed point
+        fast = cv2_resize(frame, out[1], out[0])
+        assert np.abs(fast - reference).max() < 0.8
+        assert np.abs(fast.astype(int) - ours).max() <= 1
+
+
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+def test_preprocessor_backends(backend):
+    if backend == "opencv" and opencv_resize() is None:
+        pytest.skip("OpenCV is not installed (the opencv extra)")
+    q = InputQuantization.build(np.uint8, 1 / 128, 128, np.array(127.5), np.array(127.5))
+    pre = Preprocessor(224, 224, q, backend=backend)
+    assert pre.backend == backend
+    frame = RNG.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    assert pre(frame).shape == (1, 224, 224, 3)
 
 
 def test_resizer_reuses_its_buffers_without_sharing_results_across_sizes():

@@ -9,9 +9,22 @@ from helpers import run_cli
 pytestmark = pytest.mark.shared
 
 
+def _backends() -> list[str]:
+    from edgedet.model.preprocess import opencv_resize
+
+    return ["numpy", "opencv"] if opencv_resize() is not None else ["numpy"]
+
+
+@pytest.fixture(scope="module", params=_backends())
+def backend(request) -> str:
+    """Both bilinear implementations must reproduce the references."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def v2_results(shared_models):
+def v2_results(shared_models, backend):
     run = run_cli("classify", "--json", "--top-k", "5", "--model", str(shared_models / V2),
+                  "--set", f"model.preprocess.backend={backend}",
                   *(str(shared_models / name) for name in ("cat.bmp", "bird.bmp", "grace_hopper.bmp")))
     assert run.code == 0, run.err
     return {line["image"].rsplit("/", 1)[-1]: line for line in run.json_lines()}
@@ -34,8 +47,9 @@ def test_v2_grace_hopper_is_military_uniform(v2_results):
     assert v2_results["grace_hopper.bmp"]["top_k"][0]["label"] == "military uniform"
 
 
-def test_v1_cat_has_tiger_cat_in_top3(shared_models):
-    run = run_cli("classify", "--json", "--model", str(shared_models / V1), str(shared_models / "cat.bmp"))
+def test_v1_cat_has_tiger_cat_in_top3(shared_models, backend):
+    run = run_cli("classify", "--json", "--model", str(shared_models / V1), str(shared_models / "cat.bmp"),
+                  "--set", f"model.preprocess.backend={backend}")
     assert run.code == 0, run.err
     top3 = run.json_lines()[0]["top_k"][:3]
     tiger = [c for c in top3 if c["class_id"] == 283]

@@ -121,7 +121,10 @@ class Classifier:
         self.normalization = {"mean": mean, "std": std, "source": self.normalization_source,
                               "raw_pixels": self.quantization.raw}
         pre = cfg.preprocess
-        self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop)
+        try:
+            self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop, pre.backend)
+        except ImportError as exc:
+            raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
         self.labels, self.labels_source = self._labels()
         self.top_k = cfg.top_k
 
@@ -194,7 +197,8 @@ class Classifier:
                       "edgetpu_compiled": self.model_file.is_edgetpu},
             "runtime": {**self.runtime.as_dict(), "threads": self.num_threads},
             "delegate": dict(self.delegate_info),
-            "preprocess": {"resize": self.preprocessor.method, "crop": self.preprocessor.crop,
+            "preprocess": {"resize": self.preprocessor.method, "backend": self.preprocessor.backend,
+                           "crop": self.preprocessor.crop,
                            **self.normalization},
             "init_ms": round(self.init_ms, 3),
             "first_invoke_ms": round(self.first_invoke_ms, 3),

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -261,13 +261,41 @@ class InputQuantization:
         return np.clip(rounded, info.min, info.max).astype(self.dtype)
 
 
+def opencv_resize() -> Optional[Callable[[np.ndarray, int, int], np.ndarray]]:
+    """OpenCV's INTER_LINEAR (half-pixel bilinear, SIMD) if OpenCV is importable, else None.
+
+    Single-threaded: the frame loop gives the other cores to inference, and OpenCV's own thread pool would
+    fight it.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return None
+    cv2.setNumThreads(1)
+
+    def resize_cv2(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+        return cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+
+    return resize_cv2
+
+
 class Preprocessor:
-    """Frame -> 1xHxWx3 input tensor for one model. Keeps the resize tables of the frame sizes it has seen."""
+    """Frame -> 1xHxWx3 input tensor for one model. Keeps the resize tables of the frame sizes it has seen.
+
+    ``backend`` for ``bilinear``: ``numpy`` is the fixed-point implementation above (within 0.56 of TFLite's
+    float RESIZE_BILINEAR, about 1.9 ms for 640x480 -> 224 on the build machine); ``opencv`` is OpenCV's
+    INTER_LINEAR (same half-pixel sampling, coarser rounding: within 0.77 of TFLite's float result, about
+    0.2 ms); ``auto`` takes OpenCV when it is installed.
+    """
 
     def __init__(self, out_w: int, out_h: int, quant: InputQuantization,
-                 method: str = "bilinear", crop: str = "full") -> None:
+                 method: str = "bilinear", crop: str = "full", backend: str = "auto") -> None:
         self.out_w, self.out_h, self.quant, self.method, self.crop = out_w, out_h, quant, method, crop
         self._resizers: dict[tuple[int, int], BilinearResizer] = {}
+        self._cv2 = opencv_resize() if method == "bilinear" and backend in ("auto", "opencv") else None
+        if backend == "opencv" and self._cv2 is None:
+            raise ImportError("model.preprocess.backend: opencv needs OpenCV (pip install 'edgedet[opencv]')")
+        self.backend = "opencv" if self._cv2 is not None else "numpy"
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -275,6 +303,8 @@ class Preprocessor:
             return rgb
         if self.method != "bilinear":
             return resize(rgb, self.out_w, self.out_h, self.method)
+        if self._cv2 is not None:
+            return self._cv2(rgb, self.out_w, self.out_h)
         resizer = self._resizers.get((h, w))
         if resizer is None:
             if len(self._resizers) > 8:  # a source that changes size every frame must not grow memory
