@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# For tests that run edgedet as a separate process (``python -m edgedet run``), where ``state`` cannot be
+# reached: while the file this variable names exists, frames stop arriving exactly as with ``state.stalled``.
+STALL_FILE_ENV = "EDGEDET_FAKE_PICAMERA2_STALL_FILE"
 
 
 @dataclass
@@ -37,6 +42,17 @@ class _State:
         self.instances: list = []
         # Cameras currently acquired (a second Picamera2 on the same camera fails, as libcamera does).
         self.acquired: set[int] = set()
+
+    @property
+    def stalled(self) -> bool:
+        if self._stalled:
+            return True
+        flag = os.environ.get(STALL_FILE_ENV)
+        return bool(flag) and os.path.exists(flag)
+
+    @stalled.setter
+    def stalled(self, value: bool) -> None:
+        self._stalled = value
 
 
 state = _State()
