@@ -38,6 +38,11 @@ LEAD_SLACK_S = 0.0005
 # returns, the inference thread would wait that long for the capture thread's Python code. 0.2 ms keeps the
 # hand-over small next to a millisecond-scale invoke.
 SWITCH_INTERVAL_S = 0.0002
+# SIGTERM must exit within 2 s in total (sinks still get up to 0.8 s to flush): a capture thread stuck in a
+# hung camera read is a daemon thread and is left behind after this long. A reload or a bounded run that
+# ends on its own may wait longer, so the old pipeline releases the camera before the new one opens it.
+CAPTURE_JOIN_STOP_S = 0.5
+CAPTURE_JOIN_S = 2.0
 
 
 def auto_threads(cores: Optional[int] = None) -> int:
@@ -213,6 +218,8 @@ class CaptureThread(threading.Thread):
                         self.exhausted.set()
                     break
             except SourceError as exc:
+                if self.stop.is_set():  # the stopping loop closed the source under the read: not a failure
+                    break
                 if not delivered and failures == 0:  # a bad config or a missing device at start: tell the user
                     self.fatal = exc
                     self.exhausted.set()
@@ -222,6 +229,8 @@ class CaptureThread(threading.Thread):
                     break
                 continue
             except Exception as exc:  # a camera that stopped, a dropped stream, a timeout: close and reopen
+                if self.stop.is_set():
+                    break
                 opened, failures, backoff = self._failed(exc, failures, backoff)
                 if failures < 0:
                     break
@@ -373,9 +382,10 @@ class FrameLoop:
                 self.source.close()  # unblocks a read waiting on the camera
             except Exception as exc:
                 log.debug("closing the source failed: %s", exc)
-            self.capture.join(timeout=2.0)
+            join_s = CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S
+            self.capture.join(timeout=join_s)
             if self.capture.is_alive():
-                log.warning("capture thread did not stop within 2 s; leaving it (daemon thread)")
+                log.warning("capture thread did not stop within %.1f s; leaving it (daemon thread)", join_s)
         return self.snapshot()
 
     def _deliver(self, result: FrameResult, frame: Frame) -> None:

@@ -302,8 +302,6 @@ def test_sighup_valid_config_replaces_the_pipeline_invalid_ones_keep_it(
 
 
 
-@pytest.mark.xfail(strict=True, reason="edgedet/loop.py FrameLoop.run joins a capture thread stuck in a camera "
-                   "read for up to 2.0 s, then the sinks get up to 0.8 s: the stop overruns 2 s (see the report)")
 def test_sigterm_while_a_camera_read_hangs_exits_0_within_2_s(
         path_listener: NotifyListener, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
     """With the default source.timeout_s (5 s) a stalled camera holds the capture thread in its read."""

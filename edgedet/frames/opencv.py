@@ -16,13 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# OpenCV and its FFmpeg backend print their own lines on stderr ("[tcp @ 0x...] Connection refused",
-# "[ WARN:0@0.5] global cap.cpp ..."); edgedet reports the same problems as one line of its own.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
 import numpy as np
 
+from edgedet.cv import import_cv2 as optional_cv2
 from edgedet.errors import SourceError
 from edgedet.frames.base import Frame, FramePacer, FrameSource
 
@@ -37,10 +33,9 @@ OPEN_BACKOFF_MAX_S = 30.0
 
 
 def import_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise SourceError("OpenCV is not installed", where="source.type opencv", fix=INSTALL_FIX) from None
+    cv2 = optional_cv2()
+    if cv2 is None:
+        raise SourceError("OpenCV is not installed", where="source.type opencv", fix=INSTALL_FIX)
     return cv2
 
 
@@ -223,9 +218,8 @@ def bgr_to_rgb(bgr: np.ndarray) -> np.ndarray:
 
 def opens_as_camera(device: str) -> bool:
     """True when OpenCV opens ``device`` and gets a frame from it (used by ``type: auto``)."""
-    try:
-        import cv2
-    except ImportError:
+    cv2 = optional_cv2()
+    if cv2 is None:
         return False
     match = DEVICE_PATTERN.match(device)
     if not match:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedet.cv import import_cv2
 from edgedet.errors import SourceError
 from edgedet.frames.base import Frame, FrameSource
 
@@ -40,10 +41,8 @@ def lores_size_for(model_input_size: tuple[int, int], main_size: tuple[int, int]
     return width, height
 
 
-try:  # OpenCV (the optional extra) converts BT.601 limited range, the lores default, ~5x faster than numpy.
-    import cv2 as _cv2
-except ImportError:  # pragma: no cover - depends on the extra
-    _cv2 = None
+# OpenCV (the optional extra) converts BT.601 limited range, the lores default, ~5x faster than numpy.
+_cv2 = import_cv2()
 
 
 def _yuv420_to_rgb_cv2(buffer: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -267,9 +267,10 @@ def opencv_resize() -> Optional[Callable[[np.ndarray, int, int], np.ndarray]]:
     Single-threaded: the frame loop gives the other cores to inference, and OpenCV's own thread pool would
     fight it.
     """
-    try:
-        import cv2
-    except ImportError:
+    from edgedet.cv import import_cv2
+
+    cv2 = import_cv2()
+    if cv2 is None:
         return None
     cv2.setNumThreads(1)
 
