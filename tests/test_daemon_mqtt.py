@@ -276,6 +276,36 @@ def test_status_offline_on_kill9_will_and_on_sigterm(tmp_path: Path) -> None:
             sub.close()
 
 
+def test_sigterm_exits_within_2s_when_the_broker_hangs(tmp_path: Path) -> None:
+    """A broker that stops answering while the TCP connection stays up (hung process, network blackhole):
+    the flush and the explicit offline cannot complete, and the service stop must still take < 2 s."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    sub = Subscriber(broker, "edgedet/hung/detection")
+    daemon = Daemon(tmp_path, broker.port, "hung", fps=100)
+    assert broker.proc is not None
+    try:
+        assert wait_until(lambda: len(sub.payloads("hung/detection")) >= 5, 60), daemon.stderr()[-3000:]
+        broker.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)  # frames published meanwhile wait unacknowledged
+        sent = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        exit_s = time.monotonic() - sent if code is not None else None
+        if code is None:
+            daemon.proc.wait(30)
+            exit_s = time.monotonic() - sent
+        print(f"SIGTERM with a hung broker -> exit in {exit_s:.2f} s")
+        assert code == 0, f"no exit within 2 s (exited after {exit_s:.2f} s):\n{daemon.stderr()[-3000:]}"
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+        daemon.kill()
+        sub.close()
+        broker.stop()
+
+
 def test_zero_loss_across_three_broker_restarts(tmp_path: Path) -> None:
     frames = 3000
     broker = Mosquitto(tmp_path / "broker", persistence=True).start()
