@@ -71,6 +71,9 @@ def run_daemon(folder: Path, model: Path, frames: int, mode: str, outbox_max: in
             "frames_per_uptime": round(stats["frames_processed"] / stats["uptime_s"], 1),
             "inference_p50_ms": stats["latency_ms"]["inference"]["p50"],
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            # user+system CPU of the whole process (start-up included, the same in both modes): far less
+            # sensitive than wall-clock fps to other processes on a shared machine.
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
             "outbox_not_delivered": int(kept.group(1)) if kept else None}
 
 
@@ -94,6 +97,10 @@ def compare(model: Path, frames: int, rounds: int, outbox_max: int) -> dict[str,
         "change_pct_mean": round(100 * (mean["down"] - mean["off"]) / mean["off"], 2),
         "inference_p50_ms_median": {mode: statistics.median(r["inference_p50_ms"] for r in rs)
                                     for mode, rs in runs.items()},
+        "cpu_s_median": {mode: statistics.median(r["cpu_s"] for r in rs) for mode, rs in runs.items()},
+        "extra_cpu_us_per_frame_down": round(1e6 * (statistics.median(r["cpu_s"] for r in runs["down"])
+                                                    - statistics.median(r["cpu_s"] for r in runs["off"])) / frames,
+                                             1),
         "peak_rss_mb": {mode: [r["peak_rss_mb"] for r in rs] for mode, rs in runs.items()},
         "outbox_not_delivered_at_exit": [r["outbox_not_delivered"] for r in runs["down"]],
     }
