@@ -130,10 +130,15 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
             finally:
                 if stats_publisher is not None:
                     stats_publisher.set()
+                    _publish_final_stats(pipeline.sinks, frame_loop)
                 if not reload_to:
                     notifier.stopping()
                 # SIGTERM must exit within 2 s: flush what can still be published for at most STOP_FLUSH_S.
                 close_sinks(pipeline.sinks, flush_timeout_s=min(STOP_FLUSH_S, cfg.mqtt.flush_timeout_s))
+            for sink in pipeline.sinks:
+                publisher = getattr(sink, "publisher", None)
+                if publisher is not None:  # the MQTT counters (queued, dropped, reconnects, ...) after the flush
+                    final_stats["mqtt"] = publisher.stats()
             if not reload_to:
                 break
             try:
@@ -152,6 +157,16 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
     log.info("stopped: %d frames processed, %d dropped, %.1f fps out", final_stats.get("frames_processed", 0),
              final_stats.get("frames_dropped", 0), final_stats.get("fps_out", 0.0))
     return 0
+
+
+def _publish_final_stats(sinks: list[Any], frame_loop: FrameLoop) -> None:
+    """A bounded or stopped run ends with one last stats message, so subscribers see the final counters."""
+    for sink in sinks:
+        if hasattr(sink, "publish_stats"):
+            try:
+                sink.publish_stats(frame_loop.snapshot())
+            except Exception as exc:
+                log.error("publishing the final stats failed: %s", exc)
 
 
 def _start_stats_publisher(pipeline: Pipeline, frame_loop: FrameLoop,

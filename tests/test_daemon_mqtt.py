@@ -364,6 +364,7 @@ def test_zero_loss_across_three_broker_restarts(tmp_path: Path) -> None:
     last = max(stats, key=lambda s: s["frames_processed"])
     assert last["mqtt"]["reconnects"] == 3, [s["mqtt"] for s in stats]
     assert last["mqtt"]["dropped"] == 0
+    assert stats_file["mqtt"]["reconnects"] == 3 and stats_file["mqtt"]["dropped"] == 0
     for payload in stats:
         validator("stats").validate(payload)
 
@@ -410,6 +411,7 @@ def test_broker_down_outbox_drop_count_exact_and_memory_bounded(tmp_path: Path) 
         validator("stats").validate(payload)
         assert payload["mqtt"]["dropped"] == detections_queued_while_down - outbox_max
         assert payload["mqtt"]["reconnects"] == 0  # the first connection is not a reconnect
+    assert stats_file["mqtt"]["dropped"] == dropped  # the --stats-file written at exit says the same
     # Bounded memory: 1100 frames into a full outbox add no per-frame state (a leak of a few hundred bytes
     # per message would show as ~0.5 MB; allocator noise stays well below this bound).
     assert rss_late_kb - rss_early_kb < 4096, (rss_early_kb, rss_late_kb)

@@ -296,20 +296,26 @@ class MqttPublisher:
         """Flush (bounded), publish ``offline`` retained, disconnect cleanly, stop the threads."""
         if not self._started:
             return
+        started = time.monotonic()
         timeout = self.cfg.flush_timeout_s if flush_timeout_s is None else flush_timeout_s
-        flushed = self.flush(timeout) if self.connected else False
+        # A short run may stop while its first connection is still being set up: give that attempt the
+        # flush budget too, but do not wait for a broker that has already refused or not answered.
+        connecting = not self._ever_connected and self._failed_attempts == 0
+        flushed = self.flush(timeout) if self.connected or connecting else False
         with self._cond:
             left = len(self._outbox) + len(self._inflight)
             self._stopping = True
             self._cond.notify_all()
         if not flushed and left:
             log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)",
-                        left, "connected" if self.connected else "unreachable")
+                        left, "connected" if self.connected else "not connected")
         if self.connected:
             info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
             # RuntimeError/ValueError: the connection dropped meanwhile; the Will says offline instead.
             with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout=max(1.0, min(timeout, 5.0)))
+                # Only what is left of the stop budget (SIGTERM must exit within 2 s); a hung broker
+                # publishes the Will after 1.5 x keepalive instead.
+                info.wait_for_publish(timeout=max(0.2, min(5.0, timeout - (time.monotonic() - started))))
             # A clean DISCONNECT suppresses the Will, so the explicit offline above is what subscribers see.
             self._client.disconnect()
         self._client.loop_stop()
