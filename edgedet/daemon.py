@@ -7,6 +7,7 @@ capture and exit 0; SIGHUP reloads the config and, when it is valid, replaces th
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -83,6 +84,18 @@ class RunOptions:
     stats_file: Optional[Path] = None
 
 
+def freeze_heap() -> None:
+    """Move everything allocated at start-up (runtime, numpy, pydantic, the model) out of the GC's reach.
+
+    Measured: with the broker down, the MQTT outbox keeps ~1000 queued messages alive, the churn of evicting
+    and adding them triggers full collections, and each one walked the whole start-up heap: the loop ran
+    25 % slower on the 1 ms bundled model. After ``gc.freeze()`` it runs as fast as with MQTT off.
+    """
+    gc.unfreeze()  # a reload: let the old pipeline's objects be collected
+    gc.collect()
+    gc.freeze()
+
+
 def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
     """Run until SIGTERM/SIGINT or a bound; returns the process exit code."""
     notifier = Notifier()
@@ -92,6 +105,7 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
     final_stats: dict[str, Any] = {}
     with ServiceSignals() as signals:
         pipeline = build_pipeline(config, run_id)
+        freeze_heap()
         log.info("edgedet %s: model %s (%s %s, %d threads, delegate %s), source %s", __version__,
                  pipeline.classifier.name, pipeline.classifier.runtime.name, pipeline.classifier.runtime.version,
                  pipeline.classifier.num_threads, pipeline.classifier.delegate_info["active"],
@@ -148,6 +162,7 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
             except EdgedetError as exc:
                 log.error("reload failed, keeping the running config: %s", exc)
                 pipeline = build_pipeline(pipeline.config, run_id)
+            freeze_heap()
             notifier.ready()
     final_stats["model"] = pipeline.classifier.name
     final_stats["runtime"] = pipeline.classifier.info["runtime"]

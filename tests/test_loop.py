@@ -207,8 +207,8 @@ def test_results_carry_ids_times_and_stages(models):
     assert r.top_k[0].label in {"red", "green", "blue"}
 
 
-def test_auto_threads_leaves_a_core_for_capture():
-    assert auto_threads(1) == 1 and auto_threads(2) == 1 and auto_threads(4) == 3
+def test_auto_threads_uses_every_core():
+    assert auto_threads(1) == 1 and auto_threads(2) == 2 and auto_threads(4) == 4
 
 
 def test_images_source_through_the_loop(models, tmp_path):
