@@ -1,10 +1,12 @@
 """The bounded frame loop: capture on its own thread into a one-slot latest-frame buffer, classify the newest.
 
-Capture and preprocessing run on the capture thread, so the next frame is already a model-ready tensor
-when ``invoke()`` returns; the inference side only sets the tensor, invokes and post-processes. A newer
-frame replaces an unread one (counted as dropped), so a slow model never builds a backlog and memory
-stays flat. For sources that have a frame whenever asked (synthetic, files read as fast as possible) the
-capture thread reads just in time, so it needs little CPU and inference gets every core.
+The capture thread reads frames (a camera or a stream on its own clock, continuously, so the newest frame is
+always at hand; a source that has a frame whenever asked — synthetic, files read as fast as possible — just
+before the model becomes free). A newer frame replaces an unread one (counted as dropped), so a slow model
+never builds a backlog and memory stays flat. The inference side preprocesses the frame it takes, invokes
+and post-processes: only frames that are classified are preprocessed, and with every core given to the
+interpreter nothing else competes with ``invoke()`` (measured in benchmarks/pipeline.py: preprocessing on
+the capture thread during the invoke slowed a 2-thread invoke more than it saved).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ BACKOFF_MAX_S = 30.0
 # A reopened source must deliver this long before its backoff starts again from 1 s, so a flapping camera
 # (fails every few frames) backs off like one that never opens.
 BACKOFF_RESET_S = 30.0
-LEAD_SLACK_S = 0.0005
 # Python hands the GIL to a waiting thread only every switch interval (5 ms by default): after invoke()
 # returns, the inference thread would wait that long for the capture thread's Python code. 0.2 ms keeps the
 # hand-over small next to a millisecond-scale invoke.
@@ -59,52 +60,29 @@ def auto_threads(cores: Optional[int] = None) -> int:
 
 
 @dataclass
-class Prepared:
-    """A captured frame and its model-ready tensor."""
+class Captured:
+    """A frame as the capture thread read it, numbered by the loop (ids stay unique across reopens)."""
 
     frame: Frame
     frame_id: int
-    tensor: Optional[np.ndarray]  # None if the frame could not be converted (counted, dropped)
-    preprocess_ms: float
 
 
 class LatestSlot:
-    """A one-slot buffer: ``put`` replaces an unread item (counted), ``take`` waits for a new one.
-
-    For on-demand sources the consumer also ``announce``s when it will next take a frame, so the capture
-    thread can read and preprocess one just in time: fresh, and without producing frames only to drop them.
-    """
+    """A one-slot buffer: ``put`` replaces an unread item (counted as dropped), ``take`` waits for a new one."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._item: Optional[Prepared] = None
+        self._item: Optional[Captured] = None
         self.replaced = 0
-        self._demand_seq = 0
-        self._demand_at = 0.0
 
-    def announce(self, next_take_mono: float) -> None:
-        with self._cond:
-            self._demand_seq += 1
-            self._demand_at = next_take_mono
-            self._cond.notify_all()
-
-    def wait_demand(self, last_seq: int, timeout_s: float) -> Optional[tuple[int, float]]:
-        """The newest announcement after ``last_seq`` as (seq, monotonic time), or None on timeout."""
-        with self._cond:
-            if self._demand_seq == last_seq:
-                self._cond.wait(timeout_s)
-            if self._demand_seq == last_seq:
-                return None
-            return self._demand_seq, self._demand_at
-
-    def put(self, item: Prepared) -> None:
+    def put(self, item: Captured) -> None:
         with self._cond:
             if self._item is not None:
                 self.replaced += 1
             self._item = item
             self._cond.notify()
 
-    def take(self, timeout_s: float) -> Optional[Prepared]:
+    def take(self, timeout_s: float) -> Optional[Captured]:
         with self._cond:
             if self._item is None:
                 self._cond.wait(timeout_s)
@@ -176,115 +154,96 @@ class RollingStats:
             }
 
 
-class CaptureThread(threading.Thread):
-    """Reads frames, preprocesses them and puts them in the slot; reopens a failing source with backoff."""
+class FrameReader:
+    """Reads the next frame, opening the source and reopening it with backoff when it fails."""
 
-    def __init__(self, source: FrameSource, classifier: Classifier, slot: LatestSlot, stats: RollingStats,
-                 stop: threading.Event, timeout_s: float, max_retries: int = 0, opened: bool = False) -> None:
-        super().__init__(name="edgedet-capture", daemon=True)
-        self.source, self.classifier, self.slot, self.stats = source, classifier, slot, stats
-        self.stop, self.timeout_s, self.max_retries = stop, timeout_s, max_retries
-        self.exhausted = threading.Event()
-        self.fatal: Optional[BaseException] = None
+    def __init__(self, source: FrameSource, stats: RollingStats, stop: threading.Event, timeout_s: float,
+                 max_retries: int = 0, opened: bool = False) -> None:
+        self.source, self.stats, self.stop = source, stats, stop
+        self.timeout_s, self.max_retries = timeout_s, max_retries
+        self.fatal: Optional[BaseException] = None  # a SourceError for the user: the run ends with it
+        self._opened, self._delivered = opened, False
+        self._failures, self._backoff = 0, BACKOFF_MIN_S
+        self._healthy_since = time.monotonic()
         self._next_id = 0
-        self._warned_invalid = False
-        self._opened_by_caller = opened
-        self._lead_s = 0.0
 
-    def run(self) -> None:
-        backoff = BACKOFF_MIN_S
-        failures = 0
-        opened, delivered = self._opened_by_caller, False
-        healthy_since = time.monotonic()
-        demand_seq = 0
+    def next_frame(self) -> Optional[Captured]:
+        """The next frame, or None when the source is exhausted, the loop stops, or ``fatal`` is set."""
         while not self.stop.is_set():
-            if self.source.on_demand:
-                demand = self.slot.wait_demand(demand_seq, 0.1)
-                if demand is None:
-                    continue
-                demand_seq, due = demand
-                # Read and preprocess so the tensor is ready just as the model becomes free.
-                delay = due - self._lead_s - time.monotonic()
-                if delay > 0 and self.stop.wait(delay):
-                    break
-            started = time.monotonic()
             try:
-                if not opened:
+                if not self._opened:
                     self.source.open()
-                    opened = True
-                    healthy_since = time.monotonic()
-                    if delivered or failures:
+                    self._opened = True
+                    self._healthy_since = time.monotonic()
+                    if self._delivered or self._failures:
                         self.stats.source_reopens += 1
-                        log.info("source reopened after %d failure(s)", failures)
+                        log.info("source reopened after %d failure(s)", self._failures)
                 frame = self.source.read(self.timeout_s)
                 if frame is None:
-                    if not self.stop.is_set():
-                        self.exhausted.set()
-                    break
+                    return None
             except SourceError as exc:
                 if self.stop.is_set():  # the stopping loop closed the source under the read: not a failure
-                    break
-                if not delivered and failures == 0:  # a bad config or a missing device at start: tell the user
+                    return None
+                if not self._delivered and self._failures == 0:  # bad config or missing device at start
                     self.fatal = exc
-                    self.exhausted.set()
-                    break
-                opened, failures, backoff = self._failed(exc, failures, backoff)
-                if failures < 0:
-                    break
+                    return None
+                if not self._failed(exc):
+                    return None
                 continue
             except Exception as exc:  # a camera that stopped, a dropped stream, a timeout: close and reopen
                 if self.stop.is_set():
-                    break
-                opened, failures, backoff = self._failed(exc, failures, backoff)
-                if failures < 0:
-                    break
+                    return None
+                if not self._failed(exc):
+                    return None
                 continue
-            delivered, failures = True, 0
-            if backoff > BACKOFF_MIN_S and time.monotonic() - healthy_since >= BACKOFF_RESET_S:
-                backoff = BACKOFF_MIN_S
+            self._delivered, self._failures = True, 0
+            if self._backoff > BACKOFF_MIN_S and time.monotonic() - self._healthy_since >= BACKOFF_RESET_S:
+                self._backoff = BACKOFF_MIN_S
             self.stats.captured()
-            self.slot.put(self._prepare(frame))
-            # lead time = read + preprocess, smoothed, plus a little slack for the thread hand-over
-            took = time.monotonic() - started
-            self._lead_s = 0.8 * self._lead_s + 0.2 * (took + LEAD_SLACK_S) if self._lead_s else took + LEAD_SLACK_S
-        if opened:
-            self._close_source()
+            captured = Captured(frame, self._next_id)
+            self._next_id += 1
+            return captured
+        return None
 
-    def _prepare(self, frame: Frame) -> Prepared:
-        frame_id = self._next_id
-        self._next_id += 1
-        started = time.perf_counter()
-        try:
-            tensor = self.classifier.preprocess(frame.image)
-            # The preprocessor reuses its buffers: hand the inference thread its own copy.
-            if tensor.base is not None or not tensor.flags.owndata:
-                tensor = tensor.copy()
-        except FrameError as exc:
-            if not self._warned_invalid:
-                log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
-                self._warned_invalid = True
-            tensor = None
-        return Prepared(frame, frame_id, tensor, (time.perf_counter() - started) * 1e3)
-
-    def _failed(self, exc: BaseException, failures: int, backoff: float) -> tuple[bool, int, float]:
-        failures += 1
+    def _failed(self, exc: BaseException) -> bool:
+        """Count, close, wait out the backoff; False when source.max_retries is exceeded (``fatal`` set)."""
+        self._failures += 1
         self.stats.source_errors += 1
-        self._close_source()
-        if self.max_retries and failures > self.max_retries:
-            self.fatal = SourceError(f"source failed {failures} times in a row, more than source.max_retries="
-                                     f"{self.max_retries} ({_one_line(exc)})", where="source",
+        self.close()
+        if self.max_retries and self._failures > self.max_retries:
+            self.fatal = SourceError(f"source failed {self._failures} times in a row, more than "
+                                     f"source.max_retries={self.max_retries} ({_one_line(exc)})", where="source",
                                      fix="check the camera or stream, or raise source.max_retries (0 = forever)")
-            self.exhausted.set()
-            return False, -1, backoff
-        log.warning("source failed (%s); reopening in %.0f s", _one_line(exc), backoff)
-        self.stop.wait(backoff)
-        return False, failures, min(backoff * 2, BACKOFF_MAX_S)
+            return False
+        log.warning("source failed (%s); reopening in %.0f s", _one_line(exc), self._backoff)
+        self.stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+        return True
 
-    def _close_source(self) -> None:
+    def close(self) -> None:
+        self._opened = False
         try:
             self.source.close()
-        except Exception as exc:  # closing a broken camera must not kill the thread
+        except Exception as exc:  # closing a broken camera must not kill the loop
             log.debug("closing the source failed: %s", exc)
+
+
+class CaptureThread(threading.Thread):
+    """For cameras and streams: reads continuously into the slot, so the newest frame is always at hand."""
+
+    def __init__(self, reader: FrameReader, slot: LatestSlot) -> None:
+        super().__init__(name="edgedet-capture", daemon=True)
+        self.reader, self.slot = reader, slot
+        self.exhausted = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while (item := self.reader.next_frame()) is not None:
+                self.slot.put(item)
+        finally:
+            self.exhausted.set()
+            self.slot.wake()
+            self.reader.close()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -308,8 +267,13 @@ class FrameLoop:
         self.stats = RollingStats()
         self.slot = LatestSlot()
         self._capture_stop = threading.Event()
-        self.capture = CaptureThread(source, classifier, self.slot, self.stats, self._capture_stop,
-                                     timeout_s, max_retries, opened=source_opened)
+        # A source with a frame whenever asked is read inline, just before each inference: the freshest frame,
+        # no thread hand-over. A camera or a stream has its own clock and gets the capture thread.
+        self.inline = source.on_demand
+        # inline, a backoff wait must end on SIGTERM; the capture thread's ends when the loop ends
+        self.reader = FrameReader(source, self.stats, self.stop if self.inline else self._capture_stop,
+                                  timeout_s, max_retries, opened=source_opened)
+        self.capture = None if self.inline else CaptureThread(self.reader, self.slot)
         self.last_result: Optional[FrameResult] = None
 
     def snapshot(self) -> dict[str, Any]:
@@ -324,11 +288,10 @@ class FrameLoop:
         period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
         next_due = time.monotonic()
         deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
-        busy_s = 0.0  # smoothed time from taking a frame to asking for the next one
         previous_switch = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_S))
-        self.slot.announce(time.monotonic())
-        self.capture.start()
+        if self.capture is not None:
+            self.capture.start()
         try:
             while not self.stop.is_set():
                 if self.max_frames and self.stats.frames_processed >= self.max_frames:
@@ -343,30 +306,33 @@ class FrameLoop:
                         break
                     next_due = max(next_due + period, time.monotonic())
                 waited = time.perf_counter()
-                item = self.slot.take(0.1)
+                item = self._next_item()
                 if item is None:
-                    if self.capture.fatal is not None:
-                        raise self.capture.fatal
-                    if self.capture.exhausted.is_set():
+                    if self.reader.fatal is not None:
+                        raise self.reader.fatal
+                    if self.inline or (self.capture is not None and self.capture.exhausted.is_set()):
                         break
                     continue
                 taken = time.perf_counter()
                 wait_ms = (taken - waited) * 1e3
-                next_take = time.monotonic() + busy_s
-                self.slot.announce(max(next_take, next_due) if period else next_take)
-                if item.tensor is None:
+                try:
+                    tensor = classifier.preprocess(item.frame.image)
+                except FrameError as exc:
                     self.stats.frames_invalid += 1
+                    if self.stats.frames_invalid == 1:
+                        log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
                     continue
                 t1 = time.perf_counter()
-                interpreter.set_tensor(input_index, item.tensor)
+                preprocess_ms = (t1 - taken) * 1e3
+                interpreter.set_tensor(input_index, tensor)
                 interpreter.invoke()
                 t2 = time.perf_counter()
                 classes = top_classes(classifier.scores(), classifier.top_k, classifier.labels)
                 t3 = time.perf_counter()
                 inference_ms, post_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
                 age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3
-                stages = {"capture_wait": wait_ms, "preprocess": item.preprocess_ms, "inference": inference_ms,
-                          "postprocess": post_ms, "total": item.preprocess_ms + inference_ms + post_ms,
+                stages = {"capture_wait": wait_ms, "preprocess": preprocess_ms, "inference": inference_ms,
+                          "postprocess": post_ms, "total": preprocess_ms + inference_ms + post_ms,
                           "frame_age": age_ms}
                 result = FrameResult(frame_id=item.frame_id, captured_wall=item.frame.captured_wall,
                                      captured_mono=item.frame.captured_mono, top_k=classes,
@@ -376,21 +342,24 @@ class FrameLoop:
                 self._deliver(result, item.frame)
                 if self.on_frame is not None:
                     self.on_frame(result)
-                took = time.perf_counter() - taken
-                busy_s = 0.8 * busy_s + 0.2 * took if busy_s else took
         finally:
             sys.setswitchinterval(previous_switch)
             self._capture_stop.set()
             self.slot.wake()
-            try:
-                self.source.close()  # unblocks a read waiting on the camera
-            except Exception as exc:
-                log.debug("closing the source failed: %s", exc)
-            join_s = CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S
-            self.capture.join(timeout=join_s)
-            if self.capture.is_alive():
-                log.warning("capture thread did not stop within %.1f s; leaving it (daemon thread)", join_s)
+            self.reader.close()  # also unblocks a read waiting on the camera
+            if self.capture is not None:
+                join_s = CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S
+                self.capture.join(timeout=join_s)
+                if self.capture.is_alive():
+                    log.warning("capture thread did not stop within %.1f s; leaving it (daemon thread)", join_s)
         return self.snapshot()
+
+    def _next_item(self) -> Optional[Captured]:
+        if self.inline:
+            if self.stop.is_set():
+                return None
+            return self.reader.next_frame()
+        return self.slot.take(0.1)
 
     def _deliver(self, result: FrameResult, frame: Frame) -> None:
         for sink in self.sinks:

@@ -20,7 +20,7 @@ from PIL import Image
 from edgedet.config import build_config
 from edgedet.frames import open_source
 from edgedet.frames.base import Frame, FrameSource
-from edgedet.loop import FrameLoop, LatestSlot, Prepared, auto_threads
+from edgedet.loop import Captured, FrameLoop, LatestSlot, auto_threads
 from edgedet.model.classifier import Classifier
 from edgedet.model.config import ModelConfig
 from edgedet.publish.jsonl import JsonlSink
@@ -69,7 +69,7 @@ def test_on_demand_source_is_read_just_in_time_without_drops(models):
 
 def test_latest_slot_replaces_unread_and_counts():
     slot = LatestSlot()
-    frames = [Prepared(Frame(i, np.zeros((1, 1, 3), np.uint8), 0.0, 0.0), i, None, 0.0) for i in range(3)]
+    frames = [Captured(Frame(i, np.zeros((1, 1, 3), np.uint8), 0.0, 0.0), i) for i in range(3)]
     for item in frames:
         slot.put(item)
     assert slot.replaced == 2
