@@ -23,7 +23,7 @@ import numpy as np
 
 from edgedet.errors import EdgedetError, SourceError
 from edgedet.frames.base import Frame, FrameSource
-from edgedet.model.classifier import Classifier, top_classes
+from edgedet.model.classifier import Classifier
 from edgedet.model.preprocess import FrameError
 from edgedet.model.runtime import cpu_count
 from edgedet.results import FrameResult, Sink
@@ -327,7 +327,7 @@ class FrameLoop:
                 interpreter.set_tensor(input_index, tensor)
                 interpreter.invoke()
                 t2 = time.perf_counter()
-                classes = top_classes(classifier.scores(), classifier.top_k, classifier.labels)
+                classes = classifier.postprocess()
                 t3 = time.perf_counter()
                 inference_ms, post_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
                 age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3

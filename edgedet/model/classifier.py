@@ -46,12 +46,18 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (scale * (values.astype(np.int64) - zero_point)).astype(np.float32)
 
 
+def top_indices(values: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest values, largest first, ties by lower index."""
+    k = max(1, min(k, values.size))
+    candidates = np.argpartition(values, values.size - k)[values.size - k:] if k < values.size \
+        else np.arange(values.size)
+    return sorted(candidates.tolist(), key=lambda i: (-values[i].item(), i))
+
+
 def top_classes(scores: np.ndarray, k: int, labels: list[str]) -> list[Class]:
     """The k best classes, best first (ties by lower class id)."""
-    k = max(1, min(k, scores.size))
-    candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
-    order = sorted(candidates.tolist(), key=lambda i: (-float(scores[i]), i))
-    return [Class(i, float(scores[i]), labels[i] if i < len(labels) else f"class {i}") for i in order]
+    return [Class(i, float(scores[i]), labels[i] if i < len(labels) else f"class {i}")
+            for i in top_indices(scores, k)]
 
 
 class Classifier:
@@ -220,7 +226,14 @@ class Classifier:
         return dequantize(raw, self._out_scale, self._out_zero)
 
     def postprocess(self, top_k: Optional[int] = None) -> list[Class]:
-        return top_classes(self.scores(), top_k or self.top_k, self.labels)
+        """The top-k classes of the last invoke. Ranks the raw (quantized) scores and dequantizes only the k
+        it returns: dequantization is monotonic (scale > 0), and the per-frame cost stays tiny."""
+        raw = self.interpreter.get_tensor(self._output_index).reshape(-1)
+        order = top_indices(raw, top_k or self.top_k)
+        scores = dequantize(raw[order], self._out_scale, self._out_zero)
+        labels = self.labels
+        return [Class(i, float(score), labels[i] if i < len(labels) else f"class {i}")
+                for i, score in zip(order, scores)]
 
     def classify(self, frame: ImageLike, top_k: Optional[int] = None) -> Classification:
         t0 = time.perf_counter()
@@ -229,7 +242,7 @@ class Classifier:
         self.interpreter.set_tensor(self._input_index, tensor)
         self.interpreter.invoke()
         t2 = time.perf_counter()
-        classes = top_classes(self.scores(), top_k or self.top_k, self.labels)
+        classes = self.postprocess(top_k)
         t3 = time.perf_counter()
         return Classification(classes, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                                         "postprocess": (t3 - t2) * 1e3})
