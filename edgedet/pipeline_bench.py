@@ -154,7 +154,9 @@ def soak_daemon(model: Path, frames: int) -> dict[str, Any]:
         while proc.poll() is None:
             try:
                 with open(f"/proc/{proc.pid}/statm") as f:
-                    samples.append((time.monotonic() - started, int(f.read().split()[1]) * page / 2**20))
+                    rss = int(f.read().split()[1]) * page / 2**20
+                if rss > 0:  # an exited process (zombie) reads as 0
+                    samples.append((time.monotonic() - started, rss))
             except (OSError, IndexError, ValueError):
                 pass
             time.sleep(0.05)
