@@ -7,14 +7,21 @@ Not a fixture module on purpose: tests build exactly the broker they need.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -170,3 +177,44 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Collector:
+    """A plain paho subscriber that records everything it receives."""
+
+    def __init__(self, broker: Mosquitto, topic: str, *, client_id: str | None = None,
+                 persistent: bool = False, username: str | None = None, password: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
+        self.topic = topic
+        self.received: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"col-{uuid.uuid4().hex[:8]}",
+                                  clean_session=not persistent)
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        if username:
+            self.client.username_pw_set(username, password)
+        if tls:
+            self.client.tls_set(ca_certs=str(tls.ca_file))
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "collector did not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.received.append((message.topic, message.payload, bool(message.retain)))
+
+    def payloads(self, suffix: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.received if t.endswith(suffix)]
+
+    def json(self, suffix: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for p in self.payloads(suffix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

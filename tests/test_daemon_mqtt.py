@@ -15,18 +15,14 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import jsonschema
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from mosquitto import Mosquitto, available
-from paho.mqtt.enums import CallbackAPIVersion
+from mosquitto import Collector, Mosquitto, available
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
 
@@ -61,42 +57,12 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Subscriber:
-    """A plain paho client recording what it receives (QoS 1); ``persistent`` keeps its session in the
-    broker (clean_session False) so messages published while it is disconnected wait for it."""
-
-    def __init__(self, broker: Mosquitto, topic: str, *, client_id: str | None = None,
-                 persistent: bool = False) -> None:
-        self.received: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"sub-{uuid.uuid4().hex[:8]}",
-                                  clean_session=not persistent)
-        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        assert self._subscribed.wait(10), "subscriber did not subscribe"
-
-    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.received.append((message.topic, message.payload, bool(message.retain)))
-
-    def payloads(self, suffix: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p, _ in self.received if t.endswith(suffix)]
-
-    def json(self, suffix: str) -> list[dict[str, Any]]:
-        return [json.loads(p) for p in self.payloads(suffix)]
+class Subscriber(Collector):
+    """A recording subscriber (QoS 1); ``persistent`` keeps its session in the broker (clean_session False)
+    so messages published while it is disconnected wait for it."""
 
     def seqs(self, suffix: str = "/detection") -> set[int]:
         return {d["seq"] for d in self.json(suffix)}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 class Daemon:

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from mosquitto import Mosquitto, available
-from test_mqtt_broker import Collector, wait_until
+from mosquitto import Collector, Mosquitto, available
+from test_mqtt_broker import wait_until
 from test_service import NotifyListener, listener  # noqa: F401  (listener: the path/abstract fixture)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,16 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
-from mosquitto import Mosquitto, TlsFiles, available, make_tls_files
+from mosquitto import Collector, Mosquitto, available, make_tls_files
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgedet.loop import RollingStats
@@ -45,47 +43,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
-
-
-class Collector:
-    """A plain paho subscriber that records everything it receives."""
-
-    def __init__(self, broker: Mosquitto, topic: str, *, client_id: str | None = None,
-                 persistent: bool = False, username: str | None = None, password: str | None = None,
-                 tls: TlsFiles | None = None) -> None:
-        self.topic = topic
-        self.received: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"col-{uuid.uuid4().hex[:8]}",
-                                  clean_session=not persistent)
-        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
-        if username:
-            self.client.username_pw_set(username, password)
-        if tls:
-            self.client.tls_set(ca_certs=str(tls.ca_file))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        assert self._subscribed.wait(10), "collector did not subscribe"
-
-    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.received.append((message.topic, message.payload, bool(message.retain)))
-
-    def payloads(self, suffix: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p, _ in self.received if t.endswith(suffix)]
-
-    def json(self, suffix: str) -> list[dict[str, Any]]:
-        return [json.loads(p) for p in self.payloads(suffix)]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def frame(frame_id: int, label: str = "cat") -> FrameResult:
