@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edgedet.errors import EdgedetError, SourceError
+from edgedet.errors import SourceError
 from edgedet.frames.base import Frame, FrameSource
 from edgedet.model.classifier import Classifier
 from edgedet.model.preprocess import FrameError
@@ -274,7 +274,6 @@ class FrameLoop:
         self.reader = FrameReader(source, self.stats, self.stop if self.inline else self._capture_stop,
                                   timeout_s, max_retries, opened=source_opened)
         self.capture = None if self.inline else CaptureThread(self.reader, self.slot)
-        self.last_result: Optional[FrameResult] = None
 
     def snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot(self.slot.replaced)
@@ -338,7 +337,6 @@ class FrameLoop:
                                      captured_mono=item.frame.captured_mono, top_k=classes,
                                      latency_ms=stages, frame_age_ms=age_ms, model=model_name)
                 self.stats.processed(stages)
-                self.last_result = result
                 self._deliver(result, item.frame)
                 if self.on_frame is not None:
                     self.on_frame(result)
@@ -382,7 +380,3 @@ def close_sinks(sinks: list[Any], flush_timeout_s: Optional[float] = None) -> No
             sink.close(flush_timeout_s=flush_timeout_s)
         except Exception as exc:
             log.error("closing sink %s failed: %s", type(sink).__name__, _one_line(exc))
-
-
-def run_error(exc: BaseException) -> EdgedetError:
-    return exc if isinstance(exc, EdgedetError) else SourceError(_one_line(exc))

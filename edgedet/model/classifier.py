@@ -54,12 +54,6 @@ def top_indices(values: np.ndarray, k: int) -> list[int]:
     return sorted(candidates.tolist(), key=lambda i: (-values[i].item(), i))
 
 
-def top_classes(scores: np.ndarray, k: int, labels: list[str]) -> list[Class]:
-    """The k best classes, best first (ties by lower class id)."""
-    return [Class(i, float(scores[i]), labels[i] if i < len(labels) else f"class {i}")
-            for i in top_indices(scores, k)]
-
-
 class Classifier:
     """A loaded model ready to classify frames. Build it with :meth:`from_config`."""
 
