@@ -253,14 +253,7 @@ def test_sigterm_exits_within_2s_when_the_broker_hangs(tmp_path: Path) -> None:
         assert wait_until(lambda: len(sub.payloads("hung/detection")) >= 5, 60), daemon.stderr()[-3000:]
         broker.proc.send_signal(signal.SIGSTOP)
         time.sleep(0.3)  # frames published meanwhile wait unacknowledged
-        sent = time.monotonic()
-        daemon.proc.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = daemon.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            code = None
-            daemon.proc.wait(30)
-        exit_s = time.monotonic() - sent
+        code, exit_s = terminate(daemon)
         print(f"SIGTERM with a hung broker -> exit in {exit_s:.2f} s")
         assert code == 0, f"no exit within 2 s (exited after {exit_s:.2f} s):\n{daemon.stderr()[-3000:]}"
     finally:
@@ -268,6 +261,18 @@ def test_sigterm_exits_within_2s_when_the_broker_hangs(tmp_path: Path) -> None:
         daemon.kill()
         sub.close()
         broker.stop()
+
+
+def terminate(daemon: Daemon, within_s: float = 2.0) -> tuple[int | None, float]:
+    """SIGTERM; the exit code if the daemon exited within ``within_s`` (else None), and when it exited."""
+    sent = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = daemon.proc.wait(within_s)
+    except subprocess.TimeoutExpired:
+        code = None
+        daemon.proc.wait(30)
+    return code, time.monotonic() - sent
 
 
 def test_sigterm_exits_within_2s_when_the_broker_is_down(tmp_path: Path) -> None:
@@ -279,14 +284,7 @@ def test_sigterm_exits_within_2s_when_the_broker_is_down(tmp_path: Path) -> None
     try:
         assert wait_until(lambda: "refused" in daemon.stderr(), 60), daemon.stderr()[-3000:]
         time.sleep(2.5)  # into the backoff: attempts at ~0, 1, 3 s
-        sent = time.monotonic()
-        daemon.proc.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = daemon.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            code = None
-            daemon.proc.wait(30)
-        exit_s = time.monotonic() - sent
+        code, exit_s = terminate(daemon)
         print(f"SIGTERM with the broker down -> exit in {exit_s:.2f} s")
         assert code == 0, f"no exit 0 within 2 s (exit after {exit_s:.2f} s):\n{daemon.stderr()[-3000:]}"
         assert daemon.stats()["frames_processed"] > 0
