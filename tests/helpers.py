@@ -43,3 +43,14 @@ def assert_one_line_error(run: Run, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def read_all(source, limit: int = 50, timeout_s: float = 1.0) -> list:
+    """Frames from an opened FrameSource until it ends (read returns None), at most ``limit``."""
+    frames = []
+    for _ in range(limit):
+        frame = source.read(timeout_s)
+        if frame is None:
+            break
+        frames.append(frame)
+    return frames

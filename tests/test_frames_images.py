@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import read_all
 from PIL import Image
 
 from edgedet.errors import EXIT_USAGE, SourceError
@@ -26,14 +27,6 @@ def write_images(folder):
     return folder
 
 
-def read_all(source, limit=50):
-    frames = []
-    for _ in range(limit):
-        frame = source.read(1.0)
-        if frame is None:
-            break
-        frames.append(frame)
-    return frames
 
 
 def test_plays_each_image_once_as_rgb_then_is_exhausted_when_loop_is_false(tmp_path, caplog):

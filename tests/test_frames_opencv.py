@@ -7,6 +7,7 @@ import socket
 
 import numpy as np
 import pytest
+from helpers import read_all
 
 from edgedet.errors import EXIT_USAGE, SourceError
 from edgedet.frames import open_source
@@ -39,20 +40,12 @@ def closed_loopback_port() -> int:
         return sock.getsockname()[1]  # nothing listens once the socket is closed
 
 
-def read_all(source, limit=50):
-    frames = []
-    for _ in range(limit):
-        frame = source.read(5.0)
-        if frame is None:
-            break
-        frames.append(frame)
-    return frames
 
 
 def test_reads_a_real_video_file_as_rgb_and_ends_when_loop_is_false(video_file):
     cfg = SourceConfig(type="opencv", path=str(video_file), fps=0, loop=False)
     with open_source(cfg) as source:
-        frames = read_all(source)
+        frames = read_all(source, timeout_s=5.0)
         info = source.describe()
     assert len(frames) == len(COLOURS)
     assert [f.frame_id for f in frames] == list(range(len(COLOURS)))
@@ -65,7 +58,7 @@ def test_reads_a_real_video_file_as_rgb_and_ends_when_loop_is_false(video_file):
 
 def test_loop_true_rewinds_the_file(video_file):
     with OpenCVSource(str(video_file), 640, 480, fps=0, loop=True, timeout_s=5, max_retries=0) as source:
-        frames = read_all(source, limit=len(COLOURS) + 2)
+        frames = read_all(source, limit=len(COLOURS) + 2, timeout_s=5.0)
     assert len(frames) == len(COLOURS) + 2
     assert np.abs(frames[len(COLOURS)].image.astype(int) - frames[0].image.astype(int)).max() <= 2
 
