@@ -362,11 +362,7 @@ class FrameLoop:
     def _deliver(self, result: FrameResult, frame: Frame) -> None:
         for sink in self.sinks:
             try:
-                handle_with_frame = getattr(sink, "handle_frame", None)
-                if handle_with_frame is not None:
-                    handle_with_frame(result, frame.image)
-                else:
-                    sink.handle(result)
+                sink.handle(result, frame.image)
             except Exception as exc:  # one failed publish never stops the loop
                 self.stats.sink_errors += 1
                 if self.stats.sink_errors <= 3 or self.stats.sink_errors % 1000 == 0:

@@ -34,7 +34,9 @@ class FrameResult:
 class Sink(Protocol):
     """A consumer of results (console, JSON lines file, MQTT). ``handle`` must not block the loop."""
 
-    def handle(self, result: FrameResult) -> None: ...
+    def handle(self, result: FrameResult, frame: Any = None) -> None:
+        """One classified frame; ``frame`` is its HxWx3 RGB image (for snapshots), valid during the call."""
+        ...
 
     def close(self, flush_timeout_s: float | None = None) -> None:
         """Release resources; a sink that buffers (MQTT) flushes for at most ``flush_timeout_s``."""

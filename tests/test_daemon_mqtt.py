@@ -207,6 +207,30 @@ def test_daemon_payloads_validate_against_schemas(tmp_path: Path) -> None:
     assert len({p["unique_id"] for p in discovery.values()}) == 4
 
 
+def test_snapshot_jpeg_on_label_change(tmp_path: Path) -> None:
+    """publish.snapshot: the frame loop hands each frame to the sink, which sends a JPEG on a label change."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = Subscriber(broker, "edgedet/snap/#")
+        daemon = Daemon(tmp_path, broker.port, "snap", fps=60, max_frames=120,
+                        config={"publish": {"snapshot": True, "snapshot_max_bytes": 50000}})
+        try:
+            finished(daemon)
+        finally:
+            daemon.kill()
+        # the synthetic scenes alternate pikachu / no-pikachu every second: at least two label changes
+        assert wait_until(lambda: len(sub.payloads("/snapshot")) >= 2), daemon.stderr()[-3000:]
+        snapshots = sub.payloads("/snapshot")
+        sub.close()
+    for jpeg in snapshots:
+        assert len(jpeg) <= 50000
+        with Image.open(BytesIO(jpeg)) as image:
+            assert image.format == "JPEG" and image.size == (160, 120)
+
+
 def test_status_offline_on_kill9_will_and_on_sigterm(tmp_path: Path) -> None:
     with Mosquitto(tmp_path / "broker") as broker:
         sub = Subscriber(broker, "edgedet/+/#")

@@ -50,9 +50,11 @@ def synthetic(width: int = 160, height: int = 120, fps: float = 0) -> FrameSourc
 class Collect:
     def __init__(self) -> None:
         self.results: list[FrameResult] = []
+        self.frame_shapes: list[tuple[int, ...]] = []
 
-    def handle(self, result: FrameResult) -> None:
+    def handle(self, result: FrameResult, frame: Any = None) -> None:
         self.results.append(result)
+        self.frame_shapes.append(frame.shape if frame is not None else ())
 
     def close(self, flush_timeout_s: float | None = None) -> None:
         pass
@@ -186,7 +188,7 @@ def test_bad_frames_are_dropped_counted_and_do_not_stop_the_loop(models):
 
 def test_a_failing_sink_does_not_stop_the_loop(models):
     class Broken:
-        def handle(self, result: FrameResult) -> None:
+        def handle(self, result: FrameResult, frame: Any = None) -> None:
             raise ConnectionError("broker went away")
 
         def close(self, flush_timeout_s: float | None = None) -> None:
@@ -195,6 +197,12 @@ def test_a_failing_sink_does_not_stop_the_loop(models):
     good = Collect()
     stats = FrameLoop(classifier(models["tiny"]), synthetic(), [Broken(), good], max_frames=20).run()
     assert stats["frames_processed"] == 20 and stats["sink_errors"] == 20 and len(good.results) == 20
+
+
+def test_sinks_get_the_frame_image_for_snapshots(models):
+    sink = Collect()
+    FrameLoop(classifier(models["tiny"]), synthetic(160, 120), [sink], max_frames=3).run()
+    assert sink.frame_shapes == [(120, 160, 3)] * 3
 
 
 def test_results_carry_ids_times_and_stages(models):

@@ -16,7 +16,7 @@ class ConsoleSink:
         self._last_label: str | None = None
         self._last_time = 0.0
 
-    def handle(self, result: FrameResult) -> None:
+    def handle(self, result: FrameResult, frame: object = None) -> None:
         best = result.top_k[0]
         now = time.monotonic()
         since = now - self._last_time

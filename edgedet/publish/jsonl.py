@@ -36,7 +36,7 @@ class JsonlSink:
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()
 
-    def handle(self, result: FrameResult) -> None:
+    def handle(self, result: FrameResult, frame: object = None) -> None:
         self._file.write(json.dumps(result_record(result), separators=(",", ":")) + "\n")
         now = time.monotonic()
         if now - self._last_flush >= self.flush_every_s:
