@@ -1,11 +1,15 @@
 """Does `edgedet bench` report the latency a bare invoke() loop sees? Both shared models, side by side.
 
-For each model, rounds alternate between an independent bare loop (its own interpreter, its own
-preprocessing, nothing but ``invoke()`` between two ``perf_counter_ns`` reads) and ``edgedet bench --json``
-run in the same process, so both see the same machine state. The medians of the per-round medians are
-compared; the acceptance bound is 5 %. Exit 0 when both models are within it, 1 otherwise.
+Each round times an independent bare loop (its own interpreter, its own preprocessing, nothing but
+``invoke()`` between two ``perf_counter_ns`` reads) and ``edgedet bench --json`` in the same process, back to
+back, the order alternating from round to round. The verdict is the median over the rounds of the per-round
+ratio edgedet/bare: on this shared machine the invoke time of a small model drifts by 20-30 % within
+seconds (measured: the same model, fresh interpreters one after another, 0.78 ms for five, then 0.59 ms), so
+two medians taken far apart disagree by chance, while two taken back to back see the same machine. The
+median of all edgedet medians over the median of all bare medians is printed too. Acceptance bound: 5 %.
+Exit 0 when both models are within it, 1 otherwise.
 
-    python benchmarks/bench_vs_bare.py [--models DIR] [--rounds 7] [--runs 100] [--min-secs 1] [--threads 1]
+    python benchmarks/bench_vs_bare.py [--models DIR] [--rounds 21] [--runs 100] [--min-secs 0.3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -63,29 +67,34 @@ def edgedet_median_ms(model: Path, image: Path, runs: int, warmup: int, min_secs
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=REPO.parent / "shared" / "models")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--min-secs", type=float, default=1.0)
+    parser.add_argument("--min-secs", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     image = args.models / "cat.bmp"
     within = True
-    print(f"{'model':<38} {'round medians bare (ms)':<28} {'round medians edgedet (ms)':<28} "
-          f"{'bare':>7} {'edgedet':>7} {'ratio':>6}")
     for name in MODELS:
         model = args.models / name
         bare, ours = [], []
-        for _ in range(args.rounds):
-            bare.append(bare_median_ms(model, image, args.runs, args.warmup, args.min_secs, args.threads))
-            ours.append(edgedet_median_ms(model, image, args.runs, args.warmup, args.min_secs, args.threads))
-        bare_ms, ours_ms = statistics.median(bare), statistics.median(ours)
-        ratio = ours_ms / bare_ms
+        for round_index in range(args.rounds):
+            timers = ((bare_median_ms, bare), (edgedet_median_ms, ours))
+            for timer, samples in (timers if round_index % 2 == 0 else timers[::-1]):
+                samples.append(timer(model, image, args.runs, args.warmup, args.min_secs, args.threads))
+        ratios = sorted(o / b for o, b in zip(ours, bare))
+        ratio = statistics.median(ratios)
+        quartiles = statistics.quantiles(ratios, n=4)
+        pooled = statistics.median(ours) / statistics.median(bare)
         within &= abs(ratio - 1) <= TOLERANCE
-        print(f"{name:<38} {' '.join(f'{v:.3f}' for v in bare):<28} {' '.join(f'{v:.3f}' for v in ours):<28} "
-              f"{bare_ms:>7.3f} {ours_ms:>7.3f} {ratio:>6.3f}")
+        print(f"{name}: {args.rounds} rounds")
+        print(f"  bare    medians (ms): {' '.join(f'{v:.3f}' for v in bare)}")
+        print(f"  edgedet medians (ms): {' '.join(f'{v:.3f}' for v in ours)}")
+        print(f"  per-round ratio edgedet/bare: median {ratio:.3f} (quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f},"
+              f" min {ratios[0]:.3f}, max {ratios[-1]:.3f}); median of medians {pooled:.3f}"
+              f" ({statistics.median(ours):.3f} / {statistics.median(bare):.3f} ms)")
     verdict = "PASS: within" if within else "FAIL: not within"
-    print(f"{verdict} {TOLERANCE:.0%} of the bare loop's median for every model")
+    print(f"{verdict} {TOLERANCE:.0%} of the bare loop's median (median per-round ratio) for every model")
     return 0 if within else 1
 
 
