@@ -6,6 +6,7 @@ import io
 import json
 import ssl
 import time
+import tracemalloc
 from pathlib import Path
 
 import jsonschema
@@ -19,7 +20,7 @@ from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import MqttConfig
 from edgedet.publish.mqtt import PASSWORD_ENV, describe_connect_error, read_password
 from edgedet.publish.policy import PublishPolicy
-from edgedet.publish.sink import encode_snapshot
+from edgedet.publish.sink import QueuedDetection, encode_snapshot
 from edgedet.results import Class, FrameResult
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
@@ -46,6 +47,34 @@ def test_detection_payload_fields_and_schema() -> None:
     assert payload["latency_ms"] == {"preprocess": 2.0, "inference": 3.0, "postprocess": 0.5, "total": 6.5}
     assert (payload["seq"], payload["run_id"], payload["model"], payload["frame_age_ms"]) == (
         1, "run1", "mobilenet_v1", 7.25)
+
+
+@pytest.mark.parametrize("top_k", [
+    [Class(3, np.float32(0.78515625), "Egyptian cat"), Class(282, 1 / 3, "tiger cat"), Class(0, 0.0, "bg")],
+    [Class(1, 1.0, "pikachu")],
+    [],
+])
+def test_queued_detection_encodes_the_same_payload_as_the_frame_result(top_k: list[Class]) -> None:
+    frame = FrameResult(2**40 + 5, time.time(), 3.0, top_k,
+                        {"capture_wait": 0.4, "preprocess": 0.2123456, "inference": 9.87654321,
+                         "postprocess": 0.05, "frame_age": 11.0}, 11.0625, "mobilenet")
+    queued = QueuedDetection(frame, 42, "run1", "mobilenet_v2")
+    payload = json.loads(queued())
+    assert payload == messages.detection_payload(frame, "run1", 42, "mobilenet_v2")
+    schema("detection").validate(payload)
+
+
+def test_queued_detection_is_small() -> None:
+    """The outbox keeps up to mqtt.outbox_max (10000) of these while the broker is down, on a Pi: each one
+    must not keep its frame's FrameResult (with its dicts, lists and floats) alive."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        queued = [QueuedDetection(result(frame_id=seq, score=seq / 1000), seq, "run1", "m") for seq in range(1000)]
+        per_message = (tracemalloc.get_traced_memory()[0] - before) / len(queued)
+    finally:
+        tracemalloc.stop()
+    assert per_message < 400, per_message  # holding the FrameResult instead: ~1200 bytes
 
 
 def test_detection_schema_rejects_a_missing_field() -> None:

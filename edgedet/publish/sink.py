@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import logging
+import struct
 import time
 import uuid
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig, PublishConfig
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.policy import PublishPolicy
-from edgedet.results import FrameResult
+from edgedet.results import Class, FrameResult
 
 log = logging.getLogger("edgedet.mqtt")
 
@@ -31,8 +32,48 @@ def _dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _encode_detection(result: FrameResult, run_id: str, seq: int, model_name: str) -> bytes:
-    return _dumps(messages.detection_payload(result, run_id, seq, model_name))
+@functools.cache
+def _detection_layout(count: int) -> struct.Struct:
+    """frame_id, captured_wall, frame_age_ms, the four ``messages.LATENCY_KEYS`` latencies, ``count`` class ids
+    and ``count`` scores."""
+    return struct.Struct(f"<qdd4d{count}q{count}d")
+
+
+class QueuedDetection:
+    """A detection waiting in the outbox, its numbers packed into one bytes object; the sender thread calls it
+    for the payload.
+
+    While the broker is down the outbox holds up to ``mqtt.outbox_max`` of these and evicts the oldest at every
+    frame. Holding the ``FrameResult`` itself meant ~20 Python objects and ~1.2 kB per message, each evicted
+    from cold memory thousands of frames later; this is 3 objects and ~250 bytes, and the frame's own objects
+    are freed at once, as with MQTT off (benchmarks/mqtt_down.py).
+    """
+
+    __slots__ = ("labels", "model", "packed", "run_id", "seq")
+
+    def __init__(self, result: FrameResult, seq: int, run_id: str, model: str) -> None:
+        # Runs in the frame loop at every frame: one struct.pack, no per-field loops.
+        latency = result.latency_ms.get
+        ids, scores, labels = zip(*result.top_k) if result.top_k else ((), (), ())
+        self.packed = _detection_layout(len(labels)).pack(
+            result.frame_id, result.captured_wall, result.frame_age_ms, latency("preprocess", 0.0),
+            latency("inference", 0.0), latency("postprocess", 0.0), latency("total", 0.0), *ids, *scores)
+        self.labels = labels
+        self.seq, self.run_id, self.model = seq, run_id, model  # run_id and model: shared strings
+
+    def result(self) -> FrameResult:
+        count = len(self.labels)
+        numbers = _detection_layout(count).unpack(self.packed)
+        frame_id, captured_wall, frame_age_ms = numbers[:3]
+        latency_end = 3 + len(messages.LATENCY_KEYS)
+        ids, scores = numbers[latency_end:latency_end + count], numbers[latency_end + count:]
+        return FrameResult(frame_id=frame_id, captured_wall=captured_wall, captured_mono=0.0,
+                           top_k=[Class(*fields) for fields in zip(ids, scores, self.labels)],
+                           latency_ms=dict(zip(messages.LATENCY_KEYS, numbers[3:latency_end])),
+                           frame_age_ms=frame_age_ms, model=self.model)
+
+    def __call__(self) -> bytes:
+        return _dumps(messages.detection_payload(self.result(), self.run_id, self.seq, self.model))
 
 
 def encode_snapshot(frame: Any, max_bytes: int) -> bytes | None:
@@ -105,9 +146,9 @@ class MqttSink:
         republish = decision.reason == "republish" and self._state_result is not None
         to_send = self._state_result if republish else result
         self.seq += 1
-        # Built by the sender thread (the frame loop only appends): see MqttPublisher.publish.
-        self.publisher.publish(self.detection_topic, functools.partial(
-            _encode_detection, to_send, self.run_id, self.seq, self.model_name))
+        # Encoded by the sender thread (the frame loop only appends): see MqttPublisher.publish.
+        queued = QueuedDetection(to_send, self.seq, self.run_id, self.model_name or to_send.model)
+        self.publisher.publish(self.detection_topic, queued)
         if self.cfg.snapshot and frame is not None and decision.label != self._snapshot_label:
             self._snapshot_label = decision.label
             jpeg = encode_snapshot(frame, self.cfg.snapshot_max_bytes)
