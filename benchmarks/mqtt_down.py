@@ -78,7 +78,6 @@ def run_daemon(folder: Path, model: Path, frames: int, mode: str, outbox_max: in
             # user+system CPU of the whole process (start-up included, the same in both modes): far less
             # sensitive than wall-clock fps to other processes on a shared machine.
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-            "minflt": usage.ru_minflt,
             "outbox_not_delivered": int(kept.group(1)) if kept else None}
 
 
