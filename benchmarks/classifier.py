@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Inference-core overheads, measured side by side in one process (issue 2's targets).
+"""Inference-core overheads, measured side by side in one process (the inference core's targets).
 
 1. preprocess of a 640x480 RGB frame to 224x224 (and 128x128): median, target <= 1.0 ms;
-2. the Classifier's inference stage vs a bare ``interpreter.invoke()`` loop on the same interpreter, in
+2. the Classifier's inference stage vs a bare ``interpreter.invoke()`` loop on the same model and threads, in
    interleaved rounds so machine noise hits both alike: target within 3 %;
 3. (preprocess + postprocess) / invoke for mobilenet_v2_1.0_224_quant: target <= 15 %.
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from edgedet.model.classifier import Classifier
 from edgedet.model.config import ModelConfig
+from edgedet.model.runtime import make_interpreter
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -35,30 +36,25 @@ def median_ms(samples: list[float]) -> float:
 def bench_model(path: Path, rounds: int, per_round: int, threads: int) -> dict:
     classifier = Classifier.from_config(ModelConfig(path=path, num_threads=threads))
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    interpreter = classifier.interpreter
+    # The bare loop gets its own interpreter of the same model and threads (the Classifier's is private).
+    interpreter = make_interpreter(path, classifier.runtime, threads)
     tensor = classifier.preprocess(frame).copy()
-    for _ in range(5):  # warm caches, resize tables, XNNPACK packing
-        classifier.classify(frame)
-    bare, ours, pre, post = [], [], [], []
     input_index = interpreter.get_input_details()[0]["index"]
+    interpreter.set_tensor(input_index, tensor)
+    for _ in range(5):  # warm caches, resize tables, XNNPACK packing
+        classifier.infer(frame)
+        interpreter.invoke()
+    bare, ours, pre, post = [], [], [], []
     for _ in range(rounds):
-        interpreter.set_tensor(input_index, tensor)
         for _ in range(per_round):
             t0 = time.perf_counter()
             interpreter.invoke()
             bare.append(time.perf_counter() - t0)
         for _ in range(per_round):
-            t0 = time.perf_counter()
-            x = classifier.preprocess(frame)
-            t1 = time.perf_counter()
-            classifier.set_input(x)
-            classifier.invoke()
-            t2 = time.perf_counter()
-            classifier.postprocess()
-            t3 = time.perf_counter()
-            pre.append(t1 - t0)
-            ours.append(t2 - t1)
-            post.append(t3 - t2)
+            stages = classifier.infer(frame).latency_ms
+            pre.append(stages["preprocess"] / 1e3)
+            ours.append(stages["inference"] / 1e3)
+            post.append(stages["postprocess"] / 1e3)
     invoke_p50 = median_ms(ours)
     return {
         "model": path.name, "input": classifier.input_size, "runtime": classifier.info["runtime"],

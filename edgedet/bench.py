@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from edgedet import __version__
 from edgedet.errors import ConfigError, EdgedetError, ImageError, LabelsError, ModelError
-from edgedet.model.classifier import Classifier
+from edgedet.model.classifier import STAGES, Classifier
 from edgedet.model.config import ModelConfig
 from edgedet.model.graph import inspect_graph
 from edgedet.model.preprocess import load_image
@@ -228,15 +228,16 @@ def latency_stats(samples_ms: list[float]) -> dict[str, float | int]:
     }
 
 
-def timed_invokes(invoke: Callable[[], Any], runs: int, min_secs: float) -> list[float]:
-    """Per-invoke times in ms: at least `runs` of them and at least `min_secs` seconds in total."""
-    samples: list[float] = []
+def timed_stages(classifier: Classifier, image: Any, runs: int, min_secs: float) -> dict[str, list[float]]:
+    """Per-stage times in ms of ``Classifier.infer`` (the daemon's own timed path): at least ``runs`` frames and
+    at least ``min_secs`` seconds in total."""
+    samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     deadline = time.perf_counter() + min_secs
-    clock = time.perf_counter_ns
-    while len(samples) < runs or time.perf_counter() < deadline:
-        start = clock()
-        invoke()
-        samples.append((clock() - start) / 1e6)
+    count = 0
+    while count < runs or time.perf_counter() < deadline:
+        for stage, value in classifier.infer(image).latency_ms.items():
+            samples[stage].append(value)
+        count += 1
     return samples
 
 
@@ -370,7 +371,7 @@ def accuracy(classifier: Classifier, items: list[LabelledImage]) -> dict[str, An
     per_label: dict[str, dict[str, Any]] = {}
     confusions: Counter[tuple[str, str]] = Counter()
     for item in items:
-        ranked = classifier.classify(load_image(item.path, max_pixels), top_k=5).top_k
+        ranked = classifier.infer(load_image(item.path, max_pixels), top_k=5).top_k
         wanted = targets[item.label]
         row = per_label.setdefault(item.label, {"images": 0, "top1": 0, "top5": 0, "predicted": Counter()})
         row["images"] += 1
@@ -452,12 +453,9 @@ def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
         raise LabelsError("--images needs labels: the model has none embedded and none beside it",
                           where=model, fix="pass --labels FILE")
     image = load_image(image_path, config.preprocess.max_image_pixels)
-    interpreter = classifier.interpreter
-    classifier.set_input(classifier.preprocess(image))
-
-    warmup = timed_invokes(interpreter.invoke, context.warmup, 0.0) if context.warmup else []
-    samples = timed_invokes(interpreter.invoke, context.runs, context.min_secs)
-    stats = latency_stats(samples)
+    warmup = timed_stages(classifier, image, context.warmup, 0.0)["inference"] if context.warmup else []
+    stages = timed_stages(classifier, image, context.runs, context.min_secs)
+    stats = latency_stats(stages["inference"])
     info = classifier.info
     first_ms = classifier.first_invoke_ms
     delegate = info["delegate"]["active"]

@@ -112,7 +112,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(f"edgedet: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        result = classifier.classify(image)
+        result = classifier.infer(image)
         latency = {k: round(v, 3) for k, v in result.latency_ms.items()}
         if args.json:
             print(json.dumps({"image": image_path, "top_k": [c.as_dict() for c in result.top_k],

@@ -270,43 +270,66 @@ def _one_line(exc: BaseException) -> str:
 
 
 class FrameLoop:
-    """Runs capture and classification until stopped, exhausted or bounded by frames/duration."""
+    """Runs capture and classification until stopped, exhausted or bounded by frames/duration.
+
+    ``between_frames`` runs on the loop's thread before each frame: a reload done there may swap the classifier
+    (``classifier``), the sinks (``sinks``) or the source (``replace_source``) between two frames, and the
+    statistics go on counting."""
 
     def __init__(self, classifier: Classifier, source: FrameSource, sinks: list[Sink], *,
                  stop: Optional[threading.Event] = None, max_fps: float = 0.0, max_frames: int = 0,
                  duration_s: float = 0.0, timeout_s: float = 5.0, max_retries: int = 0,
                  on_frame: Optional[Callable[[FrameResult], None]] = None,
-                 should_break: Optional[Callable[[], bool]] = None, source_opened: bool = False) -> None:
-        self.classifier, self.source, self.sinks = classifier, source, sinks
+                 between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False) -> None:
+        self.classifier, self.sinks = classifier, sinks
         self.stop = stop or threading.Event()
         self.max_fps, self.max_frames, self.duration_s = max_fps, max_frames, duration_s
+        self.timeout_s, self.max_retries = timeout_s, max_retries
         self.on_frame = on_frame
-        self.should_break = should_break
+        self.between_frames = between_frames
         self.stats = RollingStats()
         self.slot = LatestSlot()
+        self._running = False
+        self._attach(source, source_opened)
+
+    def _attach(self, source: FrameSource, opened: bool) -> None:
+        self.source = source
         self._capture_stop = threading.Event()
         # A source with a frame whenever asked is read inline, just before each inference: the freshest frame,
         # no thread hand-over. A camera or a stream has its own clock and gets the capture thread.
         self.inline = source.on_demand
         # inline, a backoff wait must end on SIGTERM; the capture thread's ends when the loop ends
         self.reader = FrameReader(source, self.stats, self.stop if self.inline else self._capture_stop,
-                                  timeout_s, max_retries, opened=source_opened)
+                                  self.timeout_s, self.max_retries, opened=opened)
         self.capture = None if self.inline else CaptureThread(self.reader, self.slot)
+        if self._running and self.capture is not None:
+            self.capture.start()
+
+    def replace_source(self, source: FrameSource, opened: bool = True) -> None:
+        """Between two frames (on the loop's thread): release the current source, continue with ``source``."""
+        self._detach(CAPTURE_JOIN_S)
+        self._attach(source, opened)
+
+    def _detach(self, join_s: float) -> None:
+        self._capture_stop.set()
+        self.slot.wake()
+        self.reader.close()  # also unblocks a read waiting on the camera
+        if self.capture is not None and self.capture.is_alive():
+            self.capture.join(timeout=join_s)
+            if self.capture.is_alive():
+                log.warning("capture thread did not stop within %.1f s; leaving it (daemon thread)", join_s)
+        self.slot.take(0)  # a frame of the old source is not classified after the switch
 
     def snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot(self.slot.replaced)
 
     def run(self) -> dict[str, Any]:
         """Blocks until done; returns the final statistics. Raises SourceError for a source that cannot start."""
-        classifier = self.classifier
-        interpreter = classifier.interpreter
-        input_index = interpreter.get_input_details()[0]["index"]
-        model_name = classifier.name
-        period = 1.0 / self.max_fps if self.max_fps > 0 else 0.0
         next_due = time.monotonic()
         deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
         previous_switch = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_S))
+        self._running = True
         if self.capture is not None:
             self.capture.start()
         try:
@@ -315,13 +338,13 @@ class FrameLoop:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                if self.should_break is not None and self.should_break():
-                    break
-                if period:
+                if self.between_frames is not None:
+                    self.between_frames()
+                if self.max_fps > 0:
                     delay = next_due - time.monotonic()
                     if delay > 0 and self.stop.wait(delay):
                         break
-                    next_due = max(next_due + period, time.monotonic())
+                    next_due = max(next_due + 1.0 / self.max_fps, time.monotonic())
                 waited = time.perf_counter()
                 item = self._next_item()
                 if item is None:
@@ -331,43 +354,30 @@ class FrameLoop:
                         break
                     continue
                 taken = time.perf_counter()
-                wait_ms = (taken - waited) * 1e3
+                classifier = self.classifier  # read per frame: a reload may swap it between two frames
                 try:
-                    tensor = classifier.preprocess(item.frame.image)
+                    inference = classifier.infer(item.frame.image)
                 except FrameError as exc:
                     self.stats.frames_invalid += 1
                     if self.stats.frames_invalid == 1:
                         log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
                     continue
-                t1 = time.perf_counter()
-                preprocess_ms = (t1 - taken) * 1e3
-                interpreter.set_tensor(input_index, tensor)
-                interpreter.invoke()
-                t2 = time.perf_counter()
-                classes = classifier.postprocess()
-                t3 = time.perf_counter()
-                inference_ms, post_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
                 age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3
-                stages = {"capture_wait": wait_ms, "preprocess": preprocess_ms, "inference": inference_ms,
-                          "postprocess": post_ms, "total": preprocess_ms + inference_ms + post_ms,
-                          "frame_age": age_ms}
+                stages = inference.latency_ms
+                stages["total"] = stages["preprocess"] + stages["inference"] + stages["postprocess"]
+                stages["capture_wait"] = (taken - waited) * 1e3
+                stages["frame_age"] = age_ms
                 result = FrameResult(frame_id=item.frame_id, captured_wall=item.frame.captured_wall,
-                                     captured_mono=item.frame.captured_mono, top_k=classes,
-                                     latency_ms=stages, frame_age_ms=age_ms, model=model_name)
+                                     captured_mono=item.frame.captured_mono, top_k=inference.top_k,
+                                     latency_ms=stages, frame_age_ms=age_ms, model=classifier.name)
                 self.stats.processed(stages)
                 self._deliver(result, item.frame)
                 if self.on_frame is not None:
                     self.on_frame(result)
         finally:
+            self._running = False
             sys.setswitchinterval(previous_switch)
-            self._capture_stop.set()
-            self.slot.wake()
-            self.reader.close()  # also unblocks a read waiting on the camera
-            if self.capture is not None:
-                join_s = CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S
-                self.capture.join(timeout=join_s)
-                if self.capture.is_alive():
-                    log.warning("capture thread did not stop within %.1f s; leaving it (daemon thread)", join_s)
+            self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)
         return self.snapshot()
 
     def _next_item(self) -> Optional[Captured]:

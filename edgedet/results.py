@@ -32,12 +32,27 @@ class FrameResult:
 
 
 class Sink(Protocol):
-    """A consumer of results (console, JSON lines file, MQTT). ``handle`` must not block the loop."""
+    """A consumer of results (console, JSON lines file, MQTT). The frame loop and the pipeline call only these.
+
+    The cost contract of ``handle``: it runs on the inference thread at every frame, so it does a bounded
+    amount of work of the size of the result (a decision, an append to memory or to a buffered file) and
+    nothing that waits: no network I/O, no lock held across I/O, no image encoding. A sink that needs more
+    (MQTT payloads, snapshot JPEGs) queues the work for a thread of its own. tests/test_sink_contract.py
+    holds every sink to it.
+    """
 
     def handle(self, result: FrameResult, frame: Any = None) -> None:
-        """One classified frame; ``frame`` is its HxWx3 RGB image (for snapshots), valid during the call."""
+        """One classified frame; ``frame`` is its HxWx3 RGB image, valid only during the call."""
+        ...
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        """The loop's statistics, every ``publish.stats_interval_s`` and once at the end of a run."""
+        ...
+
+    def counters(self) -> dict[str, Any]:
+        """This sink's own counters for the run's final statistics (e.g. ``{"mqtt": {...}}``); {} for none."""
         ...
 
     def close(self, flush_timeout_s: float | None = None) -> None:
-        """Release resources; a sink that buffers (MQTT) flushes for at most ``flush_timeout_s``."""
+        """Flush what is buffered (for at most ``flush_timeout_s`` where it waits on a network) and release."""
         ...

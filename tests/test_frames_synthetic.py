@@ -115,7 +115,7 @@ def test_scenes_show_the_bundled_model_both_classes():
     with source:
         for _ in range(8):
             frame = source.read(1.0)
-            labels.append(classifier.classify(frame.image).top_k[0].label)
+            labels.append(classifier.infer(frame.image).top_k[0].label)
     # scenes alternate with and without the creature; the model must tell them apart on nearly all
     expected = ["pikachu", "no-pikachu"] * 4
     assert sum(a == b for a, b in zip(labels, expected)) >= 7, labels

@@ -100,7 +100,7 @@ def _classify_with_daemon_runtime(model: Path, image: np.ndarray) -> tuple[str, 
     from edgedet.model.config import ModelConfig
 
     classifier = Classifier.from_config(ModelConfig(path=model))
-    result = classifier.classify(image, top_k=2)
+    result = classifier.infer(image, top_k=2)
     scores = [c.score for c in sorted(result.top_k, key=lambda c: c.id)]
     return result.top_k[0].label, result.top_k[0].score, scores
 

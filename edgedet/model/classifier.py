@@ -23,9 +23,14 @@ DEFAULT_MEAN = 127.5
 DEFAULT_STD = 127.5
 
 
-class Classification(NamedTuple):
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+class Inference(NamedTuple):
+    """What :meth:`Classifier.infer` returns: the top classes and the time of each stage in milliseconds."""
+
     top_k: list[Class]
-    latency_ms: dict[str, float]  # preprocess, inference, postprocess
+    latency_ms: dict[str, float]  # the STAGES
 
 
 def cpu_twin(model_path: Path, explicit: Optional[Path] = None) -> Optional[Path]:
@@ -101,11 +106,11 @@ class Classifier:
                              fix=f"set model.delegate: edgetpu (needs libedgetpu.so.1 and a Coral), or {use}")
         self.model_file: TfliteFile = model_file
         started = time.perf_counter()
-        self.interpreter = make_interpreter(model_file.path, self.runtime, self.num_threads, delegates)
+        self._interpreter = make_interpreter(model_file.path, self.runtime, self.num_threads, delegates)
         self.init_ms = (time.perf_counter() - started) * 1e3
 
-        input_details = self.interpreter.get_input_details()[0]
-        output_details = self.interpreter.get_output_details()[0]
+        input_details = self._interpreter.get_input_details()[0]
+        output_details = self._interpreter.get_output_details()[0]
         self._input_index = input_details["index"]
         self._output_index = output_details["index"]
         _, height, width, _ = (int(d) for d in input_details["shape"])
@@ -131,8 +136,8 @@ class Classifier:
         # The first invoke is slow (on the Edge TPU it uploads the model): do it now and time it on its own.
         neutral = self.quantization.apply(np.full((height, width, 3), 128, np.uint8))[None]
         started = time.perf_counter()
-        self.interpreter.set_tensor(self._input_index, neutral)
-        self.interpreter.invoke()
+        self._interpreter.set_tensor(self._input_index, neutral)
+        self._interpreter.invoke()
         self.first_invoke_ms = (time.perf_counter() - started) * 1e3
 
     @classmethod
@@ -209,37 +214,36 @@ class Classifier:
     def preprocess(self, frame: ImageLike) -> np.ndarray:
         return self.preprocessor(frame)
 
-    def set_input(self, tensor: np.ndarray) -> None:
-        self.interpreter.set_tensor(self._input_index, tensor)
-
-    def invoke(self) -> None:
-        self.interpreter.invoke()
-
     def scores(self) -> np.ndarray:
-        raw = self.interpreter.get_tensor(self._output_index).reshape(-1)
+        """Every class's score of the last inference, dequantized."""
+        raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         return dequantize(raw, self._out_scale, self._out_zero)
 
-    def postprocess(self, top_k: Optional[int] = None) -> list[Class]:
-        """The top-k classes of the last invoke. Ranks the raw (quantized) scores and dequantizes only the k
-        it returns: dequantization is monotonic (scale > 0), and the per-frame cost stays tiny."""
-        raw = self.interpreter.get_tensor(self._output_index).reshape(-1)
+    def _top_classes(self, top_k: Optional[int]) -> list[Class]:
+        """Ranks the raw (quantized) scores and dequantizes only the k it returns: dequantization is monotonic
+        (scale > 0), so the per-frame cost stays tiny."""
+        raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         order = top_indices(raw, top_k or self.top_k)
         scores = dequantize(raw[order], self._out_scale, self._out_zero)
         labels = self.labels
         return [Class(i, float(score), labels[i] if i < len(labels) else f"class {i}")
                 for i, score in zip(order, scores)]
 
-    def classify(self, frame: ImageLike, top_k: Optional[int] = None) -> Classification:
+    def infer(self, frame: ImageLike, top_k: Optional[int] = None) -> Inference:
+        """Preprocess ``frame``, invoke, rank: the one timed path of ``run``, ``classify`` and ``bench``.
+
+        Raises FrameError (from preprocessing) for a frame that cannot be used."""
         t0 = time.perf_counter()
         tensor = self.preprocessor(frame)
         t1 = time.perf_counter()
-        self.interpreter.set_tensor(self._input_index, tensor)
-        self.interpreter.invoke()
+        interpreter = self._interpreter
+        interpreter.set_tensor(self._input_index, tensor)
+        interpreter.invoke()
         t2 = time.perf_counter()
-        classes = self.postprocess(top_k)
+        classes = self._top_classes(top_k)
         t3 = time.perf_counter()
-        return Classification(classes, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
-                                        "postprocess": (t3 - t2) * 1e3})
+        return Inference(classes, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                                   "postprocess": (t3 - t2) * 1e3})
 
 
 def _as_list(value: Any) -> list[float]:

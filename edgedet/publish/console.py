@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from edgedet.results import FrameResult
 
@@ -26,6 +27,12 @@ class ConsoleSink:
         self._last_label, self._last_time = best.label, now
         log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, best.label, best.score,
                  result.latency_ms.get("inference", 0.0), result.frame_age_ms)
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        pass  # the console shows detections; statistics go to the journal's STATUS= line
+
+    def counters(self) -> dict[str, Any]:
+        return {}
 
     def close(self, flush_timeout_s: float | None = None) -> None:
         pass

@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from edgedet.errors import ConfigError
 from edgedet.results import FrameResult
@@ -42,6 +42,12 @@ class JsonlSink:
         if now - self._last_flush >= self.flush_every_s:
             self._file.flush()
             self._last_flush = now
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        pass  # one record per classified frame; statistics are not records
+
+    def counters(self) -> dict[str, Any]:
+        return {}
 
     def close(self, flush_timeout_s: float | None = None) -> None:
         self._file.close()

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -59,7 +59,7 @@ SUBACK_FAILURE_311 = 128
 MessageHandler = Callable[[str, bytes], None]
 
 
-Payload = Union[bytes, Callable[[], bytes]]
+Payload = Union[bytes, Callable[[], Optional[bytes]]]
 
 
 class OutMessage(NamedTuple):
@@ -229,7 +229,7 @@ class MqttPublisher:
     def topic(self, leaf: str) -> str:
         return f"{self.base_topic}/{leaf}"
 
-    def publish(self, topic: str, payload: bytes | str | Callable[[], bytes], qos: int | None = None,
+    def publish(self, topic: str, payload: bytes | str | Callable[[], bytes | None], qos: int | None = None,
                 retain: bool = False) -> None:
         """Queue a message; never blocks. A full outbox drops (and counts) its oldest message.
 
@@ -323,6 +323,44 @@ class MqttPublisher:
             self._sender.join(timeout=2.0)
         self._started = False
 
+    def hand_over(self, successor: MqttPublisher, timeout_s: float = 1.0) -> int:
+        """Move what is not yet acknowledged, and the counters, to ``successor`` (not started yet), then leave
+        this connection (``offline`` retained, disconnect). Used when a reload changes the MQTT settings: the
+        queued messages are delivered on the new connection, in order, with their seq. Returns how many."""
+        with self._cond:
+            self._stopping = True  # the sender thread ends and sends nothing more
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=2.0)
+        with self._cond:
+            # Sent but unacknowledged first: they are older than anything still in the outbox. The old broker
+            # may have some of them already; at-least-once delivery allows a duplicate, never a loss.
+            pending = [*self._inflight.values(), *self._outbox]
+            self._inflight.clear()
+            self._outbox.clear()
+            counters = (self._dropped, self._reconnects, self._sent, self._acked, self._denied,
+                        self._failed_attempts)
+        successor._adopt(pending, counters)
+        if self._started:
+            if self.connected:
+                info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(timeout=timeout_s)
+                self._client.disconnect()
+            self._client.loop_stop()
+            self._started = False
+        return len(pending)
+
+    def _adopt(self, pending: list[OutMessage], counters: tuple[int, int, int, int, int, int]) -> None:
+        with self._cond:
+            newer = list(self._outbox)
+            self._outbox.clear()
+            everything = [*pending, *newer]
+            overflow = max(0, len(everything) - (self._outbox.maxlen or len(everything)))
+            self._outbox.extend(everything[overflow:])  # the oldest go first, as in publish()
+            (dropped, self._reconnects, self._sent, self._acked, self._denied, self._failed_attempts) = counters
+            self._dropped = dropped + overflow
+
     # ------------------------------------------------------------------ sender thread
 
     def _sender_main(self) -> None:
@@ -338,10 +376,13 @@ class MqttPublisher:
                 msg = self._outbox.popleft()
             if callable(msg.payload):
                 try:
-                    msg = msg._replace(payload=msg.payload())
+                    data = msg.payload()
                 except Exception:  # a payload that cannot be built must not stop the sender
                     log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
                     continue
+                if data is None:  # the builder decided there is nothing to send (it says why)
+                    continue
+                msg = msg._replace(payload=data)
             info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
             with self._cond:
                 self._sent += 1

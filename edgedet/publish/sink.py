@@ -15,9 +15,12 @@ import io
 import json
 import logging
 import struct
+import threading
 import time
 import uuid
 from typing import Any, Callable
+
+import numpy as np
 
 from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig, PublishConfig
@@ -94,45 +97,106 @@ def encode_snapshot(frame: Any, max_bytes: int) -> bytes | None:
     return None
 
 
+class SnapshotJob:
+    """The newest frame waiting to become a snapshot JPEG; the sender thread encodes it (calls it).
+
+    At most one frame is held: while a snapshot waits (the broker is down, or the sender is busy) a newer label
+    change replaces its frame instead of queueing another 640x480 copy."""
+
+    __slots__ = ("_frame", "_lock", "max_bytes")
+
+    def __init__(self, frame: Any, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._frame: Any = frame
+        self.max_bytes = max_bytes
+
+    def replace(self, frame: Any) -> bool:
+        """Put a newer frame in; False when this job was already encoded (queue a new one)."""
+        with self._lock:
+            if self._frame is None:
+                return False
+            self._frame = frame
+            return True
+
+    def __call__(self) -> bytes | None:
+        with self._lock:
+            frame, self._frame = self._frame, None
+        jpeg = encode_snapshot(frame, self.max_bytes)
+        if jpeg is None:
+            log.warning("snapshot skipped: cannot fit the frame in publish.snapshot_max_bytes=%d", self.max_bytes)
+        return jpeg
+
+
 class MqttSink:
-    """Implements the ``Sink`` protocol (``handle``/``close``) for MQTT."""
+    """The MQTT ``Sink``: publish policy, payloads and a non-blocking publisher.
+
+    It outlives reloads: ``seq`` counts on, and a reload hands it a new publisher (``replace_publisher``), new
+    publish settings (``reconfigure``) or a new model (``set_model``)."""
 
     def __init__(self, publisher: MqttPublisher, publish_cfg: PublishConfig, *, model_name: str = "",
                  run_id: str | None = None, ha_cfg: HomeAssistantConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.publisher = publisher
-        self.cfg = publish_cfg
         self.model_name = model_name
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.ha_cfg = ha_cfg
         self._clock = clock
-        self.policy = PublishPolicy(publish_cfg.mode, min_score=publish_cfg.min_score,
-                                    debounce_frames=publish_cfg.debounce_frames,
-                                    republish_s=publish_cfg.republish_s)
         self.seq = 0
-        self._state_result: FrameResult | None = None
-        self._snapshot_label: str | None = None
-        self.detection_topic = publisher.topic("detection")
-        self.stats_topic = publisher.topic("stats")
-        self.info_topic = publisher.topic("info")
-        self.snapshot_topic = publisher.topic("snapshot")
-        if ha_cfg is not None and ha_cfg.enabled:
-            self._send_discovery()
-            publisher.subscribe(homeassistant.status_topic(ha_cfg.prefix), self._on_ha_status)
+        self._info: dict[str, Any] | None = None
+        self._snapshot: SnapshotJob | None = None
+        self.ha_cfg: HomeAssistantConfig | None = None
+        self.reconfigure(publish_cfg)
+        self._topics()
+        self.set_homeassistant(ha_cfg)
+
+    def _topics(self) -> None:
+        self.detection_topic = self.publisher.topic("detection")
+        self.stats_topic = self.publisher.topic("stats")
+        self.info_topic = self.publisher.topic("info")
+        self.snapshot_topic = self.publisher.topic("snapshot")
 
     @classmethod
     def from_config(cls, cfg: Any, *, model_name: str = "", info: dict[str, Any] | None = None,
                     run_id: str | None = None, start: bool = True) -> MqttSink:
         """Build from an ``EdgedetConfig``; ``info`` = keyword arguments of ``messages.info_payload``
         except device_id/run_id (model, runtime, delegate, source, started_wall)."""
-        device_id = cfg.resolved_device_id()
-        publisher = MqttPublisher(cfg.mqtt, device_id)
+        publisher = MqttPublisher(cfg.mqtt, cfg.resolved_device_id())
         sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant)
         if info is not None:
             sink.publish_info(**info)
         if start:
             publisher.start()
         return sink
+
+    # -- what a reload changes --------------------------------------------------------------------------
+    def reconfigure(self, publish_cfg: PublishConfig) -> None:
+        """New publish settings: a new policy (its state starts afresh), the same seq."""
+        self.cfg = publish_cfg
+        self.policy = PublishPolicy(publish_cfg.mode, min_score=publish_cfg.min_score,
+                                    debounce_frames=publish_cfg.debounce_frames,
+                                    republish_s=publish_cfg.republish_s)
+        self._state_result: FrameResult | None = None
+        self._snapshot_label: str | None = None
+
+    def set_model(self, model_name: str) -> None:
+        self.model_name = model_name
+        self._send_discovery()
+
+    def set_homeassistant(self, ha_cfg: HomeAssistantConfig | None) -> None:
+        self.ha_cfg = ha_cfg
+        if ha_cfg is not None and ha_cfg.enabled:
+            self._send_discovery()
+            self.publisher.subscribe(homeassistant.status_topic(ha_cfg.prefix), self._on_ha_status)
+
+    def replace_publisher(self, publisher: MqttPublisher, timeout_s: float = 1.0) -> int:
+        """Move to a new connection (new MQTT settings): the queued messages go with it. Returns how many."""
+        old, self.publisher = self.publisher, publisher
+        self._topics()
+        if self._info is not None:
+            self.publish_info(**self._info)
+        self.set_homeassistant(self.ha_cfg)
+        moved = old.hand_over(publisher, timeout_s)
+        publisher.start()
+        return moved
 
     # -- Sink protocol ------------------------------------------------------------------------------
     def handle(self, result: FrameResult, frame: Any = None) -> None:
@@ -145,38 +209,48 @@ class MqttSink:
             return
         republish = decision.reason == "republish" and self._state_result is not None
         to_send = self._state_result if republish else result
+        assert to_send is not None
         self.seq += 1
         # Encoded by the sender thread (the frame loop only appends): see MqttPublisher.publish.
         queued = QueuedDetection(to_send, self.seq, self.run_id, self.model_name or to_send.model)
         self.publisher.publish(self.detection_topic, queued)
         if self.cfg.snapshot and frame is not None and decision.label != self._snapshot_label:
             self._snapshot_label = decision.label
-            jpeg = encode_snapshot(frame, self.cfg.snapshot_max_bytes)
-            if jpeg is None:
-                log.warning("snapshot skipped: cannot fit the frame in publish.snapshot_max_bytes=%d",
-                            self.cfg.snapshot_max_bytes)
-            else:
-                self.publisher.publish(self.snapshot_topic, jpeg)
+            # The frame is only valid during this call: copy it (a memcpy); the JPEG is encoded by the sender.
+            image = np.array(frame, copy=True)
+            if self._snapshot is None or not self._snapshot.replace(image):
+                self._snapshot = SnapshotJob(image, self.cfg.snapshot_max_bytes)
+                self.publisher.publish(self.snapshot_topic, self._snapshot)
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
+                                         run_id=self.run_id, wall=time.time())
+        self.publisher.publish(self.stats_topic, _dumps(payload))
+
+    publish_stats = on_stats
+
+    def counters(self) -> dict[str, Any]:
+        return {"mqtt": self.publisher.stats()}
 
     def close(self, flush_timeout_s: float | None = None) -> None:
         """Flush at most ``flush_timeout_s`` (default mqtt.flush_timeout_s), publish offline, disconnect."""
         self.publisher.stop(flush_timeout_s)
 
     # -- other messages -----------------------------------------------------------------------------
-    def publish_stats(self, stats: dict[str, Any]) -> None:
-        payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
-                                         run_id=self.run_id, wall=time.time())
-        self.publisher.publish(self.stats_topic, _dumps(payload))
-
     def publish_info(self, *, model: dict[str, Any], runtime: dict[str, Any], delegate: dict[str, Any],
                      source: dict[str, Any], started_wall: float | None = None) -> None:
+        """The retained ``info`` message (re-published by a reload that changes the model or the source)."""
+        started = time.time() if started_wall is None else started_wall
+        self._info = {"model": model, "runtime": runtime, "delegate": delegate, "source": source,
+                      "started_wall": started}
         payload = messages.info_payload(device_id=self.publisher.device_id, run_id=self.run_id,
-                                        started_wall=time.time() if started_wall is None else started_wall,
-                                        model=model, runtime=runtime, delegate=delegate, source=source)
+                                        started_wall=started, model=model, runtime=runtime, delegate=delegate,
+                                        source=source)
         self.publisher.publish_retained(self.info_topic, _dumps(payload))
 
     def _send_discovery(self) -> None:
-        assert self.ha_cfg is not None
+        if self.ha_cfg is None or not self.ha_cfg.enabled:
+            return
         for config_topic, payload in homeassistant.discovery_configs(
                 device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
                 ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None):

@@ -1,0 +1,338 @@
+"""The running daemon as one object: source, classifier, frame loop, sinks and MQTT publisher.
+
+``Pipeline.build(config, run_id)`` loads the model and opens the source (start-up errors surface there, in
+the main thread), ``run()`` runs the frame loop, ``reload(new_config)`` compares the new config with the
+running one section by section and rebuilds only what changed, ``close()`` stops the sinks. A reload is not a
+new run: ``run_id`` stays, MQTT ``seq`` counts on, unchanged MQTT settings keep the connection and its outbox,
+an unchanged source stays open, and a new model is swapped in between two frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from edgedet import __version__
+from edgedet.config import EdgedetConfig
+from edgedet.frames import open_source
+from edgedet.frames.base import FrameSource
+from edgedet.loop import FrameLoop, auto_threads
+from edgedet.model.classifier import Classifier
+from edgedet.publish.console import ConsoleSink
+from edgedet.publish.jsonl import JsonlSink
+from edgedet.results import FrameResult, Sink
+
+if TYPE_CHECKING:  # paho is imported only when MQTT is on
+    from edgedet.publish.sink import MqttSink
+
+log = logging.getLogger("edgedet.pipeline")
+
+# The config sections, and what a change in each one rebuilds (see Pipeline.reload).
+SECTIONS = ("device_id", "model", "source", "loop", "publish", "mqtt", "homeassistant", "logging")
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """Identifies the model file's content cheaply: a reload after the file was replaced in place (same
+    path, e.g. by ``models install``) loads the new one."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Optional[Path]) -> Optional[ModelStamp]:
+        if path is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(str(path), st.st_size, st.st_mtime_ns)
+
+
+def changed_sections(old: EdgedetConfig, new: EdgedetConfig) -> list[str]:
+    """The top-level sections whose effective values differ."""
+    before, after = old.model_dump(), new.model_dump()
+    return [name for name in SECTIONS if before.get(name) != after.get(name)]
+
+
+def _only_top_k_differs(old: EdgedetConfig, new: EdgedetConfig) -> bool:
+    before, after = old.model.model_dump(), new.model.model_dump()
+    before.pop("top_k"), after.pop("top_k")
+    return before == after
+
+
+class Pipeline:
+    """Owns its parts; see the module docstring. Not thread-safe: ``reload`` runs on the loop's thread (from
+    ``between_frames``) or while the loop is not running."""
+
+    def __init__(self, config: EdgedetConfig, run_id: str, classifier: Classifier, source: FrameSource,
+                 *, stop: Optional[threading.Event] = None) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.classifier = classifier
+        self.source = source
+        self.started_wall = time.time()
+        self._model_stamp = ModelStamp.of(classifier.model_file.path)
+        self.stop = stop or threading.Event()
+        self.console: Optional[ConsoleSink] = None
+        self.jsonl: Optional[JsonlSink] = None
+        self.mqtt: Optional[MqttSink] = None
+        self._mqtt_seq = 0  # the seq reached by an MQTT sink that a reload turned off, for the next one
+        self.source_opens = 1
+        self.loop = FrameLoop(classifier, source, [], stop=self.stop, source_opened=True,
+                              max_fps=config.loop.max_fps, timeout_s=config.source.timeout_s,
+                              max_retries=config.source.max_retries)
+        self._stats_done: Optional[threading.Event] = None
+        self._closed_counters: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ build / close
+
+    @classmethod
+    def build(cls, config: EdgedetConfig, run_id: str, *, stop: Optional[threading.Event] = None) -> Pipeline:
+        """Load the model, open the source (fail fast: an empty folder or a missing camera is a start-up error)
+        and start the sinks. Raises EdgedetError with nothing left open."""
+        classifier = Classifier.from_config(config.model, auto_threads=auto_threads())
+        source = _open(config, classifier)
+        pipeline = cls(config, run_id, classifier, source, stop=stop)
+        try:
+            pipeline._build_local_sinks(config)
+            pipeline._build_mqtt(config)
+        except BaseException:
+            pipeline.close(flush_timeout_s=0.0)
+            raise
+        return pipeline
+
+    def close(self, flush_timeout_s: Optional[float] = None) -> None:
+        """Stop the sinks (MQTT flushes for at most ``flush_timeout_s``) and release the source."""
+        for sink in self.sinks:
+            try:
+                sink.close(flush_timeout_s=flush_timeout_s)
+            except Exception as exc:
+                log.error("closing sink %s failed: %s", type(sink).__name__, exc)
+            self._closed_counters.update(sink.counters())  # after the flush: what was delivered in the end
+        self.console = self.jsonl = self.mqtt = None
+        self._sync_sinks()
+        self.loop.reader.close()
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [s for s in (self.console, self.jsonl, self.mqtt) if s is not None]
+
+    def _sync_sinks(self) -> None:
+        self.loop.sinks = self.sinks
+
+    def _build_local_sinks(self, config: EdgedetConfig) -> None:
+        self.console = ConsoleSink() if config.publish.console else None
+        self.jsonl = JsonlSink(config.publish.jsonl_path) if config.publish.jsonl_path is not None else None
+        self._sync_sinks()
+
+    def _build_mqtt(self, config: EdgedetConfig) -> None:
+        if not config.mqtt.enabled:
+            self.mqtt = None
+            self._sync_sinks()
+            return
+        from edgedet.publish.sink import MqttSink
+
+        sink = MqttSink.from_config(config, model_name=self.classifier.name, run_id=self.run_id,
+                                    info=self._info_sections(), start=False)
+        sink.seq = self._mqtt_seq
+        sink.publisher.start()
+        self.mqtt = sink
+        self._sync_sinks()
+
+    # ------------------------------------------------------------------ info
+
+    def _info_sections(self) -> dict[str, Any]:
+        info = self.classifier.info
+        return {"model": info["model"], "runtime": info["runtime"], "delegate": info["delegate"],
+                "source": self.source.describe(), "started_wall": self.started_wall}
+
+    def info(self) -> dict[str, Any]:
+        return {"edgedet_version": __version__, "device_id": self.config.resolved_device_id(),
+                "run_id": self.run_id, **self.classifier.info, "source": self.source.describe()}
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, *, max_frames: int = 0, duration_s: float = 0.0,
+            on_frame: Optional[Callable[[FrameResult], None]] = None,
+            between_frames: Optional[Callable[[], None]] = None) -> dict[str, Any]:
+        """Run the frame loop until stopped, exhausted or bounded; returns the final statistics (the loop's,
+        with every sink's counters). Stats go to the sinks every ``publish.stats_interval_s`` and at the end."""
+        loop = self.loop
+        loop.max_frames, loop.duration_s = max_frames, duration_s
+        loop.on_frame, loop.between_frames = on_frame, between_frames
+        self._start_stats()
+        try:
+            loop.run()
+        finally:
+            self._stop_stats()
+            self._stats_to_sinks()  # the final counters for subscribers
+        return self.final_stats()
+
+    def final_stats(self) -> dict[str, Any]:
+        stats = self.loop.snapshot()
+        stats.update(self._closed_counters)
+        for sink in self.sinks:
+            stats.update(sink.counters())
+        stats["model"] = self.classifier.name
+        stats["runtime"] = self.classifier.info["runtime"]
+        return stats
+
+    def _stats_to_sinks(self) -> None:
+        snapshot = self.loop.snapshot()
+        for sink in self.sinks:
+            try:
+                sink.on_stats(snapshot)
+            except Exception as exc:
+                log.error("publishing stats failed: %s", exc)
+
+    def _start_stats(self) -> None:
+        done = threading.Event()
+        self._stats_done = done
+
+        def publish() -> None:
+            while not done.wait(self.config.publish.stats_interval_s) and not self.stop.is_set():
+                self._stats_to_sinks()
+
+        threading.Thread(target=publish, name="edgedet-stats", daemon=True).start()
+
+    def _stop_stats(self) -> None:
+        if self._stats_done is not None:
+            self._stats_done.set()
+            self._stats_done = None
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, new: EdgedetConfig) -> list[str]:
+        """Apply ``new``: rebuild only what changed; returns what was rebuilt (empty: nothing changed).
+
+        Everything new is built before anything old is let go, so a config that validates but cannot be
+        built (a model that does not load, a folder with no images) raises EdgedetError and leaves the
+        running pipeline as it was."""
+        old = self.config
+        sections = changed_sections(old, new)
+        stamp = ModelStamp.of(new.model.path)
+        model_file_changed = "model" not in sections and stamp != self._model_stamp
+        rebuild_model = ("model" in sections and not _only_top_k_differs(old, new)) or model_file_changed
+        done: list[str] = []
+
+        classifier = self.classifier
+        if rebuild_model:
+            classifier = Classifier.from_config(new.model, auto_threads=auto_threads())
+            done.append("model" if not model_file_changed else "model (file replaced)")
+        # A picamera2 source is sized to the model's input: a new input size means a new source.
+        input_changed = classifier.input_size != self.classifier.input_size
+        new_source: Optional[FrameSource] = None
+        if "source" in sections or input_changed:
+            new_source = self._switch_source(new, classifier)
+            done.append("source")
+
+        # Nothing below can fail for a valid config: the parts are swapped in.
+        if classifier is not self.classifier:
+            self.classifier = classifier
+            self.loop.classifier = classifier
+            self._model_stamp = stamp
+        elif "model" in sections:  # only top_k
+            self.classifier.top_k = new.model.top_k
+            done.append("model.top_k")
+        if new_source is not None:
+            self.source = new_source
+        if "loop" in sections or "source" in sections:
+            self.loop.max_fps = new.loop.max_fps
+            self.loop.timeout_s, self.loop.max_retries = new.source.timeout_s, new.source.max_retries
+            self.loop.reader.timeout_s, self.loop.reader.max_retries = new.source.timeout_s, new.source.max_retries
+            if "loop" in sections:
+                done.append("loop")
+        if "publish" in sections:
+            for sink in (self.console, self.jsonl):
+                if sink is not None:
+                    sink.close()
+            self._build_local_sinks(new)
+            done.append("publish")
+        self.config = new
+        done += self._reload_mqtt(old, new, sections, info_changed=rebuild_model or new_source is not None)
+        if "logging" in sections:
+            from edgedet.logsetup import setup_logging
+
+            setup_logging(new.logging.level, new.logging.format)
+            done.append("logging")
+        return done
+
+    def _switch_source(self, new: EdgedetConfig, classifier: Classifier) -> FrameSource:
+        """Open the new source in place of the running one; on failure the running one is reopened."""
+        source = open_source(new.source, classifier.input_size)
+        self.loop.replace_source(_ClosedSource(), opened=True)  # releases the camera the new one may need
+        try:
+            source.open()
+        except BaseException:
+            self.loop.replace_source(self.source, opened=False)  # the loop's reader reopens the old one
+            raise
+        self.source_opens += 1
+        log.info("source opened: %s", source.describe())
+        self.loop.replace_source(source, opened=True)
+        return source
+
+    def _reload_mqtt(self, old: EdgedetConfig, new: EdgedetConfig, sections: list[str], *,
+                     info_changed: bool) -> list[str]:
+        connection = "mqtt" in sections or "device_id" in sections
+        sink = self.mqtt
+        if sink is None:
+            if new.mqtt.enabled:
+                self._build_mqtt(new)
+                return ["mqtt"]
+            return []
+        if not new.mqtt.enabled:
+            self._mqtt_seq = sink.seq
+            sink.close()
+            self.mqtt = None
+            self._sync_sinks()
+            return ["mqtt"]
+        done: list[str] = []
+        if connection:
+            from edgedet.publish.mqtt import MqttPublisher
+
+            publisher = MqttPublisher(new.mqtt, new.resolved_device_id())
+            moved = sink.replace_publisher(publisher)
+            log.info("MQTT settings changed: %d queued message(s) moved to %s:%d", moved, new.mqtt.host,
+                     new.mqtt.port)
+            done.append("mqtt")
+        if "publish" in sections:
+            sink.reconfigure(new.publish)
+        if info_changed:
+            sink.set_model(self.classifier.name)
+            sink.publish_info(**self._info_sections())
+        if "homeassistant" in sections:
+            sink.set_homeassistant(new.homeassistant)
+            done.append("homeassistant")
+        return done
+
+
+class _ClosedSource(FrameSource):
+    """Stands in for the source while a reload switches sources: it never delivers a frame."""
+
+    def open(self) -> None:
+        pass
+
+    def read(self, timeout_s: float) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "none"}
+
+    @property
+    def on_demand(self) -> bool:
+        return True
+
+
+def _open(config: EdgedetConfig, classifier: Classifier) -> FrameSource:
+    source = open_source(config.source, classifier.input_size)
+    source.open()
+    log.info("source opened: %s", source.describe())
+    return source
