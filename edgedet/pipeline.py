@@ -177,7 +177,7 @@ class Pipeline:
         return self.final_stats()
 
     def final_stats(self) -> dict[str, Any]:
-        stats = self.loop.snapshot()
+        stats = self.loop.snapshot().as_dict()
         stats.update(self._closed_counters)
         for sink in self.sinks:
             stats.update(sink.counters())

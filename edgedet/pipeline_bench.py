@@ -87,7 +87,7 @@ def edgedet_run(model: Path, threads: Optional[int], seconds: float = 0.0, frame
     started = time.perf_counter()
     stats = loop.run()
     elapsed = time.perf_counter() - started
-    return {"fps": stats["frames_processed"] / elapsed, "threads": classifier.num_threads, "stats": stats}
+    return {"fps": stats.frames_processed / elapsed, "threads": classifier.num_threads, "stats": stats.as_dict()}
 
 
 def bench_model(model: Path, rounds: int, seconds: float, soak_frames: int) -> dict[str, Any]:

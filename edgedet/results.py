@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple, Optional, Protocol
 
 
 class Class(NamedTuple):
@@ -31,6 +31,26 @@ class FrameResult:
     model: str = ""
 
 
+@dataclass(frozen=True)
+class LoopStats:
+    """The frame loop's statistics: the loop's part of the ``stats`` message (docs/schemas/stats.json)."""
+
+    frames_captured: int
+    frames_processed: int
+    frames_dropped: int  # frames a newer one replaced before the model was free
+    frames_invalid: int  # frames preprocessing refused
+    fps_in: float
+    fps_out: float
+    uptime_s: float
+    source_errors: int
+    source_reopens: int
+    sink_errors: int
+    latency_ms: dict[str, dict[str, Optional[float]]]  # stage -> {"p50", "p90", "p99"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Sink(Protocol):
     """A consumer of results (console, JSON lines file, MQTT). The frame loop and the pipeline call only these.
 
@@ -45,7 +65,7 @@ class Sink(Protocol):
         """One classified frame; ``frame`` is its HxWx3 RGB image, valid only during the call."""
         ...
 
-    def on_stats(self, stats: dict[str, Any]) -> None:
+    def on_stats(self, stats: LoopStats) -> None:
         """The loop's statistics, every ``publish.stats_interval_s`` and once at the end of a run."""
         ...
 

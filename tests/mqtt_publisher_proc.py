@@ -73,7 +73,7 @@ def main() -> int:
         loop_stats.processed({s: result.latency_ms.get(s, result.frame_age_ms) for s in STAGES})
         frame_id += 1
         stop.wait(args.interval)
-    sink.publish_stats(loop_stats.snapshot(frames_dropped=0))
+    sink.on_stats(loop_stats.snapshot(frames_dropped=0))
     sink.close()
     print(json.dumps({"published": sink.seq, "run_id": sink.run_id, "mqtt": publisher.stats()}), flush=True)
     return 0

@@ -63,7 +63,7 @@ class Collect:
 def test_on_demand_source_is_read_just_in_time_without_drops(models):
     sink = Collect()
     stats = FrameLoop(classifier(models["slow"]), synthetic(fps=0), [sink], max_frames=15).run()
-    assert stats["frames_processed"] == 15 and stats["frames_dropped"] <= 1
+    assert stats.frames_processed == 15 and stats.frames_dropped <= 1
     # read shortly before the model was free: the age is about one inference, not two
     ages = sorted(r.frame_age_ms - r.latency_ms["inference"] for r in sink.results)
     assert ages[len(ages) // 2] < 50
@@ -92,8 +92,8 @@ def test_stats_snapshot_holds_the_loop_lock_only_to_copy(monkeypatch):
     monkeypatch.setattr(np, "sort", recording_sort)
     snapshot = stats.snapshot(frames_dropped=3)
     assert locked_during_sort and not any(locked_during_sort)
-    assert snapshot["latency_ms"]["inference"] == {"p50": 511.5, "p90": 920.7, "p99": 1012.77}
-    assert snapshot["frames_processed"] == 1024 and snapshot["frames_dropped"] == 3
+    assert snapshot.latency_ms["inference"] == {"p50": 511.5, "p90": 920.7, "p99": 1012.77}
+    assert snapshot.frames_processed == 1024 and snapshot.frames_dropped == 3
 
 
 def test_latest_slot_replaces_unread_and_counts():
@@ -111,9 +111,9 @@ def test_slow_model_fast_source_drops_frames_and_takes_the_newest(models):
     # a paced 1000 fps source (like a camera, not on demand) in front of a ~12 ms model
     loop = FrameLoop(classifier(models["slow"]), synthetic(fps=1000), [sink], max_frames=15)
     stats = loop.run()
-    assert stats["frames_processed"] == 15 and len(sink.results) == 15
-    assert stats["frames_dropped"] > 15 * 5, stats  # the source is far faster than the model
-    assert stats["frames_captured"] >= stats["frames_processed"] + stats["frames_dropped"]
+    assert stats.frames_processed == 15 and len(sink.results) == 15
+    assert stats.frames_dropped > 15 * 5, stats  # the source is far faster than the model
+    assert stats.frames_captured >= stats.frames_processed + stats.frames_dropped
     ids = [r.frame_id for r in sink.results]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     gaps = np.diff(ids)
@@ -137,25 +137,25 @@ def test_memory_stays_flat_over_many_frames(models):
     loop = FrameLoop(classifier(models["tiny"]), synthetic(320, 240), [JsonlSink(os.devnull)],
                      max_frames=6000, on_frame=on_frame)
     stats = loop.run()
-    assert stats["frames_processed"] == 6000
+    assert stats.frames_processed == 6000
     growth_kb = marks[6000] - marks[1000]
     assert growth_kb < 2048, f"RSS grew {growth_kb} kB over 5000 frames"
 
 
 def test_max_frames_and_duration_bound_a_run(models):
     stats = FrameLoop(classifier(models["tiny"]), synthetic(), [], max_frames=7).run()
-    assert stats["frames_processed"] == 7
+    assert stats.frames_processed == 7
     started = time.monotonic()
     stats = FrameLoop(classifier(models["tiny"]), synthetic(fps=50), [], duration_s=0.6).run()
     assert 0.5 <= time.monotonic() - started < 5
-    assert 1 <= stats["frames_processed"] <= 31  # 50 fps for 0.6 s: never more than the source gave
+    assert 1 <= stats.frames_processed <= 31  # 50 fps for 0.6 s: never more than the source gave
 
 
 def test_max_fps_throttles(models):
     started = time.monotonic()
     stats = FrameLoop(classifier(models["tiny"]), synthetic(), [], max_fps=20, max_frames=10).run()
     assert time.monotonic() - started >= 0.4  # 10 frames at 20 fps need at least 9 periods
-    assert stats["frames_processed"] == 10
+    assert stats.frames_processed == 10
 
 
 class FlakySource(FrameSource):
@@ -196,21 +196,21 @@ def test_failing_source_is_reopened_with_backoff_and_counted(models):
     started = time.monotonic()
     stats = FrameLoop(classifier(models["tiny"]), source, [], max_frames=9, timeout_s=0.5).run()
     elapsed = time.monotonic() - started
-    assert stats["frames_processed"] == 9
-    assert source.opens >= 3 and stats["source_errors"] >= 2 and stats["source_reopens"] >= 2
+    assert stats.frames_processed == 9
+    assert source.opens >= 3 and stats.source_errors >= 2 and stats.source_reopens >= 2
     assert elapsed >= 1.0 + 2.0 * 0.9  # backoff 1 s then 2 s between the reopens
 
 
 def test_stalled_source_times_out_and_reopens(models):
     source = FlakySource(fail_after=2, stall=True)
     stats = FrameLoop(classifier(models["tiny"]), source, [], max_frames=4, timeout_s=0.3).run()
-    assert stats["frames_processed"] == 4 and stats["source_errors"] >= 1 and source.opens >= 2
+    assert stats.frames_processed == 4 and stats.source_errors >= 1 and source.opens >= 2
 
 
 def test_bad_frames_are_dropped_counted_and_do_not_stop_the_loop(models):
     source = FlakySource(fail_after=0, bad_every=3)
     stats = FrameLoop(classifier(models["tiny"]), source, [], max_frames=12).run()
-    assert stats["frames_processed"] == 12 and stats["frames_invalid"] >= 3
+    assert stats.frames_processed == 12 and stats.frames_invalid >= 3
 
 
 def test_a_failing_sink_does_not_stop_the_loop(models):
@@ -223,7 +223,7 @@ def test_a_failing_sink_does_not_stop_the_loop(models):
 
     good = Collect()
     stats = FrameLoop(classifier(models["tiny"]), synthetic(), [Broken(), good], max_frames=20).run()
-    assert stats["frames_processed"] == 20 and stats["sink_errors"] == 20 and len(good.results) == 20
+    assert stats.frames_processed == 20 and stats.sink_errors == 20 and len(good.results) == 20
 
 
 def test_sinks_get_the_frame_image_for_snapshots(models):
@@ -253,7 +253,7 @@ def test_images_source_through_the_loop(models, tmp_path):
     cfg = build_config({"source": {"type": "images", "path": str(tmp_path), "fps": 0, "loop": False}}, "t")
     sink = Collect()
     stats = FrameLoop(classifier(models["tiny"]), open_source(cfg.source), [sink]).run()
-    assert stats["frames_captured"] == 3  # the text file was skipped, and the run ended with the images
+    assert stats.frames_captured == 3  # the text file was skipped, and the run ended with the images
 
 
 def test_picamera2_source_through_the_loop_with_the_fake(models):
@@ -266,7 +266,7 @@ def test_picamera2_source_through_the_loop_with_the_fake(models):
         "cfg = build_config({'source': {'type': 'picamera2', 'width': 640, 'height': 480, 'fps': 30}}, 't')\n"
         "src = open_source(cfg.source, c.input_size)\nsink = Collect()\n"
         "stats = FrameLoop(c, src, [sink], max_frames=5).run()\n"
-        "print(stats['frames_processed'], src.describe()['type'])\n"
+        "print(stats.frames_processed, src.describe()['type'])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

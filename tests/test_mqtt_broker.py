@@ -170,7 +170,7 @@ def test_zero_loss_across_three_broker_restarts(tmp_path: Path) -> None:
             sink.handle(frame(frame_id))
             time.sleep(0.0005)
         assert publisher.flush(30), publisher.stats()
-        sink.publish_stats(RollingStats().snapshot(frames_dropped=0))
+        sink.on_stats(RollingStats().snapshot(frames_dropped=0))
         assert publisher.flush(10)
         assert wait_until(lambda: len({d["seq"] for d in collector.json("/detection")}) >= total, 30)
         seen = [d["seq"] for d in collector.json("/detection")]

@@ -21,7 +21,7 @@ from edgedet.publish.config import MqttConfig
 from edgedet.publish.mqtt import PASSWORD_ENV, describe_connect_error, read_password
 from edgedet.publish.policy import PublishPolicy
 from edgedet.publish.sink import QueuedDetection, encode_snapshot
-from edgedet.results import Class, FrameResult
+from edgedet.results import Class, FrameResult, LoopStats
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -97,7 +97,7 @@ def test_info_payload_keeps_documented_keys_only() -> None:
     assert payload["started"] == "1970-01-01T00:00:00.000Z"
 
 
-def _loop_stats() -> dict:
+def _loop_stats() -> LoopStats:
     """Real statistics from the frame loop's own RollingStats (three processed frames)."""
     from edgedet.loop import STAGES, RollingStats
 
@@ -119,7 +119,7 @@ def test_stats_payload_adds_mqtt_memory_and_temperature(tmp_path: Path) -> None:
     assert payload["mqtt"] == {"queued": 2, "dropped": 1, "reconnects": 3}
     assert payload["cpu_temp_c"] == 51.2
     assert payload["rss_mb"] > 1
-    assert payload["fps_out"] == loop_stats["fps_out"] and payload["frames_processed"] == 3
+    assert payload["fps_out"] == loop_stats.fps_out and payload["frames_processed"] == 3
     without = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0,
                                      thermal_path=tmp_path / "absent")
     assert "cpu_temp_c" not in without

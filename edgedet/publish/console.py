@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from edgedet.results import FrameResult
+from edgedet.results import FrameResult, LoopStats
 
 log = logging.getLogger("edgedet.results")
 
@@ -28,7 +28,7 @@ class ConsoleSink:
         log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, best.label, best.score,
                  result.latency_ms.get("inference", 0.0), result.frame_age_ms)
 
-    def on_stats(self, stats: dict[str, Any]) -> None:
+    def on_stats(self, stats: LoopStats) -> None:
         pass  # the console shows detections; statistics go to the journal's STATUS= line
 
     def counters(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgedet.errors import ConfigError
-from edgedet.results import FrameResult
+from edgedet.results import FrameResult, LoopStats
 
 
 def result_record(result: FrameResult) -> dict:
@@ -43,7 +43,7 @@ class JsonlSink:
             self._file.flush()
             self._last_flush = now
 
-    def on_stats(self, stats: dict[str, Any]) -> None:
+    def on_stats(self, stats: LoopStats) -> None:
         pass  # one record per classified frame; statistics are not records
 
     def counters(self) -> dict[str, Any]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 import resource
 import sys
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, TypeVar
 
 from edgedet import __version__
-from edgedet.results import FrameResult
+from edgedet.results import FrameResult, LoopStats
+
+T = TypeVar("T")
 
 TOPIC_LEAVES = ("status", "info", "detection", "stats", "snapshot")
 LATENCY_KEYS = ("preprocess", "inference", "postprocess", "total")
@@ -61,25 +64,67 @@ def detection_payload(result: FrameResult, run_id: str, seq: int, model_name: st
     }
 
 
-def _pick(section: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
-    section = section or {}
-    return {k: section.get(k) for k in keys}
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    path: str
+    sha256: str
+    input_shape: list[int]
+    input_dtype: str
+    label_count: int
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    name: str
+    version: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class DelegateSection:
+    requested: str
+    active: str
+    device: Optional[str]
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    type: str
+    resolution: Optional[list[int]]
+
+
+@dataclass(frozen=True)
+class InfoMessage:
+    """The retained ``info`` message (docs/schemas/info.json)."""
+
+    edgedet_version: str
+    device_id: str
+    run_id: str
+    started: str
+    model: ModelSection
+    runtime: RuntimeSection
+    delegate: DelegateSection
+    source: SourceSection
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _section(cls: type[T], values: dict[str, Any] | None) -> T:
+    """The documented keys of a section (a missing one is null); anything else the caller has stays out."""
+    values = values or {}
+    return cls(**{f.name: values.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 def info_payload(*, device_id: str, run_id: str, started_wall: float, model: dict[str, Any],
                  runtime: dict[str, Any], delegate: dict[str, Any], source: dict[str, Any],
                  version: str = __version__) -> dict[str, Any]:
-    """The retained ``info`` message. Each section keeps exactly the documented keys (missing -> null)."""
-    return {
-        "edgedet_version": version,
-        "device_id": device_id,
-        "run_id": run_id,
-        "started": iso_utc(started_wall),
-        "model": _pick(model, ("name", "path", "sha256", "input_shape", "input_dtype", "label_count")),
-        "runtime": _pick(runtime, ("name", "version", "threads")),
-        "delegate": _pick(delegate, ("requested", "active", "device")),
-        "source": _pick(source, ("type", "resolution")),
-    }
+    """The ``info`` message's JSON from the classifier's and the source's descriptions."""
+    return InfoMessage(edgedet_version=version, device_id=device_id, run_id=run_id, started=iso_utc(started_wall),
+                       model=_section(ModelSection, model), runtime=_section(RuntimeSection, runtime),
+                       delegate=_section(DelegateSection, delegate),
+                       source=_section(SourceSection, source)).to_json()
 
 
 def cpu_temp_c(path: Path = THERMAL_ZONE) -> float | None:
@@ -100,18 +145,36 @@ def rss_mb() -> float:
         return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def stats_payload(loop_stats: dict[str, Any], mqtt_stats: dict[str, Any], *, device_id: str, run_id: str,
+@dataclass(frozen=True)
+class MqttCounters:
+    queued: int  # in the outbox plus sent and not yet acknowledged
+    dropped: int  # evicted from a full outbox
+    reconnects: int
+
+
+@dataclass(frozen=True)
+class StatsMessage:
+    """The ``stats`` message (docs/schemas/stats.json): the frame loop's statistics and the device's."""
+
+    device_id: str
+    run_id: str
+    ts: str
+    loop: LoopStats
+    mqtt: MqttCounters
+    rss_mb: float
+    cpu_temp_c: Optional[float] = None  # only where the board tells
+
+    def to_json(self) -> dict[str, Any]:
+        payload = {"device_id": self.device_id, "run_id": self.run_id, "ts": self.ts, **self.loop.as_dict(),
+                   "mqtt": asdict(self.mqtt), "rss_mb": self.rss_mb}
+        if self.cpu_temp_c is not None:
+            payload["cpu_temp_c"] = self.cpu_temp_c
+        return payload
+
+
+def stats_payload(loop_stats: LoopStats, mqtt_stats: dict[str, Any], *, device_id: str, run_id: str,
                   wall: float, thermal_path: Path = THERMAL_ZONE) -> dict[str, Any]:
-    """The ``stats`` message: the frame loop's statistics plus ``mqtt``, ``cpu_temp_c`` and ``rss_mb``."""
-    payload: dict[str, Any] = dict(loop_stats)
-    payload.update({
-        "device_id": device_id,
-        "run_id": run_id,
-        "ts": iso_utc(wall),
-        "mqtt": {k: int(mqtt_stats.get(k, 0)) for k in ("queued", "dropped", "reconnects")},
-        "rss_mb": rss_mb(),
-    })
-    temperature = cpu_temp_c(thermal_path)
-    if temperature is not None:
-        payload["cpu_temp_c"] = temperature
-    return payload
+    """The ``stats`` message's JSON: the loop's statistics plus ``mqtt``, ``cpu_temp_c`` and ``rss_mb``."""
+    counters = MqttCounters(**{f.name: int(mqtt_stats.get(f.name, 0)) for f in fields(MqttCounters)})
+    return StatsMessage(device_id=device_id, run_id=run_id, ts=iso_utc(wall), loop=loop_stats, mqtt=counters,
+                        rss_mb=rss_mb(), cpu_temp_c=cpu_temp_c(thermal_path)).to_json()

@@ -4,7 +4,7 @@ Wiring (frame loop)::
 
     sink = MqttSink.from_config(cfg, info=info_sections)   # starts connecting in the background
     ...  sink.handle(result, frame=rgb)                     # per frame, inference thread; never blocks
-    ...  sink.publish_stats(loop.stats())                   # every publish.stats_interval_s
+    ...  sink.on_stats(loop.snapshot())                     # every publish.stats_interval_s
     sink.close()                                            # flush (bounded), offline retained, disconnect
 """
 
@@ -26,7 +26,7 @@ from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig, PublishConfig
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.policy import PublishPolicy
-from edgedet.results import Class, FrameResult
+from edgedet.results import Class, FrameResult, LoopStats
 
 log = logging.getLogger("edgedet.mqtt")
 
@@ -222,12 +222,11 @@ class MqttSink:
                 self._snapshot = SnapshotJob(image, self.cfg.snapshot_max_bytes)
                 self.publisher.publish(self.snapshot_topic, self._snapshot)
 
-    def on_stats(self, stats: dict[str, Any]) -> None:
+    def on_stats(self, stats: LoopStats) -> None:
         payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
                                          run_id=self.run_id, wall=time.time())
         self.publisher.publish(self.stats_topic, _dumps(payload))
 
-    publish_stats = on_stats
 
     def counters(self) -> dict[str, Any]:
         return {"mqtt": self.publisher.stats()}
