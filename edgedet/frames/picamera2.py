@@ -128,11 +128,22 @@ def parse_colour_space(value: object) -> YCbCr:
         return value
     if isinstance(value, str):
         return _parse_colour_space_text(value)
-    fields = [getattr(getattr(value, attr, None), "name", None)
-              for attr in ("primaries", "transferFunction", "ycbcrEncoding", "range")]
-    if all(isinstance(field, str) for field in fields):
-        return _from_fields(*(_BINDING_NAMES.get(str(field), str(field)) for field in fields))
-    return _parse_colour_space_text(str(value))
+    try:
+        key = (value.primaries, value.transferFunction, value.ycbcrEncoding, value.range)  # type: ignore[attr-defined]
+    except AttributeError:
+        return _parse_colour_space_text(str(value))
+    cached = _BY_FIELDS.get(key)
+    if cached is None:
+        names = [getattr(field, "name", None) for field in key]
+        if not all(isinstance(name, str) for name in names):
+            return _parse_colour_space_text(str(value))
+        cached = _from_fields(*(_BINDING_NAMES.get(str(name), str(name)) for name in names))
+        _BY_FIELDS[key] = cached
+    return cached
+
+
+# The binding's enums are hashable: a frame's conversion looks its space up instead of re-reading names.
+_BY_FIELDS: dict[tuple[Any, ...], YCbCr] = {}
 
 
 @functools.lru_cache(maxsize=16)
