@@ -179,26 +179,30 @@ def _planes(buffer: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np
 
 def _yuv420_to_rgb_cv2(buffer: np.ndarray, width: int, height: int, swap_uv: bool = False) -> np.ndarray:
     """BT.601 limited range: repack the padded planes into the contiguous layout OpenCV expects, convert."""
+    cv2 = _cv2
+    assert cv2 is not None
     y, first, second = _planes(buffer, width, height)
     chroma_len = (height // 2) * (width // 2)
     packed = np.empty(height * width + 2 * chroma_len, dtype=np.uint8)
     packed[: height * width].reshape(height, width)[:] = y
     packed[height * width:height * width + chroma_len].reshape(first.shape)[:] = first
     packed[height * width + chroma_len:].reshape(second.shape)[:] = second
-    code = _cv2.COLOR_YUV2RGB_YV12 if swap_uv else _cv2.COLOR_YUV2RGB_I420
-    return _cv2.cvtColor(packed.reshape(height * 3 // 2, width), code)
+    code = cv2.COLOR_YUV2RGB_YV12 if swap_uv else cv2.COLOR_YUV2RGB_I420
+    return cv2.cvtColor(packed.reshape(height * 3 // 2, width), code)
 
 
 def _yuv420_to_rgb_cv2_transform(buffer: np.ndarray, width: int, height: int, ycbcr: YCbCr,
                                  swap_uv: bool) -> np.ndarray:
     """Any matrix and range: upsample chroma 2x (nearest, as cvtColor does), then one affine transform."""
+    cv2 = _cv2
+    assert cv2 is not None
     y, u, v = _planes(buffer, width, height)
     if swap_uv:
         u, v = v, u
     size = (width, height)
-    yuv = _cv2.merge([y, _cv2.resize(u, size, interpolation=_cv2.INTER_NEAREST),
-                      _cv2.resize(v, size, interpolation=_cv2.INTER_NEAREST)])
-    return _cv2.transform(yuv, _ycbcr_to_rgb_matrix(ycbcr.matrix, ycbcr.full_range))
+    yuv = cv2.merge([y, cv2.resize(u, size, interpolation=cv2.INTER_NEAREST),
+                     cv2.resize(v, size, interpolation=cv2.INTER_NEAREST)])
+    return cv2.transform(yuv, _ycbcr_to_rgb_matrix(ycbcr.matrix, ycbcr.full_range))
 
 
 def _yuv420_to_rgb_numpy(buffer: np.ndarray, width: int, height: int, ycbcr: YCbCr,
