@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -157,6 +159,73 @@ def test_missing_libedgetpu_with_fallback_cpu_runs_the_twin_and_says_so(shared_m
     assert line["delegate"]["requested"] == "edgetpu" and line["delegate"]["active"] == "cpu"
     assert line["delegate"]["fallback"] is True and "libedgetpu" in line["delegate"]["fallback_reason"]
     assert 283 in [c["class_id"] for c in line["top_k"][:3]]
+
+
+def _shared_library(tmp_path: Path, name: str, source: str) -> Path:
+    """A real .so built with the C compiler, for the ways a delegate library can fail to load."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (scripts/test installs gcc): cannot build the test shared library")
+    c_file = tmp_path / f"{name}.c"
+    c_file.write_text(source)
+    library = tmp_path / f"{name}.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(c_file)], check=True,
+                   capture_output=True, timeout=120)
+    return library
+
+
+# A library that loads but is no TFLite delegate (what a wrong EDGEDET_EDGETPU_LIBRARY or a broken
+# install gives): the runtimes raise AttributeError "undefined symbol: tflite_plugin_create_delegate".
+NOT_A_DELEGATE = "int edgedet_not_a_delegate(void) { return 0; }\n"
+# A delegate library whose create call fails, as libedgetpu's does when no Edge TPU answers: it reports
+# through the error callback, returns NULL (the runtimes raise "ValueError: Failed to load delegate from
+# ..."), and writes a diagnostic line of its own to stderr.
+NO_DEVICE = """
+#include <stddef.h>
+#include <stdio.h>
+void *tflite_plugin_create_delegate(char **keys, char **values, size_t n, void (*report)(const char *)) {
+    fprintf(stderr, "test-libedgetpu: no Edge TPU device answered\\n");
+    fflush(stderr);
+    if (report) report("no Edge TPU device found");
+    return NULL;
+}
+void tflite_plugin_destroy_delegate(void *delegate) {}
+"""
+
+
+def test_a_library_without_the_delegate_symbols_is_one_line_with_fallback_fail(shared_models, tmp_path, image):
+    library = _shared_library(tmp_path, "libnotadelegate", NOT_A_DELEGATE)
+    run = run_cli("classify", "--model", str(shared_models / V1_EDGETPU), "--delegate", "edgetpu",
+                  "--fallback", "fail", str(image), env={"EDGEDET_EDGETPU_LIBRARY": str(library)})
+    line = assert_one_line_error(run, str(library), "undefined symbol: tflite_plugin_create_delegate",
+                                 "EDGEDET_EDGETPU_LIBRARY")
+    assert run.err.strip() == line and "Exception ignored" not in run.err  # nothing else on stderr
+
+
+def test_a_library_without_the_delegate_symbols_falls_back_to_the_cpu_with_one_warning(shared_models, tmp_path):
+    library = _shared_library(tmp_path, "libnotadelegate", NOT_A_DELEGATE)
+    run = run_cli("classify", "--json", "--model", str(shared_models / V1_EDGETPU), "--delegate", "edgetpu",
+                  str(shared_models / "cat.bmp"), env={"EDGEDET_EDGETPU_LIBRARY": str(library)})
+    assert run.code == 0, run.err
+    assert "Exception ignored" not in run.err and "Traceback" not in run.err
+    lines = run.error_lines()  # stderr less the CPU runtime's own XNNPACK banner
+    assert len(lines) == 1 and "EDGE TPU UNAVAILABLE" in lines[0], run.err
+    assert "undefined symbol: tflite_plugin_create_delegate" in lines[0]
+    assert run.json_lines()[0]["delegate"]["active"] == "cpu"
+
+
+def test_a_delegate_that_finds_no_device_is_one_line_carrying_its_own_message(shared_models, tmp_path, image):
+    library = _shared_library(tmp_path, "libnodevice", NO_DEVICE)
+    run = run_cli("classify", "--model", str(shared_models / V1_EDGETPU), "--delegate", "edgetpu",
+                  "--fallback", "fail", str(image), env={"EDGEDET_EDGETPU_LIBRARY": str(library)})
+    line = assert_one_line_error(run, f"Failed to load delegate from {library}", "no Edge TPU device found",
+                                 "test-libedgetpu: no Edge TPU device answered", "model.fallback: cpu")
+    assert run.err.strip() == line and "Exception ignored" not in run.err
+    run = run_cli("classify", "--json", "--model", str(shared_models / V1_EDGETPU), "--delegate", "edgetpu",
+                  str(shared_models / "cat.bmp"), env={"EDGEDET_EDGETPU_LIBRARY": str(library)})
+    assert run.code == 0, run.err
+    lines = run.error_lines()
+    assert len(lines) == 1 and "EDGE TPU UNAVAILABLE" in lines[0] and "no Edge TPU device found" in lines[0]
 
 
 def test_explicit_cpu_model_for_fallback(shared_models, tmp_path, image):

@@ -21,14 +21,14 @@ FAKES = str(Path(__file__).parent / "fakes")
 def fake():
     """Put the fake picamera2 first on sys.path for one test, with one IMX219 and Pi 4 (VC4) rules."""
     sys.path.insert(0, FAKES)
-    for name in [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("picamera2", "libcamera")]:
         del sys.modules[name]
     import picamera2.fake as fake_control
 
     fake_control.reset()
     yield fake_control
     sys.path.remove(FAKES)
-    for name in [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("picamera2", "libcamera")]:
         del sys.modules[name]
 
 
@@ -201,16 +201,107 @@ def test_auto_prefers_the_pi_camera_when_one_is_present(fake):
     assert detect_auto()[0] in ("opencv", "synthetic")
 
 
-def test_opencv_fast_path_agrees_with_the_numpy_conversion(fake, monkeypatch):
+def _reference_rgb(buffer: np.ndarray, width: int, height: int, kr: float, kb: float,
+                   full_range: bool) -> np.ndarray:
+    """Textbook YCbCr -> RGB in float64, written out per channel (independent of edgedet's matrix)."""
+    flat = buffer.reshape(-1)
+    stride = buffer.shape[1]
+    chroma = (stride // 2) * (height // 2)
+    start = height * stride
+    y = buffer[:height, :width].astype(np.float64)
+    u = flat[start:start + chroma].reshape(height // 2, stride // 2)[:, :width // 2].astype(np.float64)
+    v = flat[start + chroma:start + 2 * chroma].reshape(height // 2, stride // 2)[:, :width // 2]
+    cb = np.repeat(np.repeat(u - 128, 2, 0), 2, 1)
+    cr = np.repeat(np.repeat(v.astype(np.float64) - 128, 2, 0), 2, 1)
+    if not full_range:
+        y, cb, cr = (y - 16) * 255 / 219, cb * 255 / 224, cr * 255 / 224
+    r = y + 2 * (1 - kr) * cr
+    b = y + 2 * (1 - kb) * cb
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    return np.clip(np.rint(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+
+
+# libcamera's standard YCbCr spaces: the matrix (Kr, Kb) and range each one means.
+MEANINGS = {"sYCC": (0.299, 0.114, True), "SMPTE170M": (0.299, 0.114, False),
+            "Rec709": (0.2126, 0.0722, False), "Rec2020": (0.2627, 0.0593, False)}
+
+
+@pytest.mark.parametrize("name", list(MEANINGS))
+def test_the_real_libcamera_colour_space_takes_the_fast_path_with_its_own_matrix(fake, monkeypatch, name):
+    from libcamera import ColorSpace
+
     import edgedet.frames.picamera2 as module
 
     if module._cv2 is None:
         pytest.skip("opencv-python-headless is not installed: only the numpy conversion exists here")
-    image = fake.scene(224, 224, 5)
-    buffer = fake.rgb_to_i420(image, 256, "SMPTE170M")
-    fast = module.yuv420_to_rgb(buffer, 224, 224, "SMPTE170M")
+    space = getattr(ColorSpace, {"sYCC": "Sycc", "SMPTE170M": "Smpte170m"}.get(name, name))()
+    text = str(space)
+    assert text == f"<libcamera.ColorSpace '{name}'>"  # what the real binding's __str__ returns
+    kr, kb, full_range = MEANINGS[name]
+    # Random codes in the legal range (OpenCV clamps limited-range Y below 16, the reference does not).
+    rng = np.random.default_rng(7)
+    low, high = (0, 255) if full_range else (16, 235)
+    buffer = rng.integers(low, high + 1, size=(336, 256), dtype=np.uint8)  # 224x224 in a 256 stride
+    expected = _reference_rgb(buffer, 224, 224, kr, kb, full_range)
+    calls = []
+    for fast in ("_yuv420_to_rgb_cv2", "_yuv420_to_rgb_cv2_transform"):
+        original = getattr(module, fast)
+        monkeypatch.setattr(module, fast, lambda *a, _f=original, _n=fast, **k: calls.append(_n) or _f(*a, **k))
+    for given in (space, text, name, module.parse_colour_space(text)):
+        rgb = module.yuv420_to_rgb(buffer, 224, 224, given)
+        assert np.abs(rgb.astype(int) - expected.astype(int)).max() <= 1, (name, given)
+    assert len(calls) == 4, calls  # every form of the name took an OpenCV path
+    assert module.parse_colour_space(space) == module.parse_colour_space(text) == module.YCbCr(
+        name, {0.299: "Rec601", 0.2126: "Rec709", 0.2627: "Rec2020"}[kr], full_range)
     monkeypatch.setattr(module, "_cv2", None)
-    slow = module.yuv420_to_rgb(buffer, 224, 224, "SMPTE170M")
-    assert fast.shape == slow.shape == (224, 224, 3)
-    assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 2
-    assert np.abs(fast.astype(int) - image.astype(int)).max() <= 8
+    slow = module.yuv420_to_rgb(buffer, 224, 224, text)
+    assert np.abs(slow.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_wrong_matrix_or_range_would_show_against_the_reference():
+    rng = np.random.default_rng(3)
+    buffer = rng.integers(16, 236, size=(48, 64), dtype=np.uint8)
+    sycc = yuv420_to_rgb(buffer, 64, 32, "<libcamera.ColorSpace 'sYCC'>").astype(int)
+    for other in ("SMPTE170M", "Rec709", "Rec2020"):
+        assert np.abs(yuv420_to_rgb(buffer, 64, 32, other).astype(int) - sycc).max() > 10, other
+
+
+def test_colour_space_text_that_is_not_ycbcr_is_refused():
+    from edgedet.frames.picamera2 import parse_colour_space
+
+    # libcamera's toString() for a non-standard space: the four fields, as picamera2 can hand back for a
+    # main RGB stream whose YCbCr fields libcamera dropped; the matrix follows the primaries.
+    assert parse_colour_space("<libcamera.ColorSpace 'Rec2020/Rec709/None/Full'>").name == "Rec2020"
+    assert parse_colour_space("Rec709/sRGB/Rec601/Full").name == "sYCC"
+    for text in ("<libcamera.ColorSpace 'RAW'>", "<libcamera.ColorSpace 'sRGB'>", "SMPTE-170M", ""):
+        with pytest.raises(ValueError, match="colour space"):
+            parse_colour_space(text)
+
+
+@pytest.mark.parametrize(("main", "expected"), [((640, 480), "SMPTE170M"), ((1280, 720), "Rec709")])
+def test_the_source_decodes_lores_with_the_space_picamera2_chose(fake, main, expected):
+    # picamera2's video default: SMPTE170M below 1280x720, Rec709 from there; the ISP encodes lores with it.
+    with Picamera2Source(0, main, 30, (224, 224)) as source:
+        frame = source.read(2.0)
+        reported = fake.state.instances[-1].camera_configuration()["colour_space"]
+        info = source.describe()
+    assert str(reported) == f"<libcamera.ColorSpace '{expected}'>"
+    assert info["colour_space"] == expected
+    diff = np.abs(frame.image.astype(int) - fake.scene(224, 224, 0).astype(int))
+    assert diff.max() <= 8 and diff.mean() < 1.5
+
+
+def test_rec2020_reported_without_its_ycbcr_fields_still_decodes_as_rec2020(fake):
+    from libcamera import ColorSpace
+    from picamera2 import Picamera2
+
+    camera = Picamera2()
+    camera.configure(camera.create_video_configuration(main={"size": (640, 480)},
+                                                       lores={"size": (224, 224), "format": "YUV420"},
+                                                       colour_space=ColorSpace.Rec2020()))
+    reported = camera.camera_configuration()["colour_space"]
+    camera.close()
+    assert str(reported) == "<libcamera.ColorSpace 'Rec2020/Rec709/None/Full'>"  # main is RGB
+    from edgedet.frames.picamera2 import parse_colour_space
+
+    assert parse_colour_space(reported).matrix == "Rec2020" and not parse_colour_space(reported).full_range

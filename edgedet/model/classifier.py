@@ -70,7 +70,7 @@ class Classifier:
         requested_path = Path(cfg.path)
         model_file = read_tflite(requested_path)
         model_file.validate_classifier()
-        self.runtime: Runtime = select_runtime(cfg.runtime)
+        self.runtime: Runtime = select_runtime(cfg.runtime, cfg.delegate)
         self.num_threads = cfg.num_threads if isinstance(cfg.num_threads, int) else (auto_threads or cpu_count())
         self.delegate_info: dict[str, Any] = {"requested": cfg.delegate, "active": "cpu",
                                               "device": cfg.edgetpu_device if cfg.delegate == "edgetpu" else None,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from libcamera import ColorSpace
+
+_FACTORIES = {"sYCC": "Sycc", "SMPTE170M": "Smpte170m", "Rec709": "Rec709", "Rec2020": "Rec2020"}
 
 # For tests that run edgedet as a separate process (``python -m edgedet run``), where ``state`` cannot be
 # reached: while the file this variable names exists, frames stop arriving exactly as with ``state.stalled``.
@@ -82,19 +86,23 @@ def scene(width: int, height: int, frame_index: int) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def rgb_to_i420(rgb: np.ndarray, stride: int, colour_space: str) -> np.ndarray:
-    """Encode like the ISP: I420 planes in a (h*3/2, stride) buffer, rows padded to ``stride``."""
+def rgb_to_i420(rgb: np.ndarray, stride: int, colour_space: Any) -> np.ndarray:
+    """Encode like the ISP: I420 planes in a (h*3/2, stride) buffer, rows padded to ``stride``.
+
+    ``colour_space`` is a (fake) libcamera ColorSpace, or the name of one of its standard spaces; its
+    ``ycbcrEncoding`` and ``range`` fields choose the matrix and the range.
+    """
+    if isinstance(colour_space, str):
+        colour_space = getattr(ColorSpace, _FACTORIES[colour_space])()
     height, width = rgb.shape[:2]
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    if "709" in colour_space:
-        kr, kb = 0.2126, 0.0722
-    else:
-        kr, kb = 0.299, 0.114
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    kr, kb = {"Rec601": (0.299, 0.114), "Rec709": (0.2126, 0.0722),
+              "Rec2020": (0.2627, 0.0593)}[colour_space.ycbcrEncoding.name]
     kg = 1 - kr - kb
     y = kr * r + kg * g + kb * b
     cb = (b - y) / (2 * (1 - kb))
     cr = (r - y) / (2 * (1 - kr))
-    if colour_space == "sYCC":  # full range
+    if colour_space.range == ColorSpace.Range.Full:
         y_code, cb_code, cr_code = y, cb + 128, cr + 128
     else:  # limited ("video") range
         y_code = 16 + y * 219 / 255

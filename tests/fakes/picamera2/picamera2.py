@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
+
+import libcamera
+from libcamera import ColorSpace
 
 from . import fake
 from .platform import Platform, get_platform
@@ -16,29 +20,35 @@ VALID_STREAM_KEYS = ("format", "size", "stride", "preserve_ar")
 RAW_IGNORE = ("bit_depth", "crop_limits", "exposure_limits", "fps", "unpacked")
 
 
-class ColorSpace:
-    """Stands in for ``libcamera.ColorSpace``; ``str()`` gives libcamera's names."""
+def _colour_space_to_libcamera(colour_space: ColorSpace, fmt: str) -> ColorSpace:
+    # As picamera2.utils.colour_space_to_libcamera: an RGB stream carries no YCbCr matrix or range.
+    if fmt in RGB_FORMATS:
+        colour_space = ColorSpace(colour_space)
+        colour_space.ycbcrEncoding = ColorSpace.YcbcrEncoding.Null
+        colour_space.range = ColorSpace.Range.Full
+    return colour_space
 
-    def __init__(self, name: str) -> None:
-        self.name = name
 
-    @staticmethod
-    def Sycc() -> ColorSpace:
-        return ColorSpace("sYCC")
+_COLOUR_SPACE_TABLE = (ColorSpace.Sycc(), ColorSpace.Smpte170m(), ColorSpace.Rec709())
 
-    @staticmethod
-    def Smpte170m() -> ColorSpace:
-        return ColorSpace("SMPTE170M")
 
-    @staticmethod
-    def Rec709() -> ColorSpace:
-        return ColorSpace("Rec709")
+def _colour_space_from_libcamera(colour_space: ColorSpace | None) -> ColorSpace | None:
+    # As picamera2.utils.colour_space_from_libcamera: the main stream's space, matched back to one of the
+    # three standard ones by primaries and transfer function (a different object from the one requested).
+    if colour_space is None:
+        return None
+    for cs in _COLOUR_SPACE_TABLE:
+        if colour_space.primaries == cs.primaries and colour_space.transferFunction == cs.transferFunction:
+            return cs
+    return colour_space
 
-    def __str__(self) -> str:
-        return self.name
 
-    def __repr__(self) -> str:
-        return f"<libcamera.ColorSpace '{self.name}'>"
+@dataclass
+class _LibcameraRequest:
+    """Stands in for the libcamera.Request a real CompletedRequest wraps: which frame, and when."""
+
+    frame_index: int
+    timestamp_ns: int
 
 
 class Picamera2:
@@ -79,7 +89,7 @@ class Picamera2:
     def __enter__(self) -> Picamera2:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_traceback: Any) -> None:
         self.close()
 
     def close(self) -> None:
@@ -100,7 +110,7 @@ class Picamera2:
 
     @staticmethod
     def _make_initial_stream_config(stream_config: dict, updates: dict | None,
-                                    ignore_list: tuple = ()) -> dict | None:
+                                    ignore_list: tuple | list = ()) -> dict | None:
         if updates is None:
             return None
         for key, value in updates.items():
@@ -122,16 +132,17 @@ class Picamera2:
         width, height = stream_config["size"]
         stream_config["size"] = (width - width % align, height - height % 2)
 
-    def create_video_configuration(self, main: dict | None = None, lores: dict | None = None,
-                                   raw: dict | None = None, transform: Any = None,
+    # The real defaults (mutable ones included): main={} and raw={} mean "the default stream", lores=None none.
+    def create_video_configuration(self, main: dict = {}, lores: dict | None = None,  # noqa: B006
+                                   raw: dict | None = {}, transform: Any = libcamera.Transform(),  # noqa: B006, B008
                                    colour_space: Any = None, buffer_count: int = 6,
-                                   controls: dict | None = None, display: str | None = "main",
+                                   controls: dict = {}, display: str | None = "main",  # noqa: B006
                                    encode: str | None = "main", queue: bool = True,
-                                   sensor: dict | None = None, use_case: str = "video") -> dict:
+                                   sensor: dict | None = {}, use_case: str = "video") -> dict:  # noqa: B006
         if not self.is_open:
             raise RuntimeError("Camera not opened")
         main_cfg = self._make_initial_stream_config({"format": "XBGR8888", "size": (1280, 720),
-                                                     "preserve_ar": True}, main or {})
+                                                     "preserve_ar": True}, dict(main))
         assert main_cfg is not None
         self.align_stream(main_cfg, optimal=False)
         lores_cfg = self._make_initial_stream_config({"format": "YUV420", "size": main_cfg["size"],
@@ -139,15 +150,15 @@ class Picamera2:
         if lores_cfg is not None:
             self.align_stream(lores_cfg, optimal=False)
         raw_cfg = self._make_initial_stream_config({"format": "SRGGB10_CSI2P", "size": main_cfg["size"]},
-                                                   {} if raw is None else raw, RAW_IGNORE)
+                                                   raw, RAW_IGNORE)
         if colour_space is None:
             small = main_cfg["size"][0] < 1280 or main_cfg["size"][1] < 720
-            colour_space = ColorSpace.Smpte170m() if small else ColorSpace.Rec709()
+            colour_space = libcamera.ColorSpace.Smpte170m() if small else libcamera.ColorSpace.Rec709()
         config = {"use_case": use_case, "transform": transform, "colour_space": colour_space,
                   "buffer_count": buffer_count, "queue": queue, "main": main_cfg, "lores": lores_cfg,
                   "raw": raw_cfg, "controls": {"NoiseReductionMode": 1,
                                                "FrameDurationLimits": (33333, 33333)} | (controls or {}),
-                  "sensor": sensor or {}}
+                  "sensor": sensor}
         for name, stream in (("display", display), ("encode", encode)):
             if stream is not None and config.get(stream) is None:
                 raise RuntimeError(f"{name.capitalize()} stream {stream} was not defined")
@@ -178,6 +189,10 @@ class Picamera2:
         for name in ("colour_space", "transform", "main", "lores", "raw"):
             if name not in camera_config:
                 raise RuntimeError(f"{name!r} key expected in camera configuration")
+        if not isinstance(camera_config["colour_space"], libcamera._libcamera.ColorSpace):
+            raise RuntimeError("Colour space has incorrect type")
+        if not isinstance(camera_config["transform"], libcamera._libcamera.Transform):
+            raise RuntimeError("Transform has incorrect type")
         self.check_stream_config(camera_config["main"], "main")
         if camera_config["lores"] is not None:
             self.check_stream_config(camera_config["lores"], "lores")
@@ -204,6 +219,12 @@ class Picamera2:
                 width = stream["size"][0]
                 bpp = {"BGR888": 3, "RGB888": 3, "XBGR8888": 4, "XRGB8888": 4}.get(stream["format"], 1)
                 camera_config[name]["stride"] = width * bpp if bpp > 1 else -(-width // 64) * 64
+        # What libcamera gets per stream (lores carries the requested space as it is: it must be YUV), and
+        # what picamera2 then reports back: the main stream's space, mapped to a standard one.
+        requested = camera_config["colour_space"]
+        main_space = _colour_space_to_libcamera(requested, camera_config["main"]["format"])
+        self._stream_colour_spaces = {"main": main_space, "lores": requested}
+        camera_config["colour_space"] = _colour_space_from_libcamera(main_space)
         self.camera_config = camera_config
         self.controls = dict(camera_config.get("controls") or {})
         self.configure_count += 1
@@ -275,7 +296,7 @@ class Picamera2:
             self._last_taken = index
             self._held_requests += 1
         time.sleep(delay_s)
-        return CompletedRequest(self, index, due_ns)
+        return CompletedRequest(_LibcameraRequest(index, due_ns), self)
 
     def capture_array(self, name: str = "main", wait: Any = None, signal_function: Any = None) -> Any:
         request = self.capture_request(wait=wait)
