@@ -48,7 +48,8 @@ def main() -> int:
     parser.add_argument("--frames-v2", type=int, default=600)
     parser.add_argument("--frames-v1", type=int, default=4000)
     args = parser.parse_args()
-    runs = [("mobilenet_v2_1.0_224_quant.tflite", args.frames_v2), ("mobilenet_v1_0.25_128_quant.tflite", args.frames_v1)]
+    runs = [("mobilenet_v2_1.0_224_quant.tflite", args.frames_v2),
+            ("mobilenet_v1_0.25_128_quant.tflite", args.frames_v1)]
     print("| model | base fps (median) | head fps (median) | head/base, median of pairs | range | pairs |")
     print("|---|---|---|---|---|---|")
     for name, frames in runs:

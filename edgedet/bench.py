@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as dt
 import io
 import json
 import logging
@@ -49,6 +48,7 @@ from edgedet.model.graph import inspect_graph
 from edgedet.model.preprocess import load_image
 from edgedet.model.runtime import cpu_count
 from edgedet.model.tflite_file import read_tflite
+from edgedet.timefmt import iso_utc
 
 DEFAULT_IMAGE_NAMES = ("cat.bmp",)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
@@ -728,7 +728,7 @@ def run_bench(args: argparse.Namespace, *, on_error: Callable[[EdgedetError], No
     conditions["after"] = conditions_snapshot()
     report: dict[str, Any] = {
         "edgedet_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": iso_utc(time.time()),
         "host": {
             "machine": platform.machine(),
             "system": platform.system(),

@@ -19,7 +19,7 @@ def effective_config(config: EdgedetConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     mqtt = data.get("mqtt", {})
     if mqtt.get("password") is not None:
-        # Also covers a password read from mqtt.password_file: load_config copied it into mqtt.password.
+        # A password from mqtt.password_file is never copied into the config: only its path is shown.
         mqtt["password"] = MASK
     return data
 

@@ -37,6 +37,14 @@ class LoggingConfig(Strict):
     format: Literal["auto", "plain", "json"] = "auto"
 
 
+_NOT_TOPIC_LEVEL = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def clean_device_id(raw: str) -> str:
+    """Reduce an id to ``[a-zA-Z0-9_-]``: it becomes one MQTT topic level, where ``+ # /`` would break."""
+    return _NOT_TOPIC_LEVEL.sub("_", raw) or "edgedet"
+
+
 class EdgedetConfig(Strict):
     device_id: Optional[str] = None  # Optional, not `|`: pydantic evaluates it at runtime, also on 3.9
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -48,9 +56,8 @@ class EdgedetConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def resolved_device_id(self) -> str:
-        """The device id reduced to ``[a-zA-Z0-9_-]`` (it becomes an MQTT topic level)."""
-        raw = self.device_id or socket.gethostname()
-        return re.sub(r"[^a-zA-Z0-9_-]", "_", raw) or "edgedet"
+        """``device_id``, else the host name, through ``clean_device_id``."""
+        return clean_device_id(self.device_id or socket.gethostname())
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -271,8 +278,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load, expand, override and validate. Returns the config and the file it came from (or None).
 
     With ``check_files`` (the default) every file the config names must exist now: a missing model is a
-    start-time error naming the key and the path, not a failure minutes later in the frame loop.
-    ``mqtt.password_file`` is read into ``mqtt.password``.
+    start-time error naming the key and the path, not a failure minutes later in the frame loop; that
+    includes ``mqtt.password_file`` having a password on its first line (it is read again where it is used,
+    through ``MqttConfig.effective_password``, and never copied into the config).
     """
     found = find_config_file(path) if search or path else None
     data = read_yaml(found) if found else {}
@@ -287,7 +295,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config.model.path = default_model_path()  # the embedded default: the bundled model
     if check_files:
         _check_files(config, source)
-    _read_secrets(config, source)
     return config, found
 
 
@@ -342,28 +349,7 @@ def _check_files(config: EdgedetConfig, source: str) -> None:
     if config.mqtt.tls.enabled:
         for key in ("ca_file", "cert_file", "key_file"):
             _require_file(getattr(config.mqtt.tls, key), f"mqtt.tls.{key}", source, "check the path")
-        if (config.mqtt.tls.cert_file is None) != (config.mqtt.tls.key_file is None):
-            raise ConfigError("mqtt.tls.cert_file and mqtt.tls.key_file must be set together", where=source,
-                              fix="give both (client certificate) or neither")
-
-
-def _read_secrets(config: EdgedetConfig, source: str) -> None:
-    """Secrets live in their own file (mode 0600, outside the config that gets shared in bug reports)."""
-    secret_file = config.mqtt.password_file
-    if secret_file is None:
-        return
-    if config.mqtt.password is not None:
-        raise ConfigError("mqtt.password and mqtt.password_file are both set", where=source,
-                          fix="keep only one of them")
-    _require_file(secret_file, "mqtt.password_file", source, "check the path")
-    try:
-        # The first line only, as the MQTT publisher reads it: `echo pw > file` adds a newline.
-        lines = secret_file.read_text(encoding="utf-8").splitlines()
-        secret = lines[0] if lines else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"mqtt.password_file: cannot read {secret_file} ({exc.__class__.__name__})",
-                          where=source, fix="make it a readable UTF-8 text file") from None
-    if not secret:
-        raise ConfigError(f"mqtt.password_file: {secret_file} is empty", where=source,
-                          fix="write the password on the file's first line")
-    config.mqtt.password = secret
+    # Secrets live in their own file (mode 0600, outside the config that gets shared in bug reports).
+    if config.mqtt.password_file is not None:
+        _require_file(config.mqtt.password_file, "mqtt.password_file", source, "check the path")
+        config.mqtt.effective_password(where=source)  # an empty or undecodable file fails now, not at connect

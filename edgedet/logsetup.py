@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Any, TextIO
+
+from edgedet.timefmt import iso_utc
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "plain", "json", "journal")
@@ -57,7 +58,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -15,6 +15,7 @@ import yaml
 
 from edgedet.checkconfig import MASK, check_config_command
 from edgedet.config import EdgedetConfig, find_config_file, load_config
+from edgedet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.yaml"
@@ -72,18 +73,20 @@ def test_env_expansion_keeps_types(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.mqtt.topic_prefix == "fallback/x"
 
 
-def test_password_file_is_read_and_masked(tmp_path: Path) -> None:
+def test_password_file_is_read_and_never_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEDET_MQTT_PASSWORD", "from-env")  # the file comes first
     (tmp_path / "mqtt.secret").write_text("s3cret-value\n")
     path = tmp_path / "config.yaml"
     path.write_text("mqtt:\n  username: cam\n  password_file: mqtt.secret\n")
     config, _ = load_config(path)
-    assert config.mqtt.password == "s3cret-value"
+    assert config.mqtt.effective_password() == "s3cret-value"
+    assert config.mqtt.password is None  # never copied into the config (so never dumped with it)
     out, err = io.StringIO(), io.StringIO()
     assert check_config_command(path, out=out, err=err) == 0
     printed = out.getvalue()
-    assert "s3cret-value" not in printed
+    assert "s3cret-value" not in printed and "from-env" not in printed
     shown = yaml.safe_load(printed)
-    assert shown["mqtt"]["password"] == MASK
+    assert shown["mqtt"]["password"] is None
     assert shown["mqtt"]["password_file"] == str(tmp_path / "mqtt.secret")
     assert printed.startswith(f"# effective config from {path}\n")
     assert err.getvalue() == ""
@@ -107,6 +110,38 @@ def test_empty_password_file_is_an_error(tmp_path: Path) -> None:
     assert check_config_command(path, out=io.StringIO(), err=err) == 2
     assert err.getvalue() == (f"{path}: mqtt.password_file: {tmp_path / 'mqtt.secret'} is empty; "
                               "write the password on the file's first line\n")
+
+
+def test_password_file_is_checked_with_the_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  password_file: absent.secret\n")
+    with pytest.raises(ConfigError, match=r"mqtt.password_file: file not found: .*absent.secret; check the path"):
+        load_config(path)
+    config, _ = load_config(path, check_files=False)  # the caller promised to check later
+    with pytest.raises(ConfigError, match=r"^mqtt.password_file: file not found: .*absent.secret; check"):
+        config.mqtt.effective_password()
+
+
+@pytest.mark.parametrize("check_files", [True, False])
+def test_tls_certificate_without_key_is_one_line_on_every_load_path(tmp_path: Path, check_files: bool) -> None:
+    expected = ("mqtt.tls: cert_file and key_file must be set together (a client certificate) or neither; "
+                "see config.yaml for every key")
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  tls:\n    enabled: true\n    cert_file: client.crt\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, check_files=check_files)
+    assert str(info.value) == f"{path}: {expected}"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["mqtt.tls.enabled=true", "mqtt.tls.key_file=/x/client.key"], search=False,
+                    check_files=check_files)
+    assert str(info.value) == f"--set: {expected}"
+
+
+def test_topic_prefixes_are_stored_without_a_trailing_slash(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  topic_prefix: site/edgedet/\nhomeassistant:\n  prefix: ha/\n")
+    config, _ = load_config(path)
+    assert (config.mqtt.topic_prefix, config.homeassistant.prefix) == ("site/edgedet", "ha")
 
 
 def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,7 +89,10 @@ BAD_CONFIGS: dict[str, tuple[str, str]] = {
     "tls_ca_missing": ("mqtt:\n  tls:\n    enabled: true\n    ca_file: ca.pem\n",
                        "{file}: mqtt.tls.ca_file: file not found: {dir}/ca.pem; check the path"),
     "password_and_file": ("mqtt:\n  password: a\n  password_file: secret\n",
-                          "{file}: mqtt.password and mqtt.password_file are both set; keep only one of them"),
+                          "{file}: mqtt: password and password_file are both set; keep only one of them" + SEE),
+    "tls_key_without_cert": ("mqtt:\n  tls:\n    enabled: true\n    key_file: client.key\n",
+                             "{file}: mqtt.tls: cert_file and key_file must be set together (a client "
+                             "certificate) or neither" + SEE),
     "password_file_missing": ("mqtt:\n  password_file: secret\n",
                               "{file}: mqtt.password_file: file not found: {dir}/secret; check the path"),
 }

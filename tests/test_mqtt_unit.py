@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import socket
 import ssl
 import time
 import tracemalloc
@@ -12,14 +14,18 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from PIL import Image
+from pydantic import ValidationError
 
-from edgedet.config import build_config
+from edgedet.config import EdgedetConfig, build_config, clean_device_id
 from edgedet.errors import ConfigError
 from edgedet.publish import homeassistant, messages
-from edgedet.publish.config import MqttConfig
-from edgedet.publish.mqtt import PASSWORD_ENV, describe_connect_error, read_password
+from edgedet.publish.config import PASSWORD_ENV, HomeAssistantConfig, MqttConfig
+from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.policy import PublishPolicy
+from edgedet.publish.problems import REPEAT_LOG_S, ProblemLog, describe_connect_error, describe_refused
 from edgedet.publish.sink import QueuedDetection, encode_snapshot
 from edgedet.results import Class, FrameResult, LoopStats
 
@@ -132,11 +138,25 @@ def test_status_schema() -> None:
         schema("status").validate("up")
 
 
-def test_topics_and_ids() -> None:
-    assert messages.topic("edgedet/", "cam1", "detection") == "edgedet/cam1/detection"
-    assert messages.sanitize_id("pi.local/#+ x") == "pi_local____x"
-    with pytest.raises(ValueError, match="unknown topic leaf"):
-        messages.topic("edgedet", "cam1", "nope")
+def test_topic_prefixes_lose_a_trailing_slash_in_the_config() -> None:
+    cfg = MqttConfig(topic_prefix="site/edgedet/")
+    assert cfg.topic_prefix == "site/edgedet"
+    publisher = MqttPublisher(cfg, "cam1")  # builds the paho client only; nothing connects
+    assert publisher.topic("detection") == "site/edgedet/cam1/detection"
+    assert publisher.status_topic == "site/edgedet/cam1/status"
+    ha = HomeAssistantConfig(prefix="ha/")
+    assert homeassistant.status_topic(ha.prefix) == "ha/status"
+    topics = [t for t, _ in homeassistant.discovery_configs(device_id="c", base_topic="x/c", ha_prefix=ha.prefix)]
+    assert topics[0] == "ha/sensor/edgedet_c/label/config"
+
+
+def test_device_id_is_cleaned_by_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert clean_device_id("pi.local/#+ x") == "pi_local____x"
+    assert clean_device_id("cam-1_A") == "cam-1_A"
+    assert clean_device_id("") == "edgedet"
+    assert EdgedetConfig(device_id="pi.local/#").resolved_device_id() == "pi_local__"
+    monkeypatch.setattr(socket, "gethostname", lambda: "garage.lan")
+    assert EdgedetConfig().resolved_device_id() == "garage_lan"
 
 
 # ---------------------------------------------------------------- policy
@@ -223,17 +243,58 @@ def test_config_keeps_existing_keys_and_checks_backoff() -> None:
         build_config({"mqtt": {"reconnect_min_s": 10, "reconnect_max_s": 1}}, "t.yaml")
 
 
-def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PASSWORD_ENV, raising=False)
-    assert read_password(MqttConfig(password="inline")) == "inline"
-    monkeypatch.setenv(PASSWORD_ENV, "from-env")
-    assert read_password(MqttConfig(password="inline")) == "from-env"
+def test_password_precedence_file_then_environment_then_inline(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "pw"
-    secret.write_text("from-file\n")
-    assert read_password(MqttConfig(password="inline", password_file=secret)) == "from-file"
-    with pytest.raises(ConfigError, match="password_file not found") as err:
-        read_password(MqttConfig(password_file=tmp_path / "missing"))
-    assert str(tmp_path / "missing") in str(err.value)
+    secret.write_text("from-file\nsecond line is not part of it\n")
+    env = {PASSWORD_ENV: "from-env"}
+    assert MqttConfig(password_file=secret).effective_password(environ=env) == "from-file"
+    assert MqttConfig(password="inline").effective_password(environ=env) == "from-env"
+    assert MqttConfig(password="inline").effective_password(environ={}) == "inline"
+    assert MqttConfig().effective_password(environ={}) is None
+    assert MqttConfig().effective_password(environ={PASSWORD_ENV: ""}) == ""  # set but empty still counts
+    # The process environment is what it reads by default.
+    monkeypatch.setenv(PASSWORD_ENV, "from-real-env")
+    assert MqttConfig(password="inline").effective_password() == "from-real-env"
+    assert MqttConfig(password_file=secret).effective_password() == "from-file"
+    # What the publisher logs in with is that same password.
+    publisher = MqttPublisher(MqttConfig(username="cam", password_file=secret), "cam1")
+    assert publisher._client._password == b"from-file"
+
+
+def test_password_and_password_file_together_is_an_error() -> None:
+    with pytest.raises(ValidationError, match="password and password_file are both set"):
+        MqttConfig(password="a", password_file=Path("b"))
+    with pytest.raises(ConfigError) as err:
+        build_config({"mqtt": {"password": "a", "password_file": "b"}}, "t.yaml")
+    assert str(err.value) == ("t.yaml: mqtt: password and password_file are both set; keep only one of them; "
+                              "see config.yaml for every key")
+
+
+def test_password_file_problems_name_the_key_and_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        MqttConfig(password_file=tmp_path / "missing").effective_password()
+    assert str(err.value) == f"mqtt.password_file: file not found: {tmp_path / 'missing'}; check the path"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError) as err:
+        MqttConfig(password_file=tmp_path / "empty").effective_password(where="c.yaml")
+    assert str(err.value) == (f"c.yaml: mqtt.password_file: {tmp_path / 'empty'} is empty; "
+                              "write the password on the file's first line")
+    (tmp_path / "latin1").write_bytes(b"caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"cannot read .*latin1 \(UnicodeDecodeError\)"):
+        MqttConfig(password_file=tmp_path / "latin1").effective_password()
+
+
+def test_tls_client_certificate_needs_its_key() -> None:
+    for given in ({"cert_file": "c.pem"}, {"key_file": "k.pem"}):
+        with pytest.raises(ConfigError) as err:
+            build_config({"mqtt": {"tls": {"enabled": True, **given}}}, "t.yaml")
+        assert str(err.value) == ("t.yaml: mqtt.tls: cert_file and key_file must be set together (a client "
+                                  "certificate) or neither; see config.yaml for every key")
+    # Both or neither is fine, and a disabled TLS section is not checked.
+    build_config({"mqtt": {"tls": {"enabled": True, "cert_file": "c.pem", "key_file": "k.pem"}}}, "t.yaml")
+    build_config({"mqtt": {"tls": {"enabled": True}}}, "t.yaml")
+    build_config({"mqtt": {"tls": {"enabled": False, "cert_file": "c.pem"}}}, "t.yaml")
 
 
 def test_connect_errors_are_one_clear_line() -> None:
@@ -243,6 +304,52 @@ def test_connect_errors_are_one_clear_line() -> None:
     assert kind == "tls" and "mqtt.tls" in line and "\n" not in line
     kind, line = describe_connect_error(OSError(113, "No route to host"), cfg)
     assert kind == "unreachable" and "broker.example:8883" in line
+
+
+def test_refused_login_names_the_user_and_the_password_sources() -> None:
+    cfg = MqttConfig(host="broker.example", username="cam")
+    kind, line = describe_refused(ReasonCode(PacketTypes.CONNACK, identifier=135), cfg)
+    assert kind == "auth"
+    assert line == ("MQTT: broker.example:1883 refused the login of user 'cam' (Not authorized); check "
+                    "mqtt.username and the password (mqtt.password_file or $EDGEDET_MQTT_PASSWORD)")
+    kind, line = describe_refused(ReasonCode(PacketTypes.CONNACK, identifier=136), MqttConfig())
+    assert (kind, line) == ("connack136", "MQTT: localhost:1883 refused the connection (Server unavailable)")
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_problem_log_repeats_a_problem_at_most_every_repeat_interval(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edgedet.test-problems")
+    clock = ManualClock()
+    problems = ProblemLog(logging.getLogger("edgedet.test-problems"), clock=clock)
+
+    def lines() -> list[tuple[int, str]]:
+        return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edgedet.test-problems"]
+
+    problems.report("refused", "MQTT: refused")
+    assert lines() == [(logging.ERROR, "MQTT: refused; retrying with backoff")]
+    for _ in range(3):
+        clock.now += 1.0
+        problems.report("refused", "MQTT: refused")
+    problems.report("lost", "MQTT: lost", level=logging.WARNING)  # another kind is news at once
+    assert lines()[1:] == [(logging.WARNING, "MQTT: lost; retrying with backoff")]
+    clock.now = 1000.0 + REPEAT_LOG_S - 0.001
+    problems.report("refused", "MQTT: refused")
+    assert len(lines()) == 2
+    clock.now = 1000.0 + REPEAT_LOG_S
+    problems.report("refused", "MQTT: refused")
+    assert lines()[2] == (logging.ERROR, "MQTT: refused (again, 4 more times); retrying")
+    # A solved problem is forgotten: its next occurrence is logged at once.
+    assert problems.clear(["refused", "dns"]) is True
+    assert problems.clear(["refused", "dns"]) is False
+    problems.report("refused", "MQTT: refused")
+    assert lines()[3] == (logging.ERROR, "MQTT: refused; retrying with backoff")
 
 
 def test_snapshot_is_size_capped() -> None:

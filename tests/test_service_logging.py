@@ -75,7 +75,7 @@ def test_json_lines(tmp_path: Path) -> None:
     assert [e["message"] for e in entries] == ["first frame processed", "camera slow"]
     assert [e["level"] for e in entries] == ["info", "warning"]
     assert entries[1]["fps"] == 2.5 and entries[1]["logger"] == "edgedet.loop"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entries[0]["ts"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entries[0]["ts"])
 
 
 def test_json_keeps_tracebacks_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:

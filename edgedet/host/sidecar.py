@@ -6,14 +6,15 @@ checks (static batch, op list and versions, minimum runtime) work wherever the d
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import tflite
 
 from edgedet.errors import EdgedetError
+from edgedet.timefmt import iso_utc
 
 SIDECAR_FORMAT = "edgedet-sidecar/1"
 # real = (pixel - mean) / std for pixels in 0..255 RGB: the [-1, 1] range every Keras MobileNet expects.
@@ -104,7 +105,7 @@ def build_sidecar(*, architecture: str | None, alpha: float | None, input_size: 
         "min_runtime": min_runtime,
         "tool_versions": dict(tool_versions),
         "source_model": source_model,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": iso_utc(time.time()),
     }
 
 

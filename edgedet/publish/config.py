@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from edgedet.errors import ConfigError
 from edgedet.model.config import Strict
+
+PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
+
+
+def _no_trailing_slash(value: str) -> str:
+    """A topic prefix is joined with ``/``: ``edgedet/`` and ``edgedet`` name the same topics."""
+    return value.rstrip("/")
 
 
 class PublishConfig(Strict):
@@ -29,6 +39,12 @@ class TlsConfig(Strict):
     cert_file: Optional[Path] = None
     key_file: Optional[Path] = None
     insecure: bool = False
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsConfig:
+        if self.enabled and (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together (a client certificate) or neither")
+        return self
 
 
 class MqttConfig(Strict):
@@ -52,6 +68,8 @@ class MqttConfig(Strict):
     flush_timeout_s: float = Field(default=5.0, ge=0)
     tls: TlsConfig = Field(default_factory=TlsConfig)
 
+    _prefix = field_validator("topic_prefix")(_no_trailing_slash)
+
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -59,7 +77,47 @@ class MqttConfig(Strict):
                              f"({self.reconnect_min_s})")
         return self
 
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password and password_file are both set; keep only one of them")
+        return self
+
+    def effective_password(self, *, where: str | None = None,
+                           environ: Mapping[str, str] | None = None) -> str | None:
+        """The password to log in with: the first line of ``password_file``, else ``$EDGEDET_MQTT_PASSWORD``,
+        else ``password`` (None: no password). ``where`` names the config file in errors.
+
+        The file is read on every call, so a reload picks up a changed secret."""
+        if self.password_file is not None:
+            return _read_password_file(self.password_file, where)
+        env = os.environ if environ is None else environ
+        if env.get(PASSWORD_ENV) is not None:
+            return env[PASSWORD_ENV]
+        return self.password
+
+
+def _read_password_file(path: Path, where: str | None) -> str:
+    try:
+        # The first line only: `echo pw > file` adds a newline that is not part of the password.
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"mqtt.password_file: file not found: {path}", where=where,
+                          fix="check the path") from None
+    except PermissionError:
+        raise ConfigError(f"mqtt.password_file: cannot read {path} (permission denied)", where=where,
+                          fix="make it readable by the service user") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"mqtt.password_file: cannot read {path} ({exc.__class__.__name__})",
+                          where=where, fix="make it a readable UTF-8 text file") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"mqtt.password_file: {path} is empty", where=where,
+                          fix="write the password on the file's first line")
+    return lines[0]
+
 
 class HomeAssistantConfig(Strict):
     enabled: bool = False
     prefix: str = "homeassistant"
+
+    _prefix = field_validator("prefix")(_no_trailing_slash)

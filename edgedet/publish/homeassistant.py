@@ -38,8 +38,8 @@ SENSORS = (
 
 
 def status_topic(ha_prefix: str) -> str:
-    """Home Assistant's birth/last-will topic."""
-    return f"{ha_prefix.rstrip('/')}/status"
+    """Home Assistant's birth/last-will topic (``homeassistant.prefix`` has no trailing ``/``)."""
+    return f"{ha_prefix}/status"
 
 
 def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "homeassistant",
@@ -73,5 +73,5 @@ def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "home
             payload["unit_of_measurement"] = spec.unit
         if spec.state_class is not None:
             payload["state_class"] = spec.state_class
-        configs.append((f"{ha_prefix.rstrip('/')}/sensor/{node_id}/{spec.object_id}/config", payload))
+        configs.append((f"{ha_prefix}/sensor/{node_id}/{spec.object_id}/config", payload))
     return configs

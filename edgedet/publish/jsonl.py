@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from edgedet.errors import ConfigError
 from edgedet.results import FrameResult, LoopStats
+from edgedet.timefmt import iso_utc
 
 
 def result_record(result: FrameResult) -> dict:
     best = result.top_k[0]
     return {
         "frame_id": result.frame_id,
-        "ts": datetime.fromtimestamp(result.captured_wall, timezone.utc).isoformat(timespec="milliseconds"),
+        "ts": iso_utc(result.captured_wall),
         "label": best.label, "class_id": best.id, "score": round(best.score, 6),
         "top_k": [c.as_dict() for c in result.top_k],
         "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},

@@ -6,40 +6,20 @@ Topics live under ``<mqtt.topic_prefix>/<device_id>/``: ``status``, ``info``, ``
 
 from __future__ import annotations
 
-import re
 import resource
 import sys
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from edgedet import __version__
 from edgedet.results import FrameResult, LoopStats
+from edgedet.timefmt import iso_utc
 
 T = TypeVar("T")
 
-TOPIC_LEAVES = ("status", "info", "detection", "stats", "snapshot")
 LATENCY_KEYS = ("preprocess", "inference", "postprocess", "total")
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
-_TOPIC_LEVEL = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-def sanitize_id(raw: str) -> str:
-    """Reduce an id to ``[a-zA-Z0-9_-]``: it becomes one MQTT topic level, where ``+ # /`` would break."""
-    return _TOPIC_LEVEL.sub("_", raw) or "edgedet"
-
-
-def topic(prefix: str, device_id: str, leaf: str) -> str:
-    if leaf not in TOPIC_LEAVES:
-        raise ValueError(f"unknown topic leaf {leaf!r}; expected one of {', '.join(TOPIC_LEAVES)}")
-    return f"{prefix.rstrip('/')}/{device_id}/{leaf}"
-
-
-def iso_utc(wall: float) -> str:
-    """ISO 8601 UTC with milliseconds and a ``Z`` suffix, e.g. ``2024-05-01T12:00:00.123Z``."""
-    return datetime.fromtimestamp(wall, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
 
 
 def _ms(value: Any) -> float:

@@ -15,8 +15,8 @@ Design (why it looks like this):
 * Retained messages (info, Home Assistant discovery) and subscriptions are re-sent on every connect, so a
   broker that lost its state (no persistence) is repopulated.
 * Connection problems (wrong credentials, ACL denial, TLS mismatch, unreachable host) give one clear log
-  line per kind, repeated at most every ``REPEAT_LOG_S`` while they persist; paho keeps retrying with
-  exponential backoff (``reconnect_delay_set``).
+  line per kind, repeated at most every ``problems.REPEAT_LOG_S`` while they persist (``ProblemLog``);
+  paho keeps retrying with exponential backoff (``reconnect_delay_set``).
 
 Never call into paho while holding ``self._cond``: paho calls ``on_publish`` while holding its own
 ``_out_message_mutex``, and ``publish()`` takes that mutex, so the two locks would deadlock.
@@ -26,32 +26,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import ssl
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgedet.errors import ConfigError
 from edgedet.publish.config import MqttConfig
+from edgedet.publish.problems import CONNECT_PROBLEMS, ProblemLog, describe_connect_error, describe_refused
 
 log = logging.getLogger("edgedet.mqtt")
 
-PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
-REPEAT_LOG_S = 300.0  # a persisting connection problem is logged again at most this often
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "lost connection" log limit
-# Problems that a successful connect proves solved; the others (ACL denials, drops right after connecting)
-# can persist across connects and stay rate-limited.
-CONNECT_PROBLEMS = frozenset({"tls", "dns", "refused", "timeout", "unreachable", "unknown", "closed", "auth"})
 # MQTT 5 reason code "Not authorized" (PUBACK/SUBACK) and MQTT 3.1.1 SUBACK failure.
 RC_NOT_AUTHORIZED = 135
 SUBACK_FAILURE_311 = 128
@@ -92,68 +84,15 @@ class _ErrorRecordingClient(mqtt.Client):
         return rc
 
 
-def read_password(cfg: MqttConfig) -> str | None:
-    """The password from ``mqtt.password_file``, else ``$EDGEDET_MQTT_PASSWORD``, else ``mqtt.password``."""
-    if cfg.password_file is not None:
-        path = Path(cfg.password_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError("mqtt.password_file not found", where=path,
-                              fix="create it (one line, mode 0600) or remove mqtt.password_file") from None
-        except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"mqtt.password_file cannot be read ({type(exc).__name__})", where=path,
-                              fix="make it a UTF-8 text file readable by the service user") from None
-        # The first line only: a trailing newline from `echo pw > file` is not part of the password.
-        lines = text.splitlines()
-        return lines[0] if lines else ""
-    if os.environ.get(PASSWORD_ENV) is not None:
-        return os.environ[PASSWORD_ENV]
-    return cfg.password
-
-
-def _check_tls_files(cfg: MqttConfig) -> None:
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg.tls, key)
-        if value is not None and not Path(value).is_file():
-            raise ConfigError(f"mqtt.tls.{key} not found", where=value,
-                              fix=f"fix the path or remove mqtt.tls.{key}")
-    if (cfg.tls.cert_file is None) != (cfg.tls.key_file is None):
-        raise ConfigError("mqtt.tls.cert_file and mqtt.tls.key_file must be given together",
-                          fix="set both (client certificate authentication) or neither")
-
-
-def describe_connect_error(exc: BaseException | None, cfg: MqttConfig) -> tuple[str, str]:
-    """(kind, one-line explanation with the fix) for an exception raised while connecting."""
-    where = f"{cfg.host}:{cfg.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "tls", (f"MQTT TLS: the certificate of {where} is not trusted ({exc.verify_message}); "
-                       "check mqtt.tls.ca_file and that mqtt.host matches the certificate name")
-    if isinstance(exc, ssl.SSLError):
-        detail = getattr(exc, "reason", None) or exc
-        return "tls", (f"MQTT TLS handshake with {where} failed ({detail}); is the port a TLS listener, and "
-                       "are mqtt.tls.ca_file/cert_file/key_file the right ones?")
-    if isinstance(exc, socket.gaierror):
-        return "dns", f"MQTT: cannot resolve host {cfg.host!r} ({exc.strerror}); check mqtt.host"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused", f"MQTT: connection to {where} refused; is the broker running, is mqtt.port right?"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "timeout", f"MQTT: connecting to {where} timed out; is the host reachable (network, firewall)?"
-    if isinstance(exc, OSError):
-        return "unreachable", f"MQTT: cannot connect to {where} ({exc.strerror or exc}); check the network"
-    return "unknown", f"MQTT: cannot connect to {where}; retrying"
-
-
 class MqttPublisher:
     """A non-blocking, reconnecting, loss-free MQTT publisher for one device namespace."""
 
     def __init__(self, cfg: MqttConfig, device_id: str, *, client_id: str | None = None) -> None:
         self.cfg = cfg
         self.device_id = device_id
-        self.base_topic = f"{cfg.topic_prefix.rstrip('/')}/{device_id}"
+        self.base_topic = f"{cfg.topic_prefix}/{device_id}"
         self.status_topic = f"{self.base_topic}/status"
-        _check_tls_files(cfg)
-        password = read_password(cfg)
+        password = cfg.effective_password()
 
         self._cond = threading.Condition()
         self._outbox: deque[OutMessage] = deque(maxlen=cfg.outbox_max)
@@ -176,8 +115,7 @@ class MqttPublisher:
         self._acked = 0
         self._denied = 0
         self._failed_attempts = 0
-        # rate-limited problem log: kind -> (last logged monotonic time, times seen since)
-        self._problems: dict[str, list[float]] = {}
+        self._problems = ProblemLog(log)
 
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         self._protocol = protocol
@@ -406,9 +344,7 @@ class MqttPublisher:
             subscriptions = [(t, q) for t, (q, _) in self._subscriptions.items()]
             if self._ever_connected:
                 self._reconnects += 1
-            was_problem = any(kind in CONNECT_PROBLEMS for kind in self._problems)
-            for kind in CONNECT_PROBLEMS:
-                self._problems.pop(kind, None)
+            was_problem = self._problems.clear(CONNECT_PROBLEMS)
             self._connack_refused = False
             self._connected_since = time.monotonic()
             self._ever_connected = True
@@ -428,7 +364,7 @@ class MqttPublisher:
             self._connack_refused = False
         exc = getattr(client, "last_connect_error", None)
         kind, line = describe_connect_error(exc, self.cfg)
-        self._log_problem(kind, line)
+        self._problems.report(kind, line)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
@@ -443,7 +379,7 @@ class MqttPublisher:
             refused = self._connack_refused
             up_s = time.monotonic() - self._connected_since
             if was_connected and up_s >= STABLE_CONNECTION_S:
-                self._problems.pop("lost", None)  # a long-lived connection: its loss is news again
+                self._problems.clear(["lost"])  # a long-lived connection: its loss is news again
             self._cond.notify_all()
         if self._stopping:
             return
@@ -454,14 +390,15 @@ class MqttPublisher:
                 # other way to say so), which shows up as a drop right after every connect.
                 hint = (f"; dropped {up_s:.1f} s after connecting: if this repeats, check that the broker "
                         f"ACL lets user {self.cfg.username!r} write {self.base_topic}/#")
-            self._log_problem("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
-                              f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
+            self._problems.report("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
+                                  f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
         elif not refused:
             with self._cond:
                 self._failed_attempts += 1
             # Closed before CONNACK: typically a TLS listener spoken to in plain text, or the reverse.
-            self._log_problem("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection before "
-                              "accepting it; does mqtt.tls.enabled match the broker listener on this port?")
+            self._problems.report("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection "
+                                  "before accepting it; does mqtt.tls.enabled match the broker listener on this "
+                                  "port?")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Any) -> None:
@@ -478,18 +415,18 @@ class MqttPublisher:
         if reason.value == RC_NOT_AUTHORIZED:
             # msg is None when the PUBACK beat the sender to recording the mid: name our namespace then.
             topic = msg.topic if msg is not None else f"{self.base_topic}/..."
-            self._log_problem("acl", f"MQTT: the broker refused a publish to {topic!r} (not authorized, "
-                              f"reason 135); allow user {self.cfg.username!r} to write {self.base_topic}/# "
-                              "in the broker ACL")
+            self._problems.report("acl", f"MQTT: the broker refused a publish to {topic!r} (not authorized, "
+                                  f"reason 135); allow user {self.cfg.username!r} to write {self.base_topic}/# "
+                                  "in the broker ACL")
         elif reason.is_failure:
-            self._log_problem(f"puback{reason.value}", f"MQTT: the broker refused a publish: {reason}")
+            self._problems.report(f"puback{reason.value}", f"MQTT: the broker refused a publish: {reason}")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Any) -> None:
         for rc in reason_codes:
             if rc.is_failure or rc.value in (SUBACK_FAILURE_311, RC_NOT_AUTHORIZED):
-                self._log_problem("suback", f"MQTT: the broker refused a subscription ({rc}); allow user "
-                                  f"{self.cfg.username!r} to read it in the broker ACL")
+                self._problems.report("suback", f"MQTT: the broker refused a subscription ({rc}); allow "
+                                      f"user {self.cfg.username!r} to read it in the broker ACL")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
@@ -507,31 +444,4 @@ class MqttPublisher:
         with self._cond:
             self._connack_refused = True
             self._failed_attempts += 1
-        name = str(reason)
-        value = reason.value
-        # 4/134 = bad user name or password; 5/135 = not authorized (mosquitto answers a wrong password so).
-        if value in (4, 5, 134, 135):
-            user = "no user name (anonymous)" if self.cfg.username is None else f"user {self.cfg.username!r}"
-            line = (f"MQTT: {self.cfg.host}:{self.cfg.port} refused the login of {user} ({name}); check "
-                    f"mqtt.username and the password (mqtt.password_file or ${PASSWORD_ENV})")
-            self._log_problem("auth", line)
-        else:
-            self._log_problem(f"connack{value}", f"MQTT: {self.cfg.host}:{self.cfg.port} refused the "
-                              f"connection ({name})")
-
-    def _log_problem(self, kind: str, line: str, level: int = logging.ERROR) -> None:
-        """Log a problem once, then at most every REPEAT_LOG_S while it persists (no per-retry spam)."""
-        now = time.monotonic()
-        with self._cond:
-            entry = self._problems.get(kind)
-            if entry is None:
-                self._problems[kind] = [now, 0]
-                repeat = None
-            elif now - entry[0] >= REPEAT_LOG_S:
-                repeat = int(entry[1])
-                entry[0], entry[1] = now, 0
-            else:
-                entry[1] += 1
-                return
-        suffix = "; retrying with backoff" if repeat is None else f" (again, {repeat} more times); retrying"
-        log.log(level, "%s%s", line, suffix)
+        self._problems.report(*describe_refused(reason, self.cfg))
