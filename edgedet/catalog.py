@@ -251,7 +251,7 @@ def models_main(argv: list[str] | None = None, *, out: io.TextIOBase | None = No
     pull_cmd.add_argument("name")
     pull_cmd.add_argument("--dir", type=Path, default=Path("models"), help="target folder (default: models)")
     args = parser.parse_args(argv)
-    out = out or sys.stdout
+    out = out if out is not None else sys.stdout  # type: ignore[assignment]
     try:
         catalog = load_catalog(args.catalog)
         if args.command == "list":

@@ -138,7 +138,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}'", key_node.start_mark)
@@ -227,7 +227,7 @@ def _expected(error: Any) -> str:
 def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
     parent: Any = model
     for part in loc:
-        field = parent.model_fields.get(part) if isinstance(parent, type) else None
+        field = parent.model_fields.get(part) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
         parent = field.annotation if field is not None else None
     return list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
 

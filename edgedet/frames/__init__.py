@@ -73,7 +73,7 @@ def detect_auto() -> tuple[str, str | None]:
 
 def open_source(cfg: SourceConfig, model_input_size: tuple[int, int] | None = None) -> FrameSource:
     """Build the frame source ``cfg`` describes. ``model_input_size`` is (width, height)."""
-    source_type = cfg.type
+    source_type: str = cfg.type
     path = cfg.path
     if source_type == "auto":
         source_type, device = detect_auto()

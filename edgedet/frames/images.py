@@ -37,8 +37,7 @@ def list_candidates(path: str) -> list[Path]:
 def decode_rgb(path: Path) -> np.ndarray:
     """Decode with PIL, honour the EXIF orientation, convert to HxWx3 uint8 RGB."""
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
 
 
 class ImagesSource(FrameSource):

@@ -92,7 +92,7 @@ class OpenCVSource(FrameSource):
         if self.kind in ("camera", "device"):
             self.capture = self._open_camera(cv2)
         elif self.kind == "file":
-            if not Path(self.target).is_file():
+            if not Path(str(self.target)).is_file():
                 raise SourceError("video file not found", where=f"source.path {self.target!r}",
                                   fix="check the path, or give a camera index, /dev/videoN or a URL")
             capture = cv2.VideoCapture(str(self.target))

@@ -43,13 +43,13 @@ def _background(rng: np.random.Generator, side: int) -> Image.Image:
         rows = (start * (1 - ramp) + end * ramp).astype(np.uint8)
         gradient = np.repeat(rows, side, axis=1)
         image = Image.fromarray(gradient, "RGB")
-        return image.rotate(float(rng.uniform(0, 360)), resample=Image.BILINEAR, expand=False,
+        return image.rotate(float(rng.uniform(0, 360)), resample=Image.Resampling.BILINEAR, expand=False,
                             fillcolor=tuple(int(c) for c in start))
     if kind == 2:
         base = np.array(_random_color(rng), float)
         noise = rng.normal(0, 40, size=(side // 8 + 1, side // 8 + 1, 3))
         small = np.clip(base + noise, 0, 255).astype(np.uint8)
-        return Image.fromarray(small, "RGB").resize((side, side), Image.BILINEAR)
+        return Image.fromarray(small, "RGB").resize((side, side), Image.Resampling.BILINEAR)
     image = Image.new("RGB", (side, side), _random_color(rng))
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(2, 6))):
@@ -150,7 +150,7 @@ def make_image(rng: np.random.Generator, size: int, positive: bool) -> Image.Ima
         _draw_creature(image, rng)
     else:
         _draw_other(image, rng)
-    image = image.resize((size, size), Image.LANCZOS)
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
     return image

@@ -93,8 +93,8 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise FrameError("frame contains NaN or infinite values")
-        top = 1.0 if arr.size and float(arr.max()) <= 1.0 else 255.0
-        return (np.clip(arr, 0.0, top) * (255.0 / top) + 0.5).astype(np.uint8)
+        top_f = 1.0 if arr.size and float(arr.max()) <= 1.0 else 255.0
+        return (np.clip(arr, 0.0, top_f) * (255.0 / top_f) + 0.5).astype(np.uint8)
     raise FrameError(f"frame dtype {arr.dtype} is not an image type")
 
 

@@ -98,7 +98,7 @@ class MqttPublisher:
         self._outbox: deque[OutMessage] = deque(maxlen=cfg.outbox_max)
         self._inflight: dict[int, OutMessage] = {}
         self._acked_before_recorded: set[int] = set()
-        self._retained: dict[str, OutMessage] = {}
+        self._retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, qos)
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
         self._connected = False
         self._ever_connected = False
@@ -185,9 +185,8 @@ class MqttPublisher:
     def publish_retained(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
         """Publish a retained message now (or on connect) and again after every reconnect."""
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        msg = OutMessage(topic, data, qos, True)
         with self._cond:
-            self._retained[topic] = msg
+            self._retained[topic] = (data, qos)
             connected = self._connected
         if connected:
             self._client.publish(topic, data, qos=qos, retain=True)
@@ -321,7 +320,9 @@ class MqttPublisher:
                 if data is None:  # the builder decided there is nothing to send (it says why)
                     continue
                 msg = msg._replace(payload=data)
-            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            else:
+                data = msg.payload
+            info = self._client.publish(msg.topic, data, qos=msg.qos, retain=msg.retain)
             with self._cond:
                 self._sent += 1
                 if msg.qos > 0:
@@ -340,7 +341,7 @@ class MqttPublisher:
             return
         client.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)
         with self._cond:
-            retained = list(self._retained.values())
+            retained = list(self._retained.items())
             subscriptions = [(t, q) for t, (q, _) in self._subscriptions.items()]
             if self._ever_connected:
                 self._reconnects += 1
@@ -350,8 +351,8 @@ class MqttPublisher:
             self._ever_connected = True
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
-        for msg in retained:
-            client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+        for topic, (payload, qos) in retained:
+            client.publish(topic, payload, qos=qos, retain=True)
         log.info("MQTT: connected to %s:%d as %s (MQTT %s)%s", self.cfg.host, self.cfg.port,
                  self.status_topic.rsplit("/", 2)[1], self.cfg.protocol, " again" if was_problem else "")
         with self._cond:
@@ -434,7 +435,7 @@ class MqttPublisher:
                         if mqtt.topic_matches_sub(t, message.topic)]
         for handler in handlers:
             try:
-                handler(message.topic, message.payload)
+                handler(message.topic, bytes(message.payload))
             except Exception:  # a bad handler must not kill paho's network thread
                 log.exception("MQTT: handler for %s failed", message.topic)
 
