@@ -1,4 +1,4 @@
-"""Daemon fps with MQTT publishing to a broker that is down vs MQTT disabled (issue 5: "< 5 % change").
+"""Daemon fps with MQTT publishing to a broker that is down vs MQTT disabled (target: "< 5 % change").
 
 Each round is a real ``python -m edgedet run`` process (synthetic source at full speed, ``--max-frames``,
 ``--stats-file``): the whole frame loop with every sink as a service runs it. ``down`` enables MQTT towards a

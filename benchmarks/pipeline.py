@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Frame-loop benchmark (issue targets): (a) bare invoke, (b) the TFLite RPi example's loop, (c) edgedet run.
+"""Frame-loop benchmark (targets below): (a) bare invoke, (b) the TFLite RPi example's loop, (c) edgedet run.
 
     python benchmarks/pipeline.py [--models DIR] [--rounds 3] [--seconds 4] [--soak-frames 20000]
 

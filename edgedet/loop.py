@@ -5,8 +5,7 @@ always at hand; a source that has a frame whenever asked — synthetic, files re
 before the model becomes free). A newer frame replaces an unread one (counted as dropped), so a slow model
 never builds a backlog and memory stays flat. The inference side preprocesses the frame it takes, invokes
 and post-processes: only frames that are classified are preprocessed, and with every core given to the
-interpreter nothing else competes with ``invoke()`` (measured in benchmarks/pipeline.py: preprocessing on
-the capture thread during the invoke slowed a 2-thread invoke more than it saved).
+interpreter nothing else competes with ``invoke()`` (README, "The frame loop", has the measurements).
 """
 
 from __future__ import annotations
@@ -48,14 +47,8 @@ CAPTURE_JOIN_S = 2.0
 
 
 def auto_threads(cores: Optional[int] = None) -> int:
-    """Inference threads for ``model.num_threads: auto``: every core.
-
-    Measured here (2 cores, benchmarks/pipeline.py): with capture read just in time and resized by OpenCV
-    (about 0.2 ms a frame), the capture thread needs so little that leaving it a core costs throughput:
-    the daemon ran MobileNet V2 1.0 224 1.7x faster with 2 inference threads than with 1, and V1 0.25 128
-    at the same speed. (A capture thread that produced frames continuously, the first design, made 2
-    threads slower than 1: that is what just-in-time capture removed.)
-    """
+    """Inference threads for ``model.num_threads: auto``: every core. With frames read just in time the
+    capture side needs so little that leaving it a core costs throughput (README, performance)."""
     return max(1, cores or cpu_count())
 
 

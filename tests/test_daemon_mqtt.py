@@ -1,4 +1,4 @@
-"""Issue 5 acceptance with the REAL daemon: ``python -m edgedet run`` processes (bundled model, synthetic
+"""MQTT with the REAL daemon: ``python -m edgedet run`` processes (bundled model, synthetic
 source) publishing to a real mosquitto that each test starts on a free loopback port (tests/mosquitto.py).
 
 The publisher-level tests (tests/test_mqtt_broker.py) feed synthetic results to ``MqttSink``; these drive

@@ -1,4 +1,4 @@
-"""Issue 6 acceptance against the real daemon: ``python -m edgedet run`` processes, real sockets and signals.
+"""The service side against the real daemon: ``python -m edgedet run`` processes, real sockets and signals.
 
 Each test starts the daemon from this checkout with the bundled model, a real AF_UNIX datagram socket as
 ``$NOTIFY_SOCKET`` (the systemd side) and, where it matters, a real mosquitto. Only the Pi camera is fake

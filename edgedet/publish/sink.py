@@ -47,9 +47,8 @@ class QueuedDetection:
     for the payload.
 
     While the broker is down the outbox holds up to ``mqtt.outbox_max`` of these and evicts the oldest at every
-    frame. Holding the ``FrameResult`` itself meant ~20 Python objects and ~1.2 kB per message, each evicted
-    from cold memory thousands of frames later; this is 3 objects and ~250 bytes, and the frame's own objects
-    are freed at once, as with MQTT off (benchmarks/mqtt_down.py).
+    frame: 3 small objects per message instead of the frame's whole ``FrameResult``, so the frame's objects are
+    freed at once, as with MQTT off (README, performance: the broker-down benchmark).
     """
 
     __slots__ = ("labels", "model", "packed", "run_id", "seq")
