@@ -34,7 +34,7 @@ def loop_fps(checkout: Path, model: Path, frames: int) -> float:
                         "--stats-file", str(stats_file), "--set", f"model.path={model}",
                         "--set", "source.type=synthetic", "--set", "source.fps=0", "--set", "publish.console=false",
                         "--set", "mqtt.enabled=false"], cwd=tmp, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stats = json.loads(stats_file.read_text())
     return float(stats["frames_processed"] / stats["uptime_s"])
 
