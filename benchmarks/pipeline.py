@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from edgedet.pipeline_bench import print_table, run
+from edgedet.bench.pipeline import print_table, run
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))

@@ -1,4 +1,4 @@
-"""The model catalogue: ``edgedet models list | info NAME | pull NAME [--dir D]``.
+"""The model catalogue: ``edgedet models list | info NAME | pull NAME [--dir D]`` (and ``info FILE``).
 
 The manifest lists public MobileNet TFLite files with their URL, sha256 where known,
 input size, normalization and labels. ``pull`` downloads with the standard library (urllib), resumes a
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -238,34 +237,55 @@ def _describe(entry: CatalogEntry) -> str:
     return f"{entry.name:<38} {entry.input_size:>3}px {kind:<8} {digest}"
 
 
-def models_main(argv: list[str] | None = None, *, out: io.TextIOBase | None = None) -> int:
-    """``edgedet models ...``; returns the exit code (2 with one line on stderr for a user error)."""
-    parser = argparse.ArgumentParser(prog="edgedet models", description="Public MobileNet TFLite models.")
+def _looks_like_a_file(model: str) -> bool:
+    return Path(model).exists() or model.endswith(".tflite")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``edgedet models``' arguments, in the one parser tree of edgedet/cli.py."""
+    parser.description = "Inspect model files; list, describe and pull public MobileNet TFLite models."
     parser.add_argument("--catalog", type=Path,
                         help=f"manifest to use (default: ${CATALOG_ENV}, else the bundled one)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list the catalogue")
-    info = commands.add_parser("info", help="show one entry")
-    info.add_argument("name")
-    pull_cmd = commands.add_parser("pull", help="download, verify and store a model and its labels")
+    commands = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    commands.add_parser("list", help="the catalogue of public MobileNet TFLite files").set_defaults(
+        handler=cmd_list)
+    info = commands.add_parser("info", help="a model FILE: input, output, ops, Edge TPU compilation, size, "
+                               "sha256; or a catalogue NAME")
+    info.add_argument("model", metavar="MODEL", help="a .tflite file, or a catalogue name")
+    info.add_argument("--json", action="store_true", help="a FILE's details as JSON (a NAME's always are)")
+    info.set_defaults(handler=cmd_info)
+    pull_cmd = commands.add_parser("pull", help="download, verify and store a catalogue model and its labels")
     pull_cmd.add_argument("name")
     pull_cmd.add_argument("--dir", type=Path, default=Path("models"), help="target folder (default: models)")
-    args = parser.parse_args(argv)
-    out = out if out is not None else sys.stdout  # type: ignore[assignment]
-    try:
-        catalog = load_catalog(args.catalog)
-        if args.command == "list":
-            for entry in catalog.values():
-                print(_describe(entry), file=out)
-        elif args.command == "info":
-            print(json.dumps(find_entry(catalog, args.name).raw, indent=2), file=out)
-        else:
-            entry = find_entry(catalog, args.name)
-            for result in pull(entry, args.dir):
-                state = "already present, verified" if result.already_present else (
-                    "verified" if result.verified else "UNVERIFIED (no known sha256)")
-                print(f"{result.path}: {state}; sha256 {result.sha256}", file=out)
-    except EdgedetError as err:
-        print(f"edgedet: {err}", file=sys.stderr)
-        return err.exit_code
+    pull_cmd.set_defaults(handler=cmd_pull)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for entry in load_catalog(args.catalog).values():
+        print(_describe(entry))
     return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if _looks_like_a_file(args.model):
+        from edgedet.modelinfo import show_model_file
+
+        return show_model_file(args.model, args.json)
+    print(json.dumps(find_entry(load_catalog(args.catalog), args.model).raw, indent=2))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    entry = find_entry(load_catalog(args.catalog), args.name)
+    for result in pull(entry, args.dir):
+        state = "already present, verified" if result.already_present else (
+            "verified" if result.verified else "UNVERIFIED (no known sha256)")
+        print(f"{result.path}: {state}; sha256 {result.sha256}")
+    return 0
+
+
+def models_main(argv: list[str] | None = None) -> int:
+    """``edgedet models ARGV`` in-process, through the same parser tree and error lines as the command."""
+    from edgedet.cli import run_command
+
+    return run_command(["models", *(sys.argv[1:] if argv is None else argv)], configure_logging=False)

@@ -1,23 +1,26 @@
-"""The ``edgedet`` command line. Every user error is one line on stderr and exit code 2, never a traceback."""
+"""The ``edgedet`` command line: one argparse tree for every command.
+
+``run`` and ``classify`` are defined here; ``check-config``, ``bench`` and ``models`` by their own modules
+(``add_arguments(parser)``, imported only when that command is chosen, so ``edgedet run`` never loads bench
+code). Each command sets ``handler``; :func:`run_command` dispatches to it. Every usage error and every
+:class:`EdgedetError` is one line, ``edgedet: error: ...``, and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Callable, Optional
 
 from edgedet import __version__
+from edgedet.cmdline import OneLineParser, Populate, report_error
 from edgedet.errors import EXIT_USAGE, EdgedetError
 
 log = logging.getLogger("edgedet")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -42,39 +45,49 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop", choices=["full", "center"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgedet", description="Classify camera frames with a TFLite MobileNet "
-                     "(CPU or Coral Edge TPU) and publish them over MQTT.")
-    parser.add_argument("--version", action="version", version=f"edgedet {__version__}")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
-    parser.add_argument("--log-format", choices=["auto", "plain", "json"], default=None)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser("run", help="run the daemon: capture, classify, publish (until SIGTERM or a bound)")
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     _add_config_args(p)
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--stats-file", type=Path, metavar="PATH", help="write the final statistics as JSON on exit")
+    p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a config and print the effective config, secrets masked")
-    p.add_argument("file", nargs="?", help="config file (default: the search order of run)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    p = sub.add_parser("classify", help="classify image files and print classes and per-stage times")
+def _classify_arguments(p: argparse.ArgumentParser) -> None:
     _add_config_args(p)
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
     p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(handler=cmd_classify)
 
-    sub.add_parser("bench", help="time and compare models on this device (edgedet bench --help)", add_help=False)
-    p = sub.add_parser("models", help="inspect model files; list and pull public MobileNets (catalogue)")
-    msub = p.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
-    msub.add_parser("list", help="the catalogue of public MobileNet TFLite files", add_help=False)
-    msub.add_parser("pull", help="download, verify and store a catalogue model", add_help=False)
-    info = msub.add_parser("info", help="a model FILE: input, output, ops, Edge TPU compilation, size, sha256; "
-                           "or a catalogue NAME")
-    info.add_argument("model", metavar="MODEL")
-    info.add_argument("--json", action="store_true")
+
+def _arguments_of(module: str) -> Populate:
+    """The subcommand's arguments as its own module defines them (``add_arguments``), imported when used."""
+
+    def populate(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).add_arguments(p)
+
+    return populate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The one parser tree of every ``edgedet`` command; each subparser is filled only when it is chosen."""
+    parser = OneLineParser(prog="edgedet", description="Classify camera frames with a TFLite MobileNet "
+                           "(CPU or Coral Edge TPU) and publish them over MQTT.")
+    parser.add_argument("--version", action="version", version=f"edgedet {__version__}")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    parser.add_argument("--log-format", choices=["auto", "plain", "json"], default=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("run", help="run the daemon: capture, classify, publish (until SIGTERM or a bound)",
+                   populate=_run_arguments)
+    sub.add_parser("check-config", help="validate a config and print the effective config, secrets masked",
+                   populate=_arguments_of("edgedet.checkconfig"))
+    sub.add_parser("classify", help="classify image files and print classes and per-stage times",
+                   populate=_classify_arguments)
+    sub.add_parser("bench", help="time and compare models on this device (edgedet bench --help)",
+                   populate=_arguments_of("edgedet.bench.cli"))
+    sub.add_parser("models", help="inspect model files; list and pull public MobileNets (catalogue)",
+                   populate=_arguments_of("edgedet.catalog"))
     return parser
 
 
@@ -109,7 +122,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         try:
             image = load_image(image_path, config.model.preprocess.max_image_pixels)
         except ImageError as exc:
-            print(f"edgedet: error: {exc}", file=sys.stderr)
+            report_error("edgedet", exc)
             failed += 1
             continue
         result = classifier.infer(image)
@@ -142,108 +155,29 @@ def cmd_run(args: argparse.Namespace) -> int:
                                          args.stats_file))
 
 
-def cmd_models_info(args: argparse.Namespace) -> int:
-    from edgedet.model.tflite_file import read_tflite
-
-    model = read_tflite(args.model)
-    data: dict[str, Any] = {
-        "path": str(model.path), "size_bytes": model.size_bytes, "sha256": model.sha256,
-        "edgetpu_compiled": model.is_edgetpu, "description": model.description,
-        "inputs": [t.as_dict() for t in model.inputs], "outputs": [t.as_dict() for t in model.outputs],
-        "ops": model.op_counts(), "op_versions": model.op_versions(),
-        "normalization": ({"mean": model.metadata_normalization[0], "std": model.metadata_normalization[1],
-                           "source": "metadata"} if model.metadata_normalization else None),
-        "embedded_labels": len(model.embedded_labels) if model.embedded_labels else 0,
-        "sidecar": str(model.sidecar_path()) if model.sidecar else None,
-    }
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    print(f"{model.path}  ({model.size_bytes:,} bytes, sha256 {model.sha256})")
-    print(f"  compiled for the Edge TPU: {'yes' if model.is_edgetpu else 'no'}")
-    for kind in ("inputs", "outputs"):
-        for t in data[kind]:
-            q = t["quantization"]
-            qs = f" scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
-            print(f"  {kind[:-1]:6s} {t['name']}: {t['shape']} {t['dtype']}{qs}")
-    if data["normalization"]:
-        print(f"  normalization (metadata): mean={data['normalization']['mean']} std={data['normalization']['std']}")
-    print(f"  labels embedded: {data['embedded_labels']}")
-    print("  ops: " + ", ".join(f"{name} x{count} (v{model.op_versions()[name]})"
-                               for name, count in data["ops"].items()))
-    return 0
-
-
 def _setup_logging(level: Optional[str], fmt: Optional[str] = None) -> None:
     from edgedet.logsetup import setup_logging
 
     setup_logging(level or "info", fmt or "auto")
 
 
-def _command_words(argv: list[str]) -> list[str]:
-    """The positional words of argv, skipping global options and their values."""
-    words, skip = [], False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token in ("--log-level", "--log-format"):
-            skip = True
-        elif not token.startswith("-"):
-            words.append(token)
-    return words
-
-
-def _delegated(argv: list[str]) -> Optional[int]:
-    """``bench`` and the catalogue (``models list|pull``, ``models info NAME``) have their own parsers."""
-    words = _command_words(argv)
-    if not words:
-        return None
-    index = argv.index(words[0])
-    if words[0] == "bench":
-        from edgedet.bench import bench_main
-
-        _setup_logging(None)
-        return bench_main(argv[index + 1:])
-    if words[0] == "models" and len(words) > 1:
-        is_file = words[1] == "info" and len(words) > 2 and (Path(words[2]).exists() or words[2].endswith(".tflite"))
-        if words[1] in ("list", "pull") or (words[1] == "info" and not is_file):
-            from edgedet.catalog import models_main
-
-            _setup_logging(None)
-            return models_main(argv[index + 1:])
-    return None
+def run_command(argv: list[str], *, configure_logging: bool = True) -> int:
+    """Parse ``argv`` with the one tree and run the chosen command. In-process callers (``bench_main``,
+    ``models_main``) pass ``configure_logging=False`` to leave the root logger as they found it."""
+    try:
+        args = build_parser().parse_args(argv)
+        if configure_logging:
+            _setup_logging(args.log_level, args.log_format)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except EdgedetError as exc:
+        return report_error("edgedet", exc)
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        delegated = _delegated(argv)
-    except EdgedetError as exc:
-        print(f"edgedet: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if delegated is not None:
-        return delegated
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
-    try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "check-config":
-            from edgedet.checkconfig import check_config_command
-
-            return check_config_command(args.file, args.overrides)
-        if args.command == "classify":
-            return cmd_classify(args)
-        if args.command == "models" and args.models_command == "info":
-            return cmd_models_info(args)
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    except EdgedetError as exc:
-        print(f"edgedet: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_command(sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -47,3 +47,11 @@ class ConfigError(EdgedetError):
 
 class SourceError(EdgedetError):
     """A frame source cannot be opened."""
+
+
+class UsageError(EdgedetError):
+    """A command-line argument is wrong: argparse's message and where to read the usage."""
+
+    def __init__(self, message: str, *, prog: str) -> None:
+        self.prog = prog
+        super().__init__(f"{message} (see {prog} --help)")

@@ -138,7 +138,7 @@ def test_missing_model_among_several(shared_models: Path, tmp_path: Path,
     missing = tmp_path / "absent.tflite"
     code, out, errors = run([str(missing), str(shared_models / V1), "--json", *QUICK], capsys)
     assert code == 2
-    assert errors == [f"edgedet: {missing}: model file not found; check the path"]
+    assert errors == [f"edgedet: error: {missing}: model file not found; check the path"]
     report = json.loads(out)
     jsonschema.validate(report, SCHEMA)
     assert [r["model"] for r in report["results"]] == [V1]

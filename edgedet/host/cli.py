@@ -11,16 +11,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from edgedet.errors import EXIT_USAGE, EdgedetError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2, like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+from edgedet.cmdline import OneLineParser, report_error
+from edgedet.errors import EdgedetError
 
 
 def _positive_int(text: str) -> int:
@@ -31,8 +24,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgedet-host", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="edgedet-host", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth-dataset", help="generate a pikachu/no-pikachu image folder")
     synth.add_argument("out", type=Path)
@@ -139,12 +132,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter hides the one line that matters; users can lower this themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
     try:
-        return run(args)
-    except EdgedetError as err:
-        print(f"edgedet-host: {err}", file=sys.stderr)
-        return err.exit_code
+        return run(build_parser().parse_args(argv))
+    except EdgedetError as err:  # a usage error too: one "edgedet-host: error: ..." line, exit 2
+        return report_error("edgedet-host", err)
     except KeyboardInterrupt:
         print("edgedet-host: interrupted", file=sys.stderr)
         return 130
