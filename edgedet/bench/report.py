@@ -70,9 +70,8 @@ def render_table(report: dict[str, Any]) -> str:
             f"{_fmt(acc.get('top5') and 100 * acc['top5'], '5.1f'):>5} {_fmt(r['peak_rss_mb'], '5.0f'):>5}"
         )
     lines.append(
-        "times in ms (count/min/p90/max in --json); p50, mean±std, p99 = invoke; pre/post = preprocess/postprocess "
-        "p50; "
-        "x = median relative to the fastest; RSS = peak MB"
+        "times in ms (count/min/p90/max in --json); p50, mean±std, p99 = invoke; "
+        "pre/post = preprocess/postprocess p50; x = median relative to the fastest; RSS = peak MB"
     )
     for r in report["results"]:
         if r.get("edgetpu_upload_ms") is not None:
