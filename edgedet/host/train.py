@@ -130,7 +130,8 @@ def resolve_weights(options: TrainOptions) -> str | None:
 def split_indices(class_ids: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A stratified, seeded train/validation split: each class keeps the same fraction for validation."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
     for class_id in np.unique(class_ids):
         members = rng.permutation(np.flatnonzero(class_ids == class_id))
         n_val = round(len(members) * val_split)
