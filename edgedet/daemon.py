@@ -69,7 +69,7 @@ def _mqtt_sinks(config: EdgedetConfig, classifier: Classifier, source: FrameSour
     from edgedet.publish.sink import MqttSink  # paho only when MQTT is on
 
     info = classifier.info
-    return [MqttSink.from_config(config, model_name=classifier.name, run_id=run_id,
+    return [MqttSink.from_config(config, model_name=classifier.name, run_id=run_id, labels=classifier.labels,
                                  info={"model": info["model"], "runtime": info["runtime"],
                                        "delegate": info["delegate"], "source": source.describe(),
                                        "started_wall": time.time()})]

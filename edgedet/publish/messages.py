@@ -1,7 +1,7 @@
 """Pure functions that build the MQTT payloads (the contract documented in docs/mqtt.md and docs/schemas/).
 
-Topics live under ``<mqtt.topic_prefix>/<device_id>/``: ``status``, ``info``, ``detection``, ``stats`` and
-``snapshot``. Nothing here touches the network, so every payload is unit-testable.
+Topics live under ``<mqtt.topic_prefix>/<device_id>/``: ``status``, ``info``, ``detection``, ``stats``,
+``snapshot`` and (Home Assistant) ``state``. Nothing here touches the network, so every payload is unit-testable.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from edgedet import __version__
 from edgedet.results import FrameResult
 
-TOPIC_LEAVES = ("status", "info", "detection", "stats", "snapshot")
+TOPIC_LEAVES = ("status", "info", "detection", "stats", "snapshot", "state")
 LATENCY_KEYS = ("preprocess", "inference", "postprocess", "total")
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 _TOPIC_LEVEL = re.compile(r"[^a-zA-Z0-9_-]")

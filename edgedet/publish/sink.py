@@ -17,10 +17,12 @@ import logging
 import struct
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig, PublishConfig
+from edgedet.publish.hastate import HaState, check_binary_sensors
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.policy import PublishPolicy
 from edgedet.results import Class, FrameResult
@@ -99,7 +101,7 @@ class MqttSink:
 
     def __init__(self, publisher: MqttPublisher, publish_cfg: PublishConfig, *, model_name: str = "",
                  run_id: str | None = None, ha_cfg: HomeAssistantConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, labels: Sequence[str] = ()) -> None:
         self.publisher = publisher
         self.cfg = publish_cfg
         self.model_name = model_name
@@ -116,18 +118,24 @@ class MqttSink:
         self.stats_topic = publisher.topic("stats")
         self.info_topic = publisher.topic("info")
         self.snapshot_topic = publisher.topic("snapshot")
+        self.labels = list(labels)
+        self.ha_state: HaState | None = None
         if ha_cfg is not None and ha_cfg.enabled:
+            check_binary_sensors(ha_cfg, self.labels)
+            self.ha_state = HaState(publisher, ha_cfg, run_id=self.run_id, clock=clock)
             self._send_discovery()
             publisher.subscribe(homeassistant.status_topic(ha_cfg.prefix), self._on_ha_status)
 
     @classmethod
     def from_config(cls, cfg: Any, *, model_name: str = "", info: dict[str, Any] | None = None,
-                    run_id: str | None = None, start: bool = True) -> MqttSink:
+                    run_id: str | None = None, start: bool = True, labels: Sequence[str] = ()) -> MqttSink:
         """Build from an ``EdgedetConfig``; ``info`` = keyword arguments of ``messages.info_payload``
-        except device_id/run_id (model, runtime, delegate, source, started_wall)."""
+        except device_id/run_id (model, runtime, delegate, source, started_wall); ``labels``: the model's
+        (Home Assistant's enum options and binary sensors)."""
         device_id = cfg.resolved_device_id()
         publisher = MqttPublisher(cfg.mqtt, device_id)
-        sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant)
+        sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant,
+                   labels=labels)
         if info is not None:
             sink.publish_info(**info)
         if start:
@@ -136,6 +144,8 @@ class MqttSink:
 
     # -- Sink protocol ------------------------------------------------------------------------------
     def handle(self, result: FrameResult, frame: Any = None) -> None:
+        if self.ha_state is not None:
+            self.ha_state.frame(result)  # every frame, whatever publish.mode decides for the detections
         top = result.top_k[0] if result.top_k else None
         decision = self.policy.decide(top.label if top else None, float(top.score) if top else 0.0,
                                       self._clock())
@@ -156,7 +166,8 @@ class MqttSink:
                 log.warning("snapshot skipped: cannot fit the frame in publish.snapshot_max_bytes=%d",
                             self.cfg.snapshot_max_bytes)
             else:
-                self.publisher.publish(self.snapshot_topic, jpeg)
+                # Retained: Home Assistant's image entity shows the last one after a restart.
+                self.publisher.publish(self.snapshot_topic, jpeg, retain=True)
 
     def close(self, flush_timeout_s: float | None = None) -> None:
         """Flush at most ``flush_timeout_s`` (default mqtt.flush_timeout_s), publish offline, disconnect."""
@@ -164,6 +175,8 @@ class MqttSink:
 
     # -- other messages -----------------------------------------------------------------------------
     def publish_stats(self, stats: dict[str, Any]) -> None:
+        if self.ha_state is not None:
+            self.ha_state.stats(stats)
         payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
                                          run_id=self.run_id, wall=time.time())
         self.publisher.publish(self.stats_topic, _dumps(payload))
@@ -179,10 +192,14 @@ class MqttSink:
         assert self.ha_cfg is not None
         for config_topic, payload in homeassistant.discovery_configs(
                 device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
-                ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None):
+                ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None, labels=self.labels,
+                binary_sensors=self.ha_cfg.binary_sensors, enum_max_labels=self.ha_cfg.enum_max_labels,
+                expire_after_s=self.ha_cfg.expire_after_s, snapshot=self.cfg.snapshot):
             self.publisher.publish_retained(config_topic, _dumps(payload))
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip() == b"online":
-            log.info("Home Assistant is online again: re-sending discovery")
+            log.info("Home Assistant is online again: re-sending discovery and the state")
             self._send_discovery()
+            if self.ha_state is not None:
+                self.ha_state.request_republish()
