@@ -213,11 +213,12 @@ def assert_state_at_once(ha: HomeAssistant, ids: dict[str, str], expected: dict[
     for key, value in expected.items():
         wait_for(lambda e=ids[key], v=value: ha.value(e) == v, 30, f"{ids[key]} = {value}\n{ha.log_tail()}")
     delays = []
-    for key in expected:
-        history = ha.history(ids[key], ha.started_wall)
-        states = [state for state, _ in history]
-        assert "unknown" not in states, (key, history)
-        first_real = min(changed for state, changed in history if state == expected[key])
+    for key, value in expected.items():
+        # The recorder commits at once, but asynchronously: wait for the state to be in the history too.
+        history = wait_for(lambda e=ids[key], v=value: (h := ha.history(e, ha.started_wall))
+                           and any(state == v for state, _ in h) and h, 30, f"{ids[key]} in the history")
+        assert "unknown" not in [state for state, _ in history], (key, history)
+        first_real = min(changed for state, changed in history if state == value)
         delays.append(max(0.0, first_real - ha.birth_wall))
     delay = max(delays)
     assert delay <= 2.0, f"the state took {delay:.2f} s after Home Assistant's birth message"
