@@ -141,7 +141,7 @@ class Pipeline:
         from edgedet.publish.sink import MqttSink
 
         sink = MqttSink.from_config(config, model_name=self.classifier.name, run_id=self.run_id,
-                                    info=self._info_sections(), start=False)
+                                    info=self._info_sections(), start=False, labels=self.classifier.labels)
         sink.seq = self._mqtt_seq
         sink.publisher.start()
         self.mqtt = sink
@@ -234,6 +234,10 @@ class Pipeline:
             new_source = self._switch_source(new, classifier)
             done.append("source")
 
+        if new.mqtt.enabled and new.homeassistant.enabled:
+            from edgedet.publish.hastate import check_binary_sensors
+
+            check_binary_sensors(new.homeassistant, classifier.labels)  # names classes of the model to run
         # Nothing below can fail for a valid config: the parts are swapped in.
         if classifier is not self.classifier:
             self.classifier = classifier
@@ -306,7 +310,7 @@ class Pipeline:
         if "publish" in sections:
             sink.reconfigure(new.publish)
         if info_changed:
-            sink.set_model(self.classifier.name)
+            sink.set_model(self.classifier.name, self.classifier.labels)
             sink.publish_info(**self._info_sections())
         if "homeassistant" in sections:
             sink.set_homeassistant(new.homeassistant)

@@ -243,3 +243,18 @@ def test_section_level_check_names_its_values_without_dumping_the_section() -> N
     with pytest.raises(ValidationError) as info:
         Top.model_validate({"backoff": {"low": 5, "high": 1}})
     assert _describe(info.value.errors(), Top) == "backoff: high (1.0) must be >= low (5.0)"
+
+
+def test_binary_sensor_for_a_class_the_model_lacks_stops_the_start(tmp_path: Path) -> None:
+    """Only the model knows its labels: checked at start, one line and exit 2 like every config error."""
+    from helpers import assert_one_line_error, run_cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {{path: {REPO / 'models' / 'pikachu_mobilenet_v2_0.35_96_int8.tflite'}}}\n"
+                      "source: {type: synthetic}\npublish: {console: false}\n"
+                      "mqtt: {enabled: true, host: 127.0.0.1, port: 9}\n"
+                      "homeassistant: {enabled: true, binary_sensors: {pikachoo: 0.5}}\n")
+    assert_one_line_error(run_cli("run", "--config", str(config), "--max-frames", "1",
+                                  env={"PYTHONPATH": str(REPO)}),
+                          "homeassistant.binary_sensors: 'pikachoo' is not a label of the model",
+                          "use one of 'no-pikachu', 'pikachu'")

@@ -153,7 +153,8 @@ def test_daemon_payloads_validate_against_schemas(tmp_path: Path) -> None:
         assert wait_until(lambda: b"offline" in sub.payloads("edgedet/cam1/status"))
         assert wait_until(lambda: len(sub.seqs()) >= frames)
         late = Subscriber(broker, "#")  # retained state as a subscriber arriving now sees it
-        assert wait_until(lambda: len(late.payloads("/config")) == 4 and late.payloads("/info") != [])
+        assert wait_until(lambda: len(late.payloads("/config")) == 4 and late.payloads("/info") != []
+                          and len(late.payloads("/state")) == 1)
         late.close()
         sub.close()
 
@@ -203,8 +204,14 @@ def test_daemon_payloads_validate_against_schemas(tmp_path: Path) -> None:
         assert payload["device"]["identifiers"] == [node]
         assert payload["origin"]["name"] == "edgedet"
         assert payload["availability_topic"] == "edgedet/cam1/status"
-        assert payload["state_topic"] in ("edgedet/cam1/detection", "edgedet/cam1/stats")
+        assert payload["state_topic"] == "edgedet/cam1/state"
     assert len({p["unique_id"] for p in discovery.values()}) == 4
+    # The retained, rate-limited state message the Home Assistant entities read.
+    states = sub.json("edgedet/cam1/state")
+    assert states, "no state message"
+    for payload in states:
+        validator("state").validate(payload)
+        assert payload["run_id"] == info["run_id"] and payload["label"] in LABELS
 
 
 def test_snapshot_jpeg_on_label_change(tmp_path: Path) -> None:

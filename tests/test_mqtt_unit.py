@@ -195,17 +195,24 @@ def test_policy_rejects_bad_mode() -> None:
 
 
 # ---------------------------------------------------------------- Home Assistant
+LABELS = ["no-pikachu", "pikachu"]
+
+
+def discovery(**kwargs: object) -> dict[str, tuple[str, dict]]:
+    args: dict = {"device_id": "cam1", "base_topic": "edgedet/cam1", "ha_prefix": "ha", "labels": LABELS,
+                  "expire_after_s": 60, **kwargs}
+    return {topic.split("/")[-2]: (topic, payload) for topic, payload in homeassistant.discovery_configs(**args)}
+
+
 def test_discovery_configs_field_by_field() -> None:
-    configs = homeassistant.discovery_configs(device_id="cam1", base_topic="edgedet/cam1", ha_prefix="ha")
-    by_object = {topic.split("/")[-2]: (topic, payload) for topic, payload in configs}
-    assert set(by_object) == {"label", "score", "inference_ms", "fps"}
+    by_object = discovery(binary_sensors={"pikachu": 0.8}, snapshot=True)
+    assert set(by_object) == {"label", "score", "inference_ms", "fps", "class_pikachu", "snapshot"}
     unique_ids = set()
     for object_id, (topic, payload) in by_object.items():
         schema("ha_discovery").validate(payload)
+        component = {"class_pikachu": "binary_sensor", "snapshot": "image"}.get(object_id, "sensor")
         # <discovery_prefix>/<component>/<node_id>/<object_id>/config
-        assert topic == f"ha/sensor/edgedet_cam1/{object_id}/config"
-        # Sensor: state_topic is required.
-        assert payload["state_topic"] in ("edgedet/cam1/detection", "edgedet/cam1/stats")
+        assert topic == f"ha/{component}/edgedet_cam1/{object_id}/config"
         # Device registry: needs unique_id and device.identifiers (a list).
         assert payload["unique_id"] == f"edgedet_cam1_{object_id}"
         unique_ids.add(payload["unique_id"])
@@ -216,22 +223,137 @@ def test_discovery_configs_field_by_field() -> None:
         # Availability on our status topic with our literal payloads.
         assert payload["availability_topic"] == "edgedet/cam1/status"
         assert (payload["payload_available"], payload["payload_not_available"]) == ("online", "offline")
-    assert len(unique_ids) == 4
-    assert by_object["fps"][1]["state_topic"] == "edgedet/cam1/stats"
-    assert by_object["inference_ms"][1]["value_template"] == "{{ value_json.latency_ms.inference }}"
-    assert by_object["inference_ms"][1]["unit_of_measurement"] == "ms"
+        # The entity id Home Assistant derives from device + entity name, sent for the releases that read it.
+        assert payload["default_entity_id"].startswith(f"{component}.edgedet_cam1_")
+        assert "object_id" not in payload  # deprecated in Home Assistant 2025.10
+        if component == "image":
+            assert (payload["image_topic"], payload["content_type"]) == ("edgedet/cam1/snapshot", "image/jpeg")
+            assert "expire_after" not in payload and "state_topic" not in payload
+        else:
+            # Every other entity reads the retained state message and goes stale with it.
+            assert payload["state_topic"] == "edgedet/cam1/state"
+            assert payload["expire_after"] == 60
+    assert len(unique_ids) == 6
+    label = by_object["label"][1]
+    assert (label["device_class"], label["options"]) == ("enum", LABELS)
+    assert label["value_template"] == "{{ value_json.label }}"
+    assert label["json_attributes_topic"] == "edgedet/cam1/state"
+    assert by_object["label"][1]["default_entity_id"] == "sensor.edgedet_cam1_label"
+    latency = by_object["inference_ms"][1]
+    assert latency["value_template"] == "{{ value_json.latency_ms.inference }}"
+    assert (latency["unit_of_measurement"], latency["device_class"]) == ("ms", "duration")
+    assert latency["json_attributes_template"] == "{{ value_json.latency_ms | tojson }}"
+    assert by_object["fps"][1]["unit_of_measurement"] == "fps"
+    binary = by_object["class_pikachu"][1]
+    assert binary["name"] == "pikachu" and binary["default_entity_id"] == "binary_sensor.edgedet_cam1_pikachu"
+    assert binary["value_template"] == ("{{ 'ON' if value_json.label == \"pikachu\" and value_json.score >= 0.8 "
+                                        "else 'OFF' }}")
+    assert (binary["payload_on"], binary["payload_off"]) == ("ON", "OFF")
 
 
-def test_discovery_templates_read_real_payload_fields() -> None:
-    """Every value_template path exists in the payload it reads (detection or stats)."""
-    detection = messages.detection_payload(result(), "r", 1, "m")
-    stats = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0)
-    for _, payload in homeassistant.discovery_configs(device_id="c", base_topic="edgedet/c"):
-        node = detection if payload["state_topic"].endswith("/detection") else stats
-        path = payload["value_template"].removeprefix("{{ value_json.").removesuffix(" }}")
-        for part in path.split("."):
-            node = node[part]
-        assert node is not None
+def test_discovery_label_sensor_enum_only_up_to_the_limit() -> None:
+    """ImageNet's 1001 labels as enum options would travel with every state change to every open UI."""
+    many = [f"class {i}" for i in range(1001)]
+    plain = discovery(labels=many)["label"][1]
+    assert "device_class" not in plain and "options" not in plain
+    at_limit = discovery(labels=many[:100], enum_max_labels=100)["label"][1]
+    assert at_limit["device_class"] == "enum" and len(at_limit["options"]) == 100
+    assert "options" not in discovery(labels=[])["label"][1]  # labels unknown: a plain text sensor
+
+
+def test_discovery_without_optional_entities() -> None:
+    by_object = discovery(expire_after_s=0)
+    assert set(by_object) == {"label", "score", "inference_ms", "fps"}  # no binary sensors, no snapshot
+    assert all("expire_after" not in payload for _, payload in by_object.values())
+
+
+def test_discovery_templates_read_real_state_fields() -> None:
+    """Every ``value_json.<path>`` a template reads exists in the state message (the fps once known)."""
+    import re
+
+    state = homeassistant.state_payload(result(), run_id="r", fps=29.5)
+    schema("state").validate(state)
+    schema("state").validate(homeassistant.state_payload(result(), run_id="r", fps=None))
+    for _, payload in discovery(binary_sensors={"pikachu": 0.8}).values():
+        templates = [payload["value_template"], payload.get("json_attributes_template", "")]
+        for path in re.findall(r"value_json((?:\.[a-z_]+)+)", " ".join(templates)):
+            node = state
+            for part in path.strip(".").split("."):
+                node = node[part]
+            assert node is not None, (payload["name"], path)
+
+
+def test_binary_on_matches_the_template_rule() -> None:
+    assert homeassistant.binary_on("pikachu", 0.8, "pikachu", 0.8)
+    assert not homeassistant.binary_on("pikachu", 0.799999, "pikachu", 0.8)
+    assert not homeassistant.binary_on("no-pikachu", 0.99, "pikachu", 0.8)
+    # The template compares against the rounded score the state message carries.
+    assert homeassistant.round_score(0.79999999) == 0.8
+
+
+def test_ha_config_checks() -> None:
+    cfg = build_config({"homeassistant": {"enabled": True, "binary_sensors": {"pikachu": 0.8}}}, "t.yaml")
+    assert cfg.homeassistant.binary_sensors == {"pikachu": 0.8}
+    with pytest.raises(ConfigError, match="binary_sensors"):
+        build_config({"homeassistant": {"binary_sensors": {"pikachu": 1.5}}}, "t.yaml")
+    with pytest.raises(ConfigError, match=r"expire_after_s \(5\) must be > state_interval_s"):
+        build_config({"homeassistant": {"expire_after_s": 5, "state_interval_s": 5}}, "t.yaml")
+
+
+def test_ha_state_is_retained_sent_on_change_and_rate_limited() -> None:
+    """The state message Home Assistant reads: what HA shows (label, binary sensors) at once but at most
+    every MIN_CHANGE_INTERVAL_S, everything else every state_interval_s, and after HA's birth message."""
+    from edgedet.publish.config import HomeAssistantConfig
+    from edgedet.publish.hastate import MIN_CHANGE_INTERVAL_S, HaState
+    from edgedet.publish.mqtt import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(), "cam1")  # never started: publish() only fills the outbox
+    now = [100.0]
+    state = HaState(publisher, HomeAssistantConfig(state_interval_s=5.0, binary_sensors={"pikachu": 0.8}),
+                    run_id="r", clock=lambda: now[0])
+
+    def frame(at: float, label: str, score: float) -> int:
+        now[0] = 100.0 + at
+        before = state.sent
+        state.frame(result(frame_id=int(at * 100), label=label, score=score))
+        return state.sent - before
+
+    sent = [frame(0.0, "pikachu", 0.9),             # first frame
+            frame(0.1, "pikachu", 0.95),            # score only: waits for the interval
+            frame(0.2, "no-pikachu", 0.9),          # a change, but within MIN_CHANGE_INTERVAL_S
+            frame(MIN_CHANGE_INTERVAL_S + 0.01, "no-pikachu", 0.9),  # the change, now
+            frame(1.0, "pikachu", 0.85),            # binary sensor on
+            frame(1.5, "pikachu", 0.7),             # same label, binary sensor off: a change too
+            frame(2.0, "pikachu", 0.75),            # nothing Home Assistant shows changed
+            frame(6.4, "pikachu", 0.6),             # 4.9 s since the last one
+            frame(6.5, "pikachu", 0.6),             # the interval (the heartbeat for expire_after)
+            frame(6.6, "pikachu", 0.6)]
+    state.request_republish()                      # Home Assistant's birth message
+    sent += [frame(6.7, "pikachu", 0.6), frame(6.8, "pikachu", 0.6)]
+    assert sent == [1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 0]
+    messages_sent = list(publisher._outbox)
+    assert {(m.topic, m.qos, m.retain) for m in messages_sent} == {("edgedet/cam1/state", 1, True)}
+    payloads = [json.loads(m.payload) for m in messages_sent]  # type: ignore[arg-type]
+    for payload in payloads:
+        schema("state").validate(payload)
+    assert [(p["label"], p["score"]) for p in payloads][:4] == [
+        ("pikachu", 0.9), ("no-pikachu", 0.9), ("pikachu", 0.85), ("pikachu", 0.7)]
+    assert "fps" not in payloads[-1]
+    state.stats({"fps_out": 29.96})
+    frame(20.0, "pikachu", 0.6)
+    assert json.loads(publisher._outbox[-1].payload)["fps"] == 29.96  # type: ignore[arg-type]
+
+
+def test_binary_sensor_for_a_class_the_model_does_not_have_is_one_clear_error() -> None:
+    from edgedet.publish.config import HomeAssistantConfig
+    from edgedet.publish.hastate import check_binary_sensors
+
+    cfg = HomeAssistantConfig(binary_sensors={"pikachoo": 0.5})
+    with pytest.raises(ConfigError) as err:
+        check_binary_sensors(cfg, LABELS)
+    assert str(err.value) == ("homeassistant.binary_sensors: 'pikachoo' is not a label of the model; "
+                              "use one of 'no-pikachu', 'pikachu'")
+    check_binary_sensors(HomeAssistantConfig(binary_sensors={"pikachu": 0.5}), LABELS)
 
 
 # ---------------------------------------------------------------- config, password, errors, snapshot

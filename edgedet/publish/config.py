@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -116,8 +116,28 @@ def _read_password_file(path: Path, where: str | None) -> str:
     return lines[0]
 
 
+Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class HomeAssistantConfig(Strict):
     enabled: bool = False
     prefix: str = "homeassistant"
+    # The entities read one retained state message (<topic_prefix>/<device_id>/state): sent at once when the
+    # label or a binary sensor changes, else at most (and, while frames flow, at least) this often.
+    state_interval_s: float = Field(default=5.0, gt=0)
+    # Entities go "unavailable" when no state message arrived for this long (a stalled stream); 0 = never.
+    expire_after_s: int = Field(default=60, ge=0)
+    # The label sensor is an enum with the model's labels as its options up to this many labels; above it,
+    # a plain text sensor (Home Assistant sends the options with every state change to every open UI).
+    enum_max_labels: int = Field(default=100, ge=0)
+    # One binary sensor per class: on while that class is the top class with a score >= its threshold.
+    binary_sensors: dict[str, Threshold] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _expire_after_the_heartbeat(self) -> HomeAssistantConfig:
+        if self.expire_after_s and self.expire_after_s <= self.state_interval_s:
+            raise ValueError(f"expire_after_s ({self.expire_after_s}) must be > state_interval_s "
+                             f"({self.state_interval_s}) or 0 (never)")
+        return self
 
     _prefix = field_validator("prefix")(_no_trailing_slash)

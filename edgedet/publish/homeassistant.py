@@ -1,39 +1,62 @@
-"""Home Assistant MQTT discovery: one device with sensors for label, score, inference latency and fps.
+"""Home Assistant MQTT discovery: one device with the entities a Home Assistant user expects.
 
-Follows https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery: config topic
-``<discovery_prefix>/<component>/<node_id>/<object_id>/config``; a sensor needs ``state_topic``; entities
-join the device registry only with a ``unique_id`` and a ``device`` carrying ``identifiers`` (or
-``connections``); ``origin`` needs ``name``. Availability follows our ``status`` topic. Configs are retained
-and re-sent when Home Assistant's birth message (``<prefix>/status`` = ``online``) arrives.
+Follows https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery (per-component discovery): config
+topic ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``; entities join the device registry only
+with a ``unique_id`` and a ``device`` carrying ``identifiers``; ``origin`` needs ``name``. Availability
+follows our ``status`` topic. Configs are retained and re-sent when Home Assistant's birth message
+(``<prefix>/status`` = ``online``) arrives.
+
+The entities read one retained, rate-limited state message (``<topic_prefix>/<device_id>/state``, built by
+``state_payload``; edgedet/publish/hastate.py decides when): retained so that a Home Assistant that starts
+or restarts later gets the current state on subscribing, rate-limited so that its recorder does not write
+30 rows a second. The snapshot (retained JPEG) feeds an ``image`` entity.
+
+Keys newer Home Assistant releases read and 2024.3 drops silently (its discovery schemas remove unknown
+keys): ``options`` of the enum sensor (read since 2024.9) and ``default_entity_id`` (2025.10; replaces
+``object_id``, which is deprecated and not sent: 2024.3 derives the same entity id from the device and
+entity names).
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from edgedet import __version__
+from edgedet.publish import messages
+from edgedet.results import FrameResult
 
 ORIGIN_NAME = "edgedet"
+PAYLOAD_AVAILABLE, PAYLOAD_NOT_AVAILABLE = "online", "offline"  # what the status topic carries
 SUPPORT_URL = "https://github.com/edgedet/edgedet"
 
 
 class SensorSpec(NamedTuple):
     object_id: str
     name: str
-    leaf: str  # our topic the value comes from
     value_template: str
     unit: str | None
     state_class: str | None
     icon: str
+    extra: dict[str, Any]
 
 
+# Attributes: the label sensor carries the top-k classes, the latency sensor every stage.
+LABEL_ATTRIBUTES = "{{ {'class_id': value_json.class_id, 'top_k': value_json.top_k} | tojson }}"
+LATENCY_ATTRIBUTES = "{{ value_json.latency_ms | tojson }}"
+
+# A numeric sensor ignores an empty result: before the first stats message the fps stays as it was.
 SENSORS = (
-    SensorSpec("label", "Label", "detection", "{{ value_json.label }}", None, None, "mdi:tag-text"),
-    SensorSpec("score", "Score", "detection", "{{ value_json.score }}", None, "measurement", "mdi:percent"),
-    SensorSpec("inference_ms", "Inference latency", "detection", "{{ value_json.latency_ms.inference }}",
-               "ms", "measurement", "mdi:timer-outline"),
-    SensorSpec("fps", "Frames per second", "stats", "{{ value_json.fps_out }}", "fps", "measurement",
-               "mdi:speedometer"),
+    SensorSpec("score", "Score", "{{ value_json.score }}", None, "measurement", "mdi:percent",
+               {"suggested_display_precision": 3}),
+    SensorSpec("inference_ms", "Inference latency", "{{ value_json.latency_ms.inference }}", "ms",
+               "measurement", "mdi:timer-outline",
+               {"device_class": "duration", "suggested_display_precision": 1,
+                "json_attributes_template": LATENCY_ATTRIBUTES}),
+    SensorSpec("fps", "Frames per second", "{{ value_json.fps | default('') }}", "fps", "measurement",
+               "mdi:speedometer", {"suggested_display_precision": 1}),
 )
 
 
@@ -42,11 +65,53 @@ def status_topic(ha_prefix: str) -> str:
     return f"{ha_prefix}/status"
 
 
+def binary_sensor_template(label: str, threshold: float) -> str:
+    """``ON`` while ``label`` is the top class with a score >= ``threshold``; the same rule as ``binary_on``."""
+    return (f"{{{{ 'ON' if value_json.label == {json.dumps(label)} and value_json.score >= {threshold!r} "
+            "else 'OFF' }}")
+
+
+def binary_on(label: str | None, score: float, cls: str, threshold: float) -> bool:
+    """What the binary sensor of ``cls`` shows for a state message with this label and (rounded) score."""
+    return label == cls and score >= threshold
+
+
+def round_score(score: float) -> float:
+    """The score as the state (and detection) message carries it."""
+    return round(float(score), 6)
+
+
+def state_payload(result: FrameResult, *, run_id: str, fps: float | None) -> dict[str, Any]:
+    """The retained ``state`` message: the newest frame's classes and latencies, the loop's fps once known."""
+    top = result.top_k[0]
+    payload: dict[str, Any] = {
+        "run_id": run_id,
+        "frame_id": result.frame_id,
+        "ts": messages.iso_utc(result.captured_wall),
+        "label": top.label,
+        "class_id": top.id,
+        "score": round_score(top.score),
+        "top_k": [c.as_dict() for c in result.top_k],
+        "latency_ms": {k: round(float(result.latency_ms.get(k, 0.0)), 3) for k in messages.LATENCY_KEYS},
+    }
+    if fps is not None:
+        payload["fps"] = round(float(fps), 2)
+    return payload
+
+
+def _slug(text: str) -> str:
+    """Home Assistant's slugify for ASCII names: lower case, every run of other characters one ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unnamed"
+
+
 def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "homeassistant",
-                      model_name: str | None = None,
+                      model_name: str | None = None, labels: Sequence[str] = (),
+                      binary_sensors: dict[str, float] | None = None, enum_max_labels: int = 100,
+                      expire_after_s: int = 0, snapshot: bool = False,
                       version: str = __version__) -> list[tuple[str, dict[str, Any]]]:
-    """``(config topic, payload)`` for every sensor. ``base_topic`` is ``<topic_prefix>/<device_id>``."""
+    """``(config topic, payload)`` for every entity. ``base_topic`` is ``<topic_prefix>/<device_id>``."""
     node_id = f"edgedet_{device_id}"
+    prefix = ha_prefix
     device: dict[str, Any] = {
         "identifiers": [node_id],
         "name": f"edgedet {device_id}",
@@ -55,23 +120,60 @@ def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "home
         "sw_version": version,
     }
     origin = {"name": ORIGIN_NAME, "sw_version": version, "support_url": SUPPORT_URL}
-    configs = []
-    for spec in SENSORS:
+    state_topic = f"{base_topic}/state"
+    # What Home Assistant names the entity (device name + entity name, slugified) is also its default id.
+    entity_base = _slug(device["name"])
+
+    def entity(component: str, object_id: str, name: str, fields: dict[str, Any],
+               expire: bool = True) -> tuple[str, dict[str, Any]]:
         payload: dict[str, Any] = {
-            "name": spec.name,
-            "unique_id": f"{node_id}_{spec.object_id}",
-            "state_topic": f"{base_topic}/{spec.leaf}",
-            "value_template": spec.value_template,
+            "name": name,
+            "unique_id": f"{node_id}_{object_id}",
+            "default_entity_id": f"{component}.{entity_base}_{_slug(name)}",
+            **fields,
             "availability_topic": f"{base_topic}/status",
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "icon": spec.icon,
+            "payload_available": PAYLOAD_AVAILABLE,
+            "payload_not_available": PAYLOAD_NOT_AVAILABLE,
             "device": device,
             "origin": origin,
         }
+        if expire and expire_after_s > 0:
+            payload["expire_after"] = expire_after_s
+        return f"{prefix}/{component}/{node_id}/{object_id}/config", payload
+
+    label_fields: dict[str, Any] = {
+        "state_topic": state_topic,
+        "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": state_topic,
+        "json_attributes_template": LABEL_ATTRIBUTES,
+        "icon": "mdi:tag-text",
+    }
+    if labels and len(labels) <= enum_max_labels:
+        label_fields["device_class"] = "enum"
+        label_fields["options"] = list(dict.fromkeys(labels))  # Home Assistant refuses repeated options
+    configs = [entity("sensor", "label", "Label", label_fields)]
+    for spec in SENSORS:
+        fields: dict[str, Any] = {"state_topic": state_topic, "value_template": spec.value_template,
+                                  "icon": spec.icon}
         if spec.unit is not None:
-            payload["unit_of_measurement"] = spec.unit
+            fields["unit_of_measurement"] = spec.unit
         if spec.state_class is not None:
-            payload["state_class"] = spec.state_class
-        configs.append((f"{ha_prefix}/sensor/{node_id}/{spec.object_id}/config", payload))
+            fields["state_class"] = spec.state_class
+        fields.update(spec.extra)
+        if "json_attributes_template" in fields:
+            fields["json_attributes_topic"] = state_topic
+        configs.append(entity("sensor", spec.object_id, spec.name, fields))
+    for label, threshold in (binary_sensors or {}).items():
+        configs.append(entity("binary_sensor", f"class_{_slug(label)}", label, {
+            "state_topic": state_topic,
+            "value_template": binary_sensor_template(label, threshold),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "icon": "mdi:eye",
+        }))
+    if snapshot:
+        configs.append(entity("image", "snapshot", "Snapshot", {
+            "image_topic": f"{base_topic}/snapshot",
+            "content_type": "image/jpeg",
+        }, expire=False))  # image entities have no expire_after
     return configs

@@ -1,7 +1,7 @@
 """Pure functions that build the MQTT payloads (the contract documented in docs/mqtt.md and docs/schemas/).
 
-Topics live under ``<mqtt.topic_prefix>/<device_id>/``: ``status``, ``info``, ``detection``, ``stats`` and
-``snapshot``. Nothing here touches the network, so every payload is unit-testable.
+Topics live under ``<mqtt.topic_prefix>/<device_id>/``: ``status``, ``info``, ``detection``, ``stats``,
+``snapshot`` and (Home Assistant) ``state``. Nothing here touches the network, so every payload is unit-testable.
 """
 
 from __future__ import annotations

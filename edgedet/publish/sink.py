@@ -18,12 +18,14 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
 
 from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig, PublishConfig
+from edgedet.publish.hastate import HaState, check_binary_sensors
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.policy import PublishPolicy
 from edgedet.results import Class, FrameResult, LoopStats
@@ -134,7 +136,7 @@ class MqttSink:
 
     def __init__(self, publisher: MqttPublisher, publish_cfg: PublishConfig, *, model_name: str = "",
                  run_id: str | None = None, ha_cfg: HomeAssistantConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, labels: Sequence[str] = ()) -> None:
         self.publisher = publisher
         self.model_name = model_name
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -142,7 +144,9 @@ class MqttSink:
         self.seq = 0
         self._info: dict[str, Any] | None = None
         self._snapshot: SnapshotJob | None = None
+        self.labels = list(labels)
         self.ha_cfg: HomeAssistantConfig | None = None
+        self.ha_state: HaState | None = None
         self.reconfigure(publish_cfg)
         self._topics()
         self.set_homeassistant(ha_cfg)
@@ -155,11 +159,13 @@ class MqttSink:
 
     @classmethod
     def from_config(cls, cfg: Any, *, model_name: str = "", info: dict[str, Any] | None = None,
-                    run_id: str | None = None, start: bool = True) -> MqttSink:
+                    run_id: str | None = None, start: bool = True, labels: Sequence[str] = ()) -> MqttSink:
         """Build from an ``EdgedetConfig``; ``info`` = keyword arguments of ``messages.info_payload``
-        except device_id/run_id (model, runtime, delegate, source, started_wall)."""
+        except device_id/run_id (model, runtime, delegate, source, started_wall); ``labels``: the model's
+        (Home Assistant's enum options and binary sensors)."""
         publisher = MqttPublisher(cfg.mqtt, cfg.resolved_device_id())
-        sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant)
+        sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant,
+                   labels=labels)
         if info is not None:
             sink.publish_info(**info)
         if start:
@@ -176,13 +182,20 @@ class MqttSink:
         self._state_result: FrameResult | None = None
         self._snapshot_label: str | None = None
 
-    def set_model(self, model_name: str) -> None:
+    def set_model(self, model_name: str, labels: Sequence[str]) -> None:
+        """A new model: its name in the payloads, its labels in Home Assistant (checked like at start)."""
+        if self.ha_cfg is not None and self.ha_cfg.enabled:
+            check_binary_sensors(self.ha_cfg, list(labels))
         self.model_name = model_name
+        self.labels = list(labels)
         self._send_discovery()
 
     def set_homeassistant(self, ha_cfg: HomeAssistantConfig | None) -> None:
         self.ha_cfg = ha_cfg
+        self.ha_state = None
         if ha_cfg is not None and ha_cfg.enabled:
+            check_binary_sensors(ha_cfg, self.labels)
+            self.ha_state = HaState(self.publisher, ha_cfg, run_id=self.run_id, clock=self._clock)
             self._send_discovery()
             self.publisher.subscribe(homeassistant.status_topic(ha_cfg.prefix), self._on_ha_status)
 
@@ -199,6 +212,8 @@ class MqttSink:
 
     # -- Sink protocol ------------------------------------------------------------------------------
     def handle(self, result: FrameResult, frame: Any = None) -> None:
+        if self.ha_state is not None:
+            self.ha_state.frame(result)  # every frame, whatever publish.mode decides for the detections
         top = result.top_k[0] if result.top_k else None
         decision = self.policy.decide(top.label if top else None, float(top.score) if top else 0.0,
                                       self._clock())
@@ -219,13 +234,15 @@ class MqttSink:
             image = np.array(frame, copy=True)
             if self._snapshot is None or not self._snapshot.replace(image):
                 self._snapshot = SnapshotJob(image, self.cfg.snapshot_max_bytes)
-                self.publisher.publish(self.snapshot_topic, self._snapshot)
+                # Retained: Home Assistant's image entity shows the last one after a restart.
+                self.publisher.publish(self.snapshot_topic, self._snapshot, retain=True)
 
     def on_stats(self, stats: LoopStats) -> None:
+        if self.ha_state is not None:
+            self.ha_state.stats(stats)
         payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
                                          run_id=self.run_id, wall=time.time())
         self.publisher.publish(self.stats_topic, _dumps(payload))
-
 
     def counters(self) -> dict[str, Any]:
         return {"mqtt": self.publisher.stats()}
@@ -251,10 +268,14 @@ class MqttSink:
             return
         for config_topic, payload in homeassistant.discovery_configs(
                 device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
-                ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None):
+                ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None, labels=self.labels,
+                binary_sensors=self.ha_cfg.binary_sensors, enum_max_labels=self.ha_cfg.enum_max_labels,
+                expire_after_s=self.ha_cfg.expire_after_s, snapshot=self.cfg.snapshot):
             self.publisher.publish_retained(config_topic, _dumps(payload))
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip() == b"online":
-            log.info("Home Assistant is online again: re-sending discovery")
+            log.info("Home Assistant is online again: re-sending discovery and the state")
             self._send_discovery()
+            if self.ha_state is not None:
+                self.ha_state.request_republish()
