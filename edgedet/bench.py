@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from edgedet import __version__
 from edgedet.errors import ConfigError, EdgedetError, ImageError, LabelsError, ModelError
 from edgedet.model.classifier import STAGES, Classifier
-from edgedet.model.config import ModelConfig
+from edgedet.model.config import ModelConfig, PreprocessConfig
 from edgedet.model.graph import inspect_graph
 from edgedet.model.preprocess import load_image
 from edgedet.model.runtime import cpu_count
@@ -102,6 +102,17 @@ def _edgetpu_device(text: str) -> str:
         raise argparse.ArgumentTypeError(err.errors()[0]["msg"]) from None
 
 
+def _roi(text: str) -> tuple[float, float, float, float]:
+    """``x1,y1,x2,y2`` checked by the daemon's own rule (model.preprocess.roi)."""
+    try:
+        parts = [float(part) for part in text.split(",")]
+        return PreprocessConfig(roi=parts).roi  # type: ignore[arg-type,return-value]
+    except (ValueError, ValidationError) as err:
+        detail = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) \
+            else "expected four numbers x1,y1,x2,y2"
+        raise argparse.ArgumentTypeError(detail) from None
+
+
 def _thread_list(text: str) -> list[int]:
     return [_positive_int(part.strip()) for part in text.split(",") if part.strip()] or [1]
 
@@ -139,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="labels file (default: the model's embedded labels, sidecar, or NAME_labels.txt/labels.txt beside it)",
     )
+    parser.add_argument("--roi", type=_roi, metavar="X1,Y1,X2,Y2",
+                        help="region of interest in fractions of the frame (as model.preprocess.roi)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--csv", action="store_true", help="print one CSV row per model and setting")
@@ -339,6 +352,7 @@ class RunContext:
     image: Path | None
     images: list[LabelledImage] | None
     labels: Path | None
+    roi: tuple[float, float, float, float] | None = None
 
     @property
     def first_image(self) -> Path | None:
@@ -445,7 +459,8 @@ def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
 
     rss_scope = "model" if _reset_peak_rss() else "process"
     config = ModelConfig(path=model, labels=context.labels, num_threads=setting.threads,
-                         delegate=context.delegate, edgetpu_device=context.edgetpu_device, fallback="fail")
+                         delegate=context.delegate, edgetpu_device=context.edgetpu_device, fallback="fail",
+                         preprocess=PreprocessConfig(roi=context.roi))
     with _core_warnings() as warnings:
         # Loads, allocates (timed: init_ms) and runs the first invoke on a neutral frame (first_invoke_ms).
         classifier = Classifier.from_config(config)
@@ -696,6 +711,7 @@ def run_bench(args: argparse.Namespace, *, on_error: Callable[[EdgedetError], No
         args.image,
         images,
         args.labels,
+        args.roi,
     )
     governors = cpu_governors()
     conditions: dict[str, Any] = {"cpu_governors": governors, "before": conditions_snapshot(), "warnings": []}
@@ -742,6 +758,7 @@ def run_bench(args: argparse.Namespace, *, on_error: Callable[[EdgedetError], No
             "threads": args.threads,
             "delegate": args.delegate,
             "images": str(args.images) if args.images else None,
+            "roi": list(args.roi) if args.roi else None,
         },
         "conditions": conditions,
         "results": sorted_with_ratios(results),

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
+    from edgedet import collect
+
+    p = sub.add_parser("collect", help="save frames of the source as the model sees them, for training data")
+    collect.add_arguments(p)
+
     sub.add_parser("bench", help="time and compare models on this device (edgedet bench --help)", add_help=False)
     p = sub.add_parser("models", help="inspect model files; list and pull public MobileNets (catalogue)")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
@@ -239,6 +244,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return check_config_command(args.file, args.overrides)
         if args.command == "classify":
             return cmd_classify(args)
+        if args.command == "collect":
+            from edgedet import collect
+
+            return collect.main(args)
         if args.command == "models" and args.models_command == "info":
             return cmd_models_info(args)
         parser.print_help(sys.stderr)

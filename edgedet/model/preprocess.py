@@ -8,6 +8,7 @@ are computed once per size and cached; the per-frame work is a few vectorised nu
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,10 +104,10 @@ Roi = tuple[float, float, float, float]
 
 def roi_box(width: int, height: int, roi: Roi) -> tuple[int, int, int, int]:
     """The pixel box ``(x0, y0, x1, y1)`` of a fractional region of interest, at least one pixel each way."""
-    x0 = min(int(round(roi[0] * width)), width - 1)
-    y0 = min(int(round(roi[1] * height)), height - 1)
-    x1 = max(int(round(roi[2] * width)), x0 + 1)
-    y1 = max(int(round(roi[3] * height)), y0 + 1)
+    x0 = min(round(roi[0] * width), width - 1)
+    y0 = min(round(roi[1] * height), height - 1)
+    x1 = max(round(roi[2] * width), x0 + 1)
+    y1 = max(round(roi[3] * height), y0 + 1)
     return x0, y0, x1, y1
 
 
@@ -335,6 +336,14 @@ class Preprocessor:
                 self._resizers.clear()
             resizer = self._resizers[(h, w)] = BilinearResizer(h, w, self.out_h, self.out_w)
         return resizer(rgb)
+
+    def frame_size_hint(self) -> tuple[int, int]:
+        """(width, height) of a frame whose region of interest has the model's input size: what a source
+        that scales for the model (the Pi camera's lores stream) should deliver, so a ROI is not upscaled."""
+        if self.roi is None:
+            return self.out_w, self.out_h
+        x1, y1, x2, y2 = self.roi
+        return math.ceil(self.out_w / (x2 - x1) - 1e-9), math.ceil(self.out_h / (y2 - y1) - 1e-9)
 
     def view(self, image: ImageLike) -> np.ndarray:
         """The frame as the model sees it, before quantization: the region of interest, the crop, resized to
