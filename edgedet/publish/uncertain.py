@@ -149,7 +149,8 @@ class UncertainSink:
 
     def counters(self) -> dict[str, Any]:
         return {"save_uncertain": {"saved": self.saved, "skipped": self.skipped, "errors": self.errors,
-                                   "deleted": self.budget.deleted, "bytes_on_disk": self.budget.total,
+                                   "deleted": self.budget.deleted, "bytes_written": self.saved_bytes,
+                                   "bytes_on_disk": self.budget.total,
                                    "dir": str(self.root)}}
 
     def close(self, flush_timeout_s: float | None = None) -> None:
