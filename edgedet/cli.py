@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "or a catalogue NAME")
     info.add_argument("model", metavar="MODEL")
     info.add_argument("--json", action="store_true")
+    from edgedet import install
+
+    install.add_arguments(msub.add_parser("install", help="check a model, copy it into the models folder, point "
+                                          "the config at it and reload the running daemon"))
     return parser
 
 
@@ -250,6 +254,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return collect.main(args)
         if args.command == "models" and args.models_command == "info":
             return cmd_models_info(args)
+        if args.command == "models" and args.models_command == "install":
+            from edgedet import install
+
+            return install.main(args)
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     except EdgedetError as exc:
