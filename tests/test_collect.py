@@ -15,6 +15,8 @@ import pytest
 from helpers import REPO, run_cli
 from PIL import Image
 
+from edgedet import collect as collect_module
+from edgedet.cli import build_parser
 from edgedet.config import build_config
 from edgedet.errors import ConfigError
 from edgedet.model.preprocess import InputQuantization, Preprocessor
@@ -65,13 +67,31 @@ def test_collect_from_the_synthetic_source(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(Image.open(view)), pre.view(np.asarray(Image.open(full))))
 
 
-def test_collect_every_skips_frames_between(tmp_path: Path) -> None:
-    """--every 1.2 at 20 fps: the synthetic scenes hold 20 frames each, so the two saved frames are two
-    different scenes (without --every they would be two frames of the same scene)."""
-    views, _ = _collect(tmp_path, {"type": "synthetic", "width": 96, "height": 96, "fps": 20}, "--every", "1.2",
-                        count=2)
-    first, second = (np.asarray(Image.open(p)) for p in views)
-    assert not np.array_equal(first, second)
+def test_collect_every_skips_the_frames_between(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--every 0.25 with a clock that advances 0.1 s per frame read: frames 0, 3 and 6 of ten are saved."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((48, 64, 3), 20 * i, np.uint8)).save(frames / f"{i:02d}.png")
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"model": {"path": str(MODEL)},
+                                  "source": {"type": "images", "path": str(frames), "fps": 0, "loop": False}}))
+
+    class Clock:
+        now = 0.0
+        strftime, gmtime = staticmethod(time.strftime), staticmethod(time.gmtime)
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.now += 0.1
+            return cls.now
+
+    monkeypatch.setattr(collect_module, "time", Clock)
+    args = build_parser().parse_args(["collect", str(tmp_path / "data"), "--label", "x", "--every", "0.25",
+                                      "--count", "3", "--config", str(config)])
+    assert collect_module.main(args) == 0
+    saved = sorted((tmp_path / "data" / "x").iterdir())
+    assert [int(np.asarray(Image.open(p)).mean()) for p in saved] == [0, 60, 120]
 
 
 def test_collect_from_a_video_file(tmp_path: Path) -> None:
