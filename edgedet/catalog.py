@@ -258,6 +258,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pull_cmd.add_argument("name")
     pull_cmd.add_argument("--dir", type=Path, default=Path("models"), help="target folder (default: models)")
     pull_cmd.set_defaults(handler=cmd_pull)
+    from edgedet import install
+
+    install.add_arguments(commands.add_parser(
+        "install", help="check a model, copy it into the models folder, point the config at it and reload the "
+        "running daemon"))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -43,6 +43,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", dest="num_threads", metavar="N|auto")
     g.add_argument("--resize", choices=["bilinear", "nearest", "area", "antialias"])
     g.add_argument("--crop", choices=["full", "center"])
+    g.add_argument("--roi", metavar="X1,Y1,X2,Y2", help="region of interest in fractions of the frame, "
+                   "e.g. 0.5,0,1,1 = the right half (model.preprocess.roi)")
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    populate=_arguments_of("edgedet.checkconfig"))
     sub.add_parser("classify", help="classify image files and print classes and per-stage times",
                    populate=_classify_arguments)
+    sub.add_parser("collect", help="save frames of the source as the model sees them, for training data",
+                   populate=_arguments_of("edgedet.collect"))
     sub.add_parser("bench", help="time and compare models on this device (edgedet bench --help)",
                    populate=_arguments_of("edgedet.bench.cli"))
     sub.add_parser("models", help="inspect model files; list and pull public MobileNets (catalogue)",
@@ -99,6 +103,8 @@ def _model_overrides(args: argparse.Namespace) -> list[str]:
     out = [f"model.{key}={json.dumps(str(Path(v).resolve()) if key in {'path', 'labels', 'cpu_model'} else v)}"
            for attr, key in mapping.items() if (v := getattr(args, attr, None)) is not None]
     out += [f"model.preprocess.{attr}={v}" for attr in ("resize", "crop") if (v := getattr(args, attr, None))]
+    if getattr(args, "roi", None):
+        out.append(f"model.preprocess.roi=[{args.roi}]")
     return out
 
 

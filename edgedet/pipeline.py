@@ -25,6 +25,7 @@ from edgedet.loop import FrameLoop, auto_threads
 from edgedet.model.classifier import Classifier
 from edgedet.publish.console import ConsoleSink
 from edgedet.publish.jsonl import JsonlSink
+from edgedet.publish.uncertain import UncertainSink
 from edgedet.results import FrameResult, Sink
 
 if TYPE_CHECKING:  # paho is imported only when MQTT is on
@@ -83,6 +84,7 @@ class Pipeline:
         self.stop = stop or threading.Event()
         self.console: Optional[ConsoleSink] = None
         self.jsonl: Optional[JsonlSink] = None
+        self.uncertain: Optional[UncertainSink] = None
         self.mqtt: Optional[MqttSink] = None
         self._mqtt_seq = 0  # the seq reached by an MQTT sink that a reload turned off, for the next one
         self.source_opens = 1
@@ -118,12 +120,13 @@ class Pipeline:
                 log.error("closing sink %s failed: %s", type(sink).__name__, exc)
             self._closed_counters.update(sink.counters())  # after the flush: what was delivered in the end
         self.console = self.jsonl = self.mqtt = None
+        self.uncertain = None
         self._sync_sinks()
         self.loop.reader.close()
 
     @property
     def sinks(self) -> list[Sink]:
-        return [s for s in (self.console, self.jsonl, self.mqtt) if s is not None]
+        return [s for s in (self.console, self.jsonl, self.uncertain, self.mqtt) if s is not None]
 
     def _sync_sinks(self) -> None:
         self.loop.sinks = self.sinks
@@ -131,6 +134,8 @@ class Pipeline:
     def _build_local_sinks(self, config: EdgedetConfig) -> None:
         self.console = ConsoleSink() if config.publish.console else None
         self.jsonl = JsonlSink(config.publish.jsonl_path) if config.publish.jsonl_path is not None else None
+        saving = config.publish.save_uncertain
+        self.uncertain = UncertainSink(saving, lambda: self.classifier.preprocessor) if saving is not None else None
         self._sync_sinks()
 
     def _build_mqtt(self, config: EdgedetConfig) -> None:
@@ -183,6 +188,7 @@ class Pipeline:
             stats.update(sink.counters())
         stats["model"] = self.classifier.name
         stats["runtime"] = self.classifier.info["runtime"]
+        stats["preprocess"] = self.classifier.info["preprocess"]
         return stats
 
     def _stats_to_sinks(self) -> None:
@@ -228,7 +234,7 @@ class Pipeline:
             classifier = Classifier.from_config(new.model, auto_threads=auto_threads())
             done.append("model" if not model_file_changed else "model (file replaced)")
         # A picamera2 source is sized to the model's input: a new input size means a new source.
-        input_changed = classifier.input_size != self.classifier.input_size
+        input_changed = classifier.preprocessor.frame_size_hint() != self.classifier.preprocessor.frame_size_hint()
         new_source: Optional[FrameSource] = None
         if "source" in sections or input_changed:
             new_source = self._switch_source(new, classifier)
@@ -255,7 +261,7 @@ class Pipeline:
             if "loop" in sections:
                 done.append("loop")
         if "publish" in sections:
-            for sink in (self.console, self.jsonl):
+            for sink in (self.console, self.jsonl, self.uncertain):
                 if sink is not None:
                     sink.close()
             self._build_local_sinks(new)
@@ -271,7 +277,7 @@ class Pipeline:
 
     def _switch_source(self, new: EdgedetConfig, classifier: Classifier) -> FrameSource:
         """Open the new source in place of the running one; on failure the running one is reopened."""
-        source = open_source(new.source, classifier.input_size)
+        source = open_source(new.source, classifier.preprocessor.frame_size_hint())
         self.loop.replace_source(_ClosedSource(), opened=True)  # releases the camera the new one may need
         try:
             source.open()
@@ -336,7 +342,7 @@ class _ClosedSource(FrameSource):
 
 
 def _open(config: EdgedetConfig, classifier: Classifier) -> FrameSource:
-    source = open_source(config.source, classifier.input_size)
+    source = open_source(config.source, classifier.preprocessor.frame_size_hint())
     source.open()
     log.info("source opened: %s", source.describe())
     return source

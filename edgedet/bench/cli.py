@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from edgedet.cmdline import report_error
 from edgedet.errors import ConfigError, EdgedetError
-from edgedet.model.config import ModelConfig
+from edgedet.model.config import ModelConfig, PreprocessConfig
 
 DESCRIPTION = "Latency, size, cost and accuracy of TFLite models on this machine, side by side."
 
@@ -63,6 +63,17 @@ def _edgetpu_device(text: str) -> str:
         raise argparse.ArgumentTypeError(err.errors()[0]["msg"]) from None
 
 
+def _roi(text: str) -> tuple[float, float, float, float]:
+    """``x1,y1,x2,y2`` checked by the daemon's own rule (model.preprocess.roi)."""
+    try:
+        parts = [float(part) for part in text.split(",")]
+        return PreprocessConfig(roi=parts).roi  # type: ignore[arg-type,return-value]
+    except (ValueError, ValidationError) as err:
+        detail = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) \
+            else "expected four numbers x1,y1,x2,y2"
+        raise argparse.ArgumentTypeError(detail) from None
+
+
 def _thread_list(text: str) -> list[int]:
     return [_positive_int(part.strip()) for part in text.split(",") if part.strip()] or [1]
 
@@ -100,6 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="labels file (default: the model's embedded labels, sidecar, or NAME_labels.txt/labels.txt beside it)",
     )
+    parser.add_argument("--roi", type=_roi, metavar="X1,Y1,X2,Y2",
+                        help="region of interest in fractions of the frame (as model.preprocess.roi)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
     output.add_argument("--csv", action="store_true", help="print one CSV row per model and setting")

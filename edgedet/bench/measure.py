@@ -35,7 +35,7 @@ from edgedet.bench.data import DEFAULT_IMAGE_NAMES, LabelledImage, accuracy, col
 from edgedet.bench.report import budget_choice, sorted_with_ratios
 from edgedet.errors import EdgedetError, ImageError, LabelsError, ModelError
 from edgedet.model.classifier import STAGES, Classifier
-from edgedet.model.config import ModelConfig
+from edgedet.model.config import ModelConfig, PreprocessConfig
 from edgedet.model.graph import inspect_graph
 from edgedet.model.preprocess import load_image
 from edgedet.model.runtime import cpu_count
@@ -111,6 +111,7 @@ class RunContext:
     image: Path | None
     images: list[LabelledImage] | None
     labels: Path | None
+    roi: tuple[float, float, float, float] | None = None
 
     @property
     def first_image(self) -> Path | None:
@@ -160,7 +161,8 @@ def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
 
     rss_scope = "model" if _reset_peak_rss() else "process"
     config = ModelConfig(path=model, labels=context.labels, num_threads=setting.threads,
-                         delegate=context.delegate, edgetpu_device=context.edgetpu_device, fallback="fail")
+                         delegate=context.delegate, edgetpu_device=context.edgetpu_device, fallback="fail",
+                         preprocess=PreprocessConfig(roi=context.roi))
     with _core_warnings() as warnings:
         # Loads, allocates (timed: init_ms) and runs the first invoke on a neutral frame (first_invoke_ms).
         classifier = Classifier.from_config(config)
@@ -223,7 +225,7 @@ def run_bench(args: Any, *, on_error: Callable[[EdgedetError], None]) -> dict[st
     through ``on_error`` and in ``errors``, and the others still run."""
     images = collect_images(args.images) if args.images is not None else None
     context = RunContext(args.runs, args.warmup, args.min_secs, args.delegate, args.edgetpu_device, args.image,
-                         images, args.labels)
+                         images, args.labels, args.roi)
     governors = cpu_governors()
     conditions: dict[str, Any] = {"cpu_governors": governors, "before": conditions_snapshot(),
                                   "warnings": governor_warnings(governors)}
@@ -263,6 +265,7 @@ def run_bench(args: Any, *, on_error: Callable[[EdgedetError], None]) -> dict[st
             "threads": args.threads,
             "delegate": args.delegate,
             "images": str(args.images) if args.images else None,
+            "roi": list(args.roi) if args.roi else None,
         },
         "conditions": conditions,
         "results": sorted_with_ratios(results),

@@ -127,7 +127,8 @@ class Classifier:
                               "raw_pixels": self.quantization.raw}
         pre = cfg.preprocess
         try:
-            self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop, pre.backend)
+            self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop, pre.backend,
+                                             roi=pre.roi)
         except ImportError as exc:
             raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
         self.labels, self.labels_source = self._labels()
@@ -204,6 +205,7 @@ class Classifier:
             "delegate": dict(self.delegate_info),
             "preprocess": {"resize": self.preprocessor.method, "backend": self.preprocessor.backend,
                            "crop": self.preprocessor.crop,
+                           "roi": list(self.preprocessor.roi) if self.preprocessor.roi is not None else None,
                            **self.normalization},
             "init_ms": round(self.init_ms, 3),
             "first_invoke_ms": round(self.first_invoke_ms, 3),

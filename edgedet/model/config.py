@@ -40,6 +40,10 @@ class PreprocessConfig(Strict):
     resize: ResizeMethod = "bilinear"
     # full = squeeze the whole frame to the input size; center = crop the largest centred square first.
     crop: CropMode = "full"
+    # A region of interest [x1, y1, x2, y2] in fractions of the frame (0..1, left/top to right/bottom),
+    # cut out before the crop and the resize; None = the whole frame. With crop: center the region is then
+    # cropped to the model's aspect ratio.
+    roi: Optional[tuple[float, float, float, float]] = None
     # bilinear's implementation: opencv (INTER_LINEAR, ~10x faster) when installed, else numpy (the closest
     # to TFLite's own RESIZE_BILINEAR); both sample at half-pixel centers and agree within 1 per pixel.
     backend: Literal["auto", "numpy", "opencv"] = "auto"
@@ -49,6 +53,17 @@ class PreprocessConfig(Strict):
     std: Optional[Union[float, list[float]]] = None
     # Decoded images above this many pixels are refused (decompression bombs).
     max_image_pixels: int = Field(default=64_000_000, ge=1)
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_inside_frame(cls, value: tuple[float, float, float, float] | None
+                          ) -> tuple[float, float, float, float] | None:
+        if value is not None:
+            x1, y1, x2, y2 = value
+            if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+                raise ValueError("must be [x1, y1, x2, y2] in fractions of the frame with 0 <= x1 < x2 <= 1 "
+                                 "and 0 <= y1 < y2 <= 1 (e.g. [0.5, 0, 1, 1] for the right half), or null")
+        return value
 
     @field_validator("std")
     @classmethod

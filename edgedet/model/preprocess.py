@@ -8,6 +8,7 @@ are computed once per size and cached; the per-frame work is a few vectorised nu
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -96,6 +97,26 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
         top_f = 1.0 if arr.size and float(arr.max()) <= 1.0 else 255.0
         return (np.clip(arr, 0.0, top_f) * (255.0 / top_f) + 0.5).astype(np.uint8)
     raise FrameError(f"frame dtype {arr.dtype} is not an image type")
+
+
+Roi = tuple[float, float, float, float]
+
+
+def roi_box(width: int, height: int, roi: Roi) -> tuple[int, int, int, int]:
+    """The pixel box ``(x0, y0, x1, y1)`` of a fractional region of interest, at least one pixel each way."""
+    x0 = min(round(roi[0] * width), width - 1)
+    y0 = min(round(roi[1] * height), height - 1)
+    x1 = max(round(roi[2] * width), x0 + 1)
+    y1 = max(round(roi[3] * height), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def crop_roi(rgb: np.ndarray, roi: Optional[Roi]) -> np.ndarray:
+    """The region of interest of a frame (a view, no copy); the whole frame for None."""
+    if roi is None:
+        return rgb
+    x0, y0, x1, y1 = roi_box(rgb.shape[1], rgb.shape[0], roi)
+    return rgb[y0:y1, x0:x1]
 
 
 def center_crop(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
@@ -290,8 +311,11 @@ class Preprocessor:
     """
 
     def __init__(self, out_w: int, out_h: int, quant: InputQuantization,
-                 method: str = "bilinear", crop: str = "full", backend: str = "auto") -> None:
+                 method: str = "bilinear", crop: str = "full", backend: str = "auto",
+                 roi: Optional[Roi] = None) -> None:
         self.out_w, self.out_h, self.quant, self.method, self.crop = out_w, out_h, quant, method, crop
+        self.roi: Optional[Roi] = (float(roi[0]), float(roi[1]), float(roi[2]), float(roi[3])) \
+            if roi is not None else None
         self._resizers: dict[tuple[int, int], BilinearResizer] = {}
         self._cv2 = opencv_resize() if method == "bilinear" and backend in ("auto", "opencv") else None
         if backend == "opencv" and self._cv2 is None:
@@ -313,8 +337,21 @@ class Preprocessor:
             resizer = self._resizers[(h, w)] = BilinearResizer(h, w, self.out_h, self.out_w)
         return resizer(rgb)
 
-    def __call__(self, image: ImageLike) -> np.ndarray:
-        rgb = to_rgb(image)
+    def frame_size_hint(self) -> tuple[int, int]:
+        """(width, height) of a frame whose region of interest has the model's input size: what a source
+        that scales for the model (the Pi camera's lores stream) should deliver, so a ROI is not upscaled."""
+        if self.roi is None:
+            return self.out_w, self.out_h
+        x1, y1, x2, y2 = self.roi
+        return math.ceil(self.out_w / (x2 - x1) - 1e-9), math.ceil(self.out_h / (y2 - y1) - 1e-9)
+
+    def view(self, image: ImageLike) -> np.ndarray:
+        """The frame as the model sees it, before quantization: the region of interest, the crop, resized to
+        the input size (HxWx3 uint8; may be a buffer reused by the next call: copy it to keep it)."""
+        rgb = crop_roi(to_rgb(image), self.roi)
         if self.crop == "center":
             rgb = center_crop(rgb, self.out_w, self.out_h)
-        return self.quant.apply(self._resize(rgb))[None]
+        return self._resize(rgb)
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        return self.quant.apply(self.view(image))[None]

@@ -21,16 +21,57 @@ def _no_trailing_slash(value: str) -> str:
     return value.rstrip("/")
 
 
+class ConsensusConfig(Strict):
+    """on_change: a new top class is published once it wins ``frames`` of the last ``of`` frames."""
+
+    frames: int = Field(ge=1)
+    of: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _majority(self) -> ConsensusConfig:
+        if not (self.frames <= self.of and 2 * self.frames > self.of):
+            raise ValueError(f"frames ({self.frames}) must be more than half of of ({self.of}) and at most of, "
+                             "e.g. {frames: 3, of: 5}")
+        return self
+
+
+class SaveUncertainConfig(Strict):
+    """Keep hard examples (the model's view, PNG) for retraining: ``dir/<predicted label>/``."""
+
+    dir: Path
+    below: float = Field(default=0.6, ge=0.0, le=1.0)  # a top score below this is uncertain
+    max_mb: float = Field(default=200.0, gt=0)  # the oldest files go first beyond this
+
+
 class PublishConfig(Strict):
     mode: Literal["every_frame", "on_change"] = "every_frame"
     min_score: float = Field(default=0.0, ge=0.0, le=1.0)
     debounce_frames: int = Field(default=1, ge=1)
+    # on_change: the score a class's frames need, per label, and `default` for the others (else min_score).
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    # on_change: instead of debounce_frames' consecutive run, a majority of the last `of` frames.
+    consensus: Optional[ConsensusConfig] = None
     republish_s: float = Field(default=60.0, ge=0)
     stats_interval_s: float = Field(default=30.0, gt=0)
     snapshot: bool = False
     snapshot_max_bytes: int = Field(default=100_000, ge=1000)
     jsonl_path: Optional[Path] = None
     console: bool = True
+    save_uncertain: Optional[SaveUncertainConfig] = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _scores(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [f"{k}={v}" for k, v in value.items() if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"each threshold must be a score in 0..1, got {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_change_rule(self) -> PublishConfig:
+        if self.consensus is not None and self.debounce_frames != 1:
+            raise ValueError("set debounce_frames or consensus, not both (consensus replaces the consecutive run)")
+        return self
 
 
 class TlsConfig(Strict):

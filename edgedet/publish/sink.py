@@ -178,7 +178,9 @@ class MqttSink:
         self.cfg = publish_cfg
         self.policy = PublishPolicy(publish_cfg.mode, min_score=publish_cfg.min_score,
                                     debounce_frames=publish_cfg.debounce_frames,
-                                    republish_s=publish_cfg.republish_s)
+                                    republish_s=publish_cfg.republish_s, thresholds=publish_cfg.thresholds,
+                                    consensus=(publish_cfg.consensus.frames, publish_cfg.consensus.of)
+                                    if publish_cfg.consensus is not None else None)
         self._state_result: FrameResult | None = None
         self._snapshot_label: str | None = None
 
