@@ -160,8 +160,9 @@ class Classifier:
         self.first_invoke_ms = (time.perf_counter() - started) * 1e3
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, *, auto_threads: Optional[int] = None) -> Classifier:
-        return cls(cfg, auto_threads=auto_threads)
+    def from_config(cls, cfg: ModelConfig, *, auto_threads: Optional[int] = None,
+                    interpreter_factory: InterpreterFactory = make_interpreter) -> Classifier:
+        return cls(cfg, auto_threads=auto_threads, interpreter_factory=interpreter_factory)
 
     # -- model facts -------------------------------------------------------------------------------------
 
