@@ -284,10 +284,12 @@ class Preparer(threading.Thread):
 
     def lead_s(self) -> float:
         """How long after an invoke starts to begin on the next frame: the shortest recent invoke minus the
-        longest recent capture + preprocess, minus a margin (0 until both are known)."""
+        upper quartile of recent capture + preprocess times, minus a margin (0 until both are known). Not the
+        longest: on a loaded machine one slow preparation would make every frame wait a whole invoke."""
         if not self._invokes or not self._prepares:
             return 0.0
-        return max(0.0, min(self._invokes) - max(self._prepares) - self.MARGIN_S)
+        prepares = sorted(self._prepares)
+        return max(0.0, min(self._invokes) - prepares[len(prepares) * 3 // 4] - self.MARGIN_S)
 
     def request(self, classifier: Classifier, due: float) -> None:
         self._requests.put((classifier, due))
