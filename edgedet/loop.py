@@ -11,6 +11,7 @@ interpreter nothing else competes with ``invoke()`` (README, "The frame loop", h
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from edgedet.errors import SourceError
 from edgedet.frames.base import Frame, FrameSource
-from edgedet.model.classifier import Classifier
+from edgedet.model.classifier import Classifier, Inference, Prepared
 from edgedet.model.preprocess import FrameError
 from edgedet.model.runtime import cpu_count
 from edgedet.results import FrameResult, LoopStats, Sink
@@ -255,6 +256,95 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+Pending = tuple[Captured, Prepared, float, Classifier]  # a frame, its input tensor, capture wait ms, for whom
+
+
+class Preparer(threading.Thread):
+    """The overlapped loop's second thread: on request, at the time it is asked for, takes the next frame and
+    preprocesses it into a staging buffer; one request at a time, so frames stay in order."""
+
+    MARGIN_S = 0.0003  # started this much earlier than the estimate says: a late frame stalls the invoke
+    HISTORY = 16
+
+    def __init__(self, loop: FrameLoop) -> None:
+        super().__init__(name="edgedet-prepare", daemon=True)
+        self.loop = loop
+        self._requests: queue.SimpleQueue[Optional[tuple[Classifier, float]]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[Optional[Pending]] = queue.SimpleQueue()
+        self._invokes: deque[float] = deque(maxlen=self.HISTORY)
+        self._prepares: deque[float] = deque(maxlen=self.HISTORY)
+        self._error: Optional[BaseException] = None
+
+    def lead_s(self) -> float:
+        """How long after an invoke starts to begin on the next frame: the shortest recent invoke minus the
+        upper quartile of recent capture + preprocess times, minus a margin (0 until both are known). Not the
+        longest: on a loaded machine one slow preparation would make every frame wait a whole invoke."""
+        if not self._invokes or not self._prepares:
+            return 0.0
+        prepares = sorted(self._prepares)
+        return max(0.0, min(self._invokes) - prepares[len(prepares) * 3 // 4] - self.MARGIN_S)
+
+    def request(self, classifier: Classifier, due: float) -> None:
+        self._requests.put((classifier, due))
+
+    def result(self) -> Optional[Pending]:
+        """The frame requested last (None: the source is exhausted or failed, or the loop stops)."""
+        pending = self._results.get()
+        if self._error is not None:
+            raise self._error
+        return pending
+
+    def invoked(self, seconds: float) -> None:
+        self._invokes.append(seconds)
+
+    def prepare(self, classifier: Classifier, due: float) -> Optional[Pending]:
+        self.request(classifier, due)
+        return self.result()
+
+    def reprepare(self, pending: Pending, classifier: Classifier) -> Optional[Pending]:
+        """A frame prepared for the classifier a reload replaced, prepared again for the new one."""
+        item, _, wait_ms, _ = pending
+        try:
+            return item, classifier.prepare(item.frame.image), wait_ms, classifier
+        except FrameError as exc:
+            self.loop._invalid(exc)
+            return self.prepare(classifier, 0.0)
+
+    def run(self) -> None:
+        try:
+            while (request := self._requests.get()) is not None:
+                self._results.put(self._next(*request))
+        except BaseException as exc:  # handed to the loop's thread, which raises it
+            self._error = exc
+            self._results.put(None)
+
+    def _next(self, classifier: Classifier, due: float) -> Optional[Pending]:
+        loop = self.loop
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        while True:
+            started = time.perf_counter()
+            item = loop._next_item()
+            while item is None and not loop.inline and not loop.stop.is_set() and loop.capture is not None \
+                    and not loop.capture.exhausted.is_set():
+                item = loop._next_item()
+            if item is None:
+                return None
+            taken = time.perf_counter()
+            try:
+                prepared = classifier.prepare(item.frame.image)
+            except FrameError as exc:
+                loop._invalid(exc)
+                continue
+            self._prepares.append(time.perf_counter() - started)
+            return item, prepared, (taken - started) * 1e3, classifier
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self.join(timeout=CAPTURE_JOIN_S)
+
+
 class FrameLoop:
     """Runs capture and classification until stopped, exhausted or bounded by frames/duration.
 
@@ -266,13 +356,15 @@ class FrameLoop:
                  stop: Optional[threading.Event] = None, max_fps: float = 0.0, max_frames: int = 0,
                  duration_s: float = 0.0, timeout_s: float = 5.0, max_retries: int = 0,
                  on_frame: Optional[Callable[[FrameResult], None]] = None,
-                 between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False) -> None:
+                 between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False,
+                 overlap: Optional[bool] = None) -> None:
         self.classifier, self.sinks = classifier, sinks
         self.stop = stop or threading.Event()
         self.max_fps, self.max_frames, self.duration_s = max_fps, max_frames, duration_s
         self.timeout_s, self.max_retries = timeout_s, max_retries
         self.on_frame = on_frame
         self.between_frames = between_frames
+        self.overlap = overlap  # None: when the classifier's invoke leaves the CPU free (see run)
         self.stats = RollingStats()
         self.slot = LatestSlot()
         self._running = False
@@ -310,7 +402,13 @@ class FrameLoop:
         return self.stats.snapshot(self.slot.replaced)
 
     def run(self) -> LoopStats:
-        """Blocks until done; returns the final statistics. Raises SourceError for a source that cannot start."""
+        """Blocks until done; returns the final statistics. Raises SourceError for a source that cannot start.
+
+        With a classifier whose invoke() leaves the CPU free (the Edge TPU) the next frame is captured and
+        preprocessed during the current invoke (:meth:`_run_overlapped`); on the CPU the interpreter has every
+        core and the frames go one after the other (``overlap`` forces either)."""
+        if self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free:
+            return self._run_overlapped()
         next_due = time.monotonic()
         deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
         previous_switch = sys.getswitchinterval()
@@ -344,23 +442,76 @@ class FrameLoop:
                 try:
                     inference = classifier.infer(item.frame.image)
                 except FrameError as exc:
-                    self.stats.frames_invalid += 1
-                    if self.stats.frames_invalid == 1:
-                        log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
+                    self._invalid(exc)
                     continue
-                age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3
-                stages = inference.latency_ms
-                stages["total"] = stages["preprocess"] + stages["inference"] + stages["postprocess"]
-                stages["capture_wait"] = (taken - waited) * 1e3
-                stages["frame_age"] = age_ms
-                result = FrameResult(frame_id=item.frame_id, captured_wall=item.frame.captured_wall,
-                                     captured_mono=item.frame.captured_mono, top_k=inference.top_k,
-                                     latency_ms=stages, frame_age_ms=age_ms, model=classifier.name)
-                self.stats.processed(stages)
-                self._deliver(result, item.frame)
-                if self.on_frame is not None:
-                    self.on_frame(result)
+                self._finish(item, inference, (taken - waited) * 1e3, classifier.name)
         finally:
+            self._running = False
+            sys.setswitchinterval(previous_switch)
+            self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)
+        return self.snapshot()
+
+    def _invalid(self, exc: FrameError) -> None:
+        self.stats.frames_invalid += 1
+        if self.stats.frames_invalid == 1:
+            log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
+
+    def _finish(self, item: Captured, inference: Inference, capture_wait_ms: float, model: str) -> None:
+        age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3
+        stages = inference.latency_ms
+        stages["total"] = stages["preprocess"] + stages["inference"] + stages["postprocess"]
+        stages["capture_wait"] = capture_wait_ms
+        stages["frame_age"] = age_ms
+        result = FrameResult(item.frame_id, item.frame.captured_wall, item.frame.captured_mono, inference.top_k,
+                             stages, age_ms, model)
+        self.stats.processed(stages)
+        self._deliver(result, item.frame)
+        if self.on_frame is not None:
+            self.on_frame(result)
+
+    def _run_overlapped(self) -> LoopStats:
+        """Invoke frame N on this thread while a Preparer thread captures and preprocesses frame N+1, in
+        lockstep: every frame taken is classified once, in order, and the two never touch the interpreter at
+        the same time (the Preparer writes a staging buffer, :meth:`Classifier.prepare`)."""
+        next_due = time.monotonic()
+        deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
+        previous_switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_S))
+        self._running = True
+        if self.capture is not None:
+            self.capture.start()
+        preparer = Preparer(self)
+        preparer.start()
+        try:
+            pending = preparer.prepare(self.classifier, 0.0)
+            while pending is not None and not self.stop.is_set():
+                if self.max_frames and self.stats.frames_processed >= self.max_frames:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                item, prepared, capture_wait_ms, classifier = pending
+                if self.max_fps > 0:
+                    delay = next_due - time.monotonic()
+                    if delay > 0 and self.stop.wait(delay):
+                        break
+                    next_due = max(next_due + 1.0 / self.max_fps, time.monotonic())
+                # the next frame is wanted when this invoke ends, so it is no older than it must be
+                preparer.request(classifier, time.perf_counter() + preparer.lead_s())
+                inference = classifier.invoke_prepared(prepared)
+                preparer.invoked(inference.latency_ms["inference"] / 1e3)
+                self._finish(item, inference, capture_wait_ms, classifier.name)
+                pending = preparer.result()
+                if self.between_frames is not None:
+                    source = self.source
+                    self.between_frames()  # the Preparer is idle here: a reload may swap anything
+                    if self.source is not source:
+                        pending = preparer.prepare(self.classifier, 0.0)
+                    elif pending is not None and self.classifier is not pending[3]:
+                        pending = preparer.reprepare(pending, self.classifier)
+            if pending is None and self.reader.fatal is not None:
+                raise self.reader.fatal
+        finally:
+            preparer.close()
             self._running = False
             sys.setswitchinterval(previous_switch)
             self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
 from edgedet.errors import DelegateError, ModelError
 from edgedet.model.config import ModelConfig
 from edgedet.model.labels import load_labels, sidecar_label_files
-from edgedet.model.preprocess import ImageLike, InputQuantization, Preprocessor
+from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, Preprocessor
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
 from edgedet.model.tflite_file import TfliteFile, numpy_dtype, read_tflite
 from edgedet.results import Class
@@ -25,12 +25,22 @@ DEFAULT_STD = 127.5
 
 STAGES = ("preprocess", "inference", "postprocess")
 
+# make_interpreter's signature: (model path, runtime, threads, delegates) -> an allocated interpreter.
+InterpreterFactory = Callable[[Path, Runtime, int, list[Any]], Any]
+
 
 class Inference(NamedTuple):
     """What :meth:`Classifier.infer` returns: the top classes and the time of each stage in milliseconds."""
 
     top_k: list[Class]
     latency_ms: dict[str, float]  # the STAGES
+
+
+class Prepared(NamedTuple):
+    """A frame preprocessed by :meth:`Classifier.prepare` into one of two staging buffers, not yet invoked."""
+
+    tensor: np.ndarray  # HxWx3, the model's input dtype
+    preprocess_ms: float
 
 
 def cpu_twin(model_path: Path, explicit: Optional[Path] = None) -> Optional[Path]:
@@ -62,7 +72,10 @@ def top_indices(values: np.ndarray, k: int) -> list[int]:
 class Classifier:
     """A loaded model ready to classify frames. Build it with :meth:`from_config`."""
 
-    def __init__(self, cfg: ModelConfig, *, auto_threads: Optional[int] = None) -> None:
+    def __init__(self, cfg: ModelConfig, *, auto_threads: Optional[int] = None,
+                 interpreter_factory: InterpreterFactory = make_interpreter) -> None:
+        """``interpreter_factory`` builds the interpreter (default: the runtime's, :func:`make_interpreter`): the
+        seam through which tests and benchmarks put in a stand-in (edgedet/model/simulated.py)."""
         if cfg.path is None:
             raise ModelError("model.path is not set and the bundled default model was not found",
                              fix="set model.path in config.yaml or pass --model")
@@ -106,7 +119,7 @@ class Classifier:
                              fix=f"set model.delegate: edgetpu (needs libedgetpu.so.1 and a Coral), or {use}")
         self.model_file: TfliteFile = model_file
         started = time.perf_counter()
-        self._interpreter = make_interpreter(model_file.path, self.runtime, self.num_threads, delegates)
+        self._interpreter = interpreter_factory(model_file.path, self.runtime, self.num_threads, delegates)
         self.init_ms = (time.perf_counter() - started) * 1e3
 
         input_details = self._interpreter.get_input_details()[0]
@@ -115,6 +128,12 @@ class Classifier:
         self._output_index = output_details["index"]
         _, height, width, _ = (int(d) for d in input_details["shape"])
         self.input_size = (width, height)
+        # A view of the input tensor is fetched per frame and dropped before invoke(), which refuses to run
+        # while one is alive; writing through it saves set_tensor's copy.
+        self._input_view = self._interpreter.tensor(self._input_index)
+        self._output_view = self._interpreter.tensor(self._output_index)
+        self._staging = [np.empty((height, width, 3), numpy_dtype(model_file.inputs[0])) for _ in range(2)]
+        self._staged = 0
         in_spec = model_file.inputs[0]
         out_spec = model_file.outputs[0]
         self._out_scale, self._out_zero = out_spec.scale, out_spec.zero_point
@@ -142,8 +161,9 @@ class Classifier:
         self.first_invoke_ms = (time.perf_counter() - started) * 1e3
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, *, auto_threads: Optional[int] = None) -> Classifier:
-        return cls(cfg, auto_threads=auto_threads)
+    def from_config(cls, cfg: ModelConfig, *, auto_threads: Optional[int] = None,
+                    interpreter_factory: InterpreterFactory = make_interpreter) -> Classifier:
+        return cls(cfg, auto_threads=auto_threads, interpreter_factory=interpreter_factory)
 
     # -- model facts -------------------------------------------------------------------------------------
 
@@ -224,28 +244,64 @@ class Classifier:
     def _top_classes(self, top_k: Optional[int]) -> list[Class]:
         """Ranks the raw (quantized) scores and dequantizes only the k it returns: dequantization is monotonic
         (scale > 0), so the per-frame cost stays tiny."""
-        raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
+        raw = self._output_view().reshape(-1)  # read in place; raw[order] below copies the k it keeps
         order = top_indices(raw, top_k or self.top_k)
         scores = dequantize(raw[order], self._out_scale, self._out_zero)
         labels = self.labels
         return [Class(i, float(score), labels[i] if i < len(labels) else f"class {i}")
                 for i, score in zip(order, scores)]
 
+    @property
+    def leaves_cpu_free(self) -> bool:
+        """True when invoke() runs off the CPU (the Edge TPU, or an interpreter that says so): then the frame
+        loop prepares the next frame during it (:meth:`prepare` / :meth:`invoke_prepared`)."""
+        return self.delegate_info["active"] == "edgetpu" or bool(getattr(self._interpreter, "leaves_cpu_free",
+                                                                         False))
+
+    # The stages, timed here and only here: infer() runs them in series straight into the input tensor; the
+    # overlapped loop runs _preprocess_into on its own thread (prepare) and the rest after (invoke_prepared).
+
+    def _preprocess_into(self, frame: ImageLike, out: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        self.preprocessor.into(frame, out)
+        return (time.perf_counter() - t0) * 1e3
+
+    def _invoke_and_rank(self, preprocess_ms: float, top_k: Optional[int],
+                         staged: Optional[np.ndarray] = None) -> Inference:
+        t1 = time.perf_counter()
+        if staged is not None:
+            np.copyto(self._input_view()[0], staged)
+        self._interpreter.invoke()
+        t2 = time.perf_counter()
+        classes = self._top_classes(top_k)
+        t3 = time.perf_counter()
+        return Inference(classes, {"preprocess": preprocess_ms, "inference": (t2 - t1) * 1e3,
+                                   "postprocess": (t3 - t2) * 1e3})
+
     def infer(self, frame: ImageLike, top_k: Optional[int] = None) -> Inference:
         """Preprocess ``frame``, invoke, rank: the one timed path of ``run``, ``classify`` and ``bench``.
 
         Raises FrameError (from preprocessing) for a frame that cannot be used."""
-        t0 = time.perf_counter()
-        tensor = self.preprocessor(frame)
-        t1 = time.perf_counter()
-        interpreter = self._interpreter
-        interpreter.set_tensor(self._input_index, tensor)
-        interpreter.invoke()
-        t2 = time.perf_counter()
-        classes = self._top_classes(top_k)
-        t3 = time.perf_counter()
-        return Inference(classes, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
-                                   "postprocess": (t3 - t2) * 1e3})
+        try:
+            preprocess_ms = self._preprocess_into(frame, self._input_view()[0])
+        except FrameError as exc:
+            message = str(exc)
+        else:
+            return self._invoke_and_rank(preprocess_ms, top_k)
+        # Raised afresh, outside the handler: the original's traceback holds the input tensor's view, and an
+        # exception kept alive (a log record holding it) would make every later invoke() refuse to run.
+        raise FrameError(message)
+
+    def prepare(self, frame: ImageLike) -> Prepared:
+        """Preprocess ``frame`` into the next of two staging buffers, without touching the interpreter (safe
+        during an invoke() on another thread). A Prepared stays valid until the second prepare() after it."""
+        buffer = self._staging[self._staged]
+        self._staged ^= 1
+        return Prepared(buffer, self._preprocess_into(frame, buffer))
+
+    def invoke_prepared(self, prepared: Prepared, top_k: Optional[int] = None) -> Inference:
+        """Copy a prepared frame into the input tensor, invoke, rank: the second half of :meth:`infer`."""
+        return self._invoke_and_rank(prepared.preprocess_ms, top_k, prepared.tensor)
 
 
 def _as_list(value: Any) -> list[float]:

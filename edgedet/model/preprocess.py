@@ -183,7 +183,8 @@ class BilinearResizer:
         self._tmp = np.empty((out_h, n_cols), np.int32)
         self._out = np.empty((out_h, n_cols), np.uint8)
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The resized image; written into ``out`` (out_h x out_w x 3, C-contiguous, any dtype) when given."""
         flat = rgb.reshape(self._in_shape) if rgb.flags.c_contiguous else rgb.reshape(self._in_shape).copy()
         np.take(flat, self._rows, axis=0, out=self._gathered)
         np.take(self._gathered, self._cols[0], axis=1, out=self._picked)
@@ -198,6 +199,9 @@ class BilinearResizer:
         np.add(self._acc, self._tmp, out=self._acc)
         np.add(self._acc, 1 << (2 * self._BITS - 1), out=self._acc)
         np.right_shift(self._acc, 2 * self._BITS, out=self._acc)
+        if out is not None:
+            np.copyto(out.reshape(self._acc.shape), self._acc, casting="unsafe")
+            return out
         np.copyto(self._out, self._acc, casting="unsafe")
         return self._out.reshape(self._out_shape)
 
@@ -273,16 +277,30 @@ class InputQuantization:
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         if self.raw:
             return rgb
-        values = rgb * self.gain + self.offset
-        if self.dtype == np.float32:
-            return values.astype(np.float32)
-        info = np.iinfo(self.dtype)
-        # Round half away from zero, as TFLite's QUANTIZE kernel (std::round), not numpy's half-to-even.
-        rounded = np.copysign(np.floor(np.abs(values) + 0.5), values)
-        return np.clip(rounded, info.min, info.max).astype(self.dtype)
+        out = np.empty(rgb.shape, self.dtype)
+        self.apply_into(rgb, out, np.empty(rgb.shape, np.float32))
+        return out
+
+    def apply_into(self, rgb: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+        """:meth:`apply` written into ``out`` through a float32 ``scratch`` of the same shape: no allocation."""
+        if self.raw:
+            np.copyto(out, rgb)
+            return
+        np.multiply(rgb, self.gain, out=scratch)
+        np.add(scratch, self.offset, out=scratch)
+        if self.dtype != np.float32:
+            info = np.iinfo(self.dtype)
+            # Round half away from zero, as TFLite's QUANTIZE kernel (std::round), not numpy's half-to-even.
+            sign = np.sign(scratch)
+            np.abs(scratch, out=scratch)
+            np.add(scratch, 0.5, out=scratch)
+            np.floor(scratch, out=scratch)
+            np.multiply(scratch, sign, out=scratch)
+            np.clip(scratch, info.min, info.max, out=scratch)
+        np.copyto(out, scratch, casting="unsafe")
 
 
-def opencv_resize() -> Optional[Callable[[np.ndarray, int, int], np.ndarray]]:
+def opencv_resize() -> Optional[Callable[..., np.ndarray]]:
     """OpenCV's INTER_LINEAR (half-pixel bilinear, SIMD) if OpenCV is importable, else None.
 
     Single-threaded: the frame loop gives the other cores to inference, and OpenCV's own thread pool would
@@ -295,8 +313,14 @@ def opencv_resize() -> Optional[Callable[[np.ndarray, int, int], np.ndarray]]:
         return None
     cv2.setNumThreads(1)
 
-    def resize_cv2(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-        return cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    def resize_cv2(rgb: np.ndarray, out_w: int, out_h: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        if out is None:
+            return cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        # cv2 writes into dst in place when it has the output's size and type (uint8 HxWx3, contiguous),
+        # else it allocates and returns a new array: checked, so a mismatch cannot pass silently.
+        if cv2.resize(rgb, (out_w, out_h), dst=out, interpolation=cv2.INTER_LINEAR) is not out:
+            raise RuntimeError("cv2.resize did not write into the buffer it was given")
+        return out
 
     return resize_cv2
 
@@ -321,6 +345,8 @@ class Preprocessor:
         if backend == "opencv" and self._cv2 is None:
             raise ImportError("model.preprocess.backend: opencv needs OpenCV (pip install 'edgedet[opencv]')")
         self.backend = "opencv" if self._cv2 is not None else "numpy"
+        self._resized = np.empty((out_h, out_w, 3), np.uint8)  # for inputs that are not raw pixels
+        self._scratch = np.empty((out_h, out_w, 3), np.float32)
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -329,7 +355,8 @@ class Preprocessor:
         if self.method != "bilinear":
             return resize(rgb, self.out_w, self.out_h, self.method)
         if self._cv2 is not None:
-            return self._cv2(rgb, self.out_w, self.out_h)
+            self._cv2(rgb, self.out_w, self.out_h, self._resized)
+            return self._resized
         resizer = self._resizers.get((h, w))
         if resizer is None:
             if len(self._resizers) > 8:  # a source that changes size every frame must not grow memory
@@ -353,5 +380,33 @@ class Preprocessor:
             rgb = center_crop(rgb, self.out_w, self.out_h)
         return self._resize(rgb)
 
+    def _resize_into(self, rgb: np.ndarray, out: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        if (h, w) == (self.out_h, self.out_w) or self.method != "bilinear":
+            np.copyto(out, self._resize(rgb))
+        elif self._cv2 is not None:
+            self._cv2(rgb, self.out_w, self.out_h, out)
+        else:
+            resizer = self._resizers.get((h, w))
+            if resizer is None:
+                if len(self._resizers) > 8:  # a source that changes size every frame must not grow memory
+                    self._resizers.clear()
+                resizer = self._resizers[(h, w)] = BilinearResizer(h, w, self.out_h, self.out_w)
+            resizer(rgb, out)
+
+    def into(self, image: ImageLike, out: np.ndarray) -> None:
+        """Preprocess ``image`` into ``out`` (HxWx3 of the model's input dtype, C-contiguous; e.g. a view of the
+        interpreter's input tensor): raw-pixel models are resized straight into it, no allocation per frame."""
+        rgb = crop_roi(to_rgb(image), self.roi)
+        if self.crop == "center":
+            rgb = center_crop(rgb, self.out_w, self.out_h)
+        if self.quant.raw:
+            self._resize_into(rgb, out)
+        else:
+            self._resize_into(rgb, self._resized)
+            self.quant.apply_into(self._resized, out, self._scratch)
+
     def __call__(self, image: ImageLike) -> np.ndarray:
-        return self.quant.apply(self.view(image))[None]
+        out = np.empty((self.out_h, self.out_w, 3), self.quant.dtype)
+        self.into(image, out)
+        return out[None]

@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""The frame loop against bare invoke(): CPU-only throughput, overlap with a SIMULATED accelerator, the CPU
+edgedet costs per frame at 30 fps, and memory.
+
+    python benchmarks/frame_loop.py cpu      [--pairs 5] [--seconds 3]   # (c)/(best bare of 1 and 2 threads)
+    python benchmarks/frame_loop.py overlap  [--pairs 5] [--seconds 3]   # simulated 2.5 ms and 1.0 ms invoke
+    python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 10]
+    python benchmarks/frame_loop.py memory   [--frames 20000]
+
+Every comparison is paired: the two sides run back to back, the order alternating from pair to pair, and
+the figure is the median of the per-pair ratios (this 2-core machine is shared and noisy). ``cpu`` also
+works against an older checkout (PYTHONPATH=that checkout) for the before/after breakdown of the time per
+frame outside invoke(). The accelerator of ``overlap`` is edgedet.model.simulated: invoke() sleeps with the
+GIL released and returns the real model's scores for one fixed tensor; no Edge TPU was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
+V2 = "mobilenet_v2_1.0_224_quant.tflite"
+V1 = "mobilenet_v1_0.25_128_quant.tflite"
+WIDTH, HEIGHT = 640, 480
+
+
+def synthetic(fps: float = 0.0) -> Any:
+    from edgedet.config import build_config
+    from edgedet.frames import open_source
+
+    cfg = build_config({"source": {"type": "synthetic", "width": WIDTH, "height": HEIGHT, "fps": fps,
+                                   "pattern": "gradient"}}, "bench")
+    return open_source(cfg.source)
+
+
+def bare_fps(interpreter: Any, seconds: float) -> tuple[float, float]:
+    """invoke() in a loop on a prepared tensor: frames per second and the median invoke in ms."""
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.random.default_rng(0).integers(0, 256, detail["shape"])
+                           .astype(detail["dtype"]))
+    times = []
+    started = time.perf_counter()
+    while (now := time.perf_counter()) - started < seconds:
+        interpreter.invoke()
+        times.append(time.perf_counter() - now)
+    return len(times) / (time.perf_counter() - started), statistics.median(times) * 1e3
+
+
+def loop_run(classifier: Any, seconds: float, overlap: Optional[bool] = None) -> dict[str, Any]:
+    """The daemon's FrameLoop on the synthetic 640x480 source at fps 0, per-frame stages kept."""
+    from edgedet.loop import FrameLoop
+
+    stamps: list[float] = []
+    stages: list[dict[str, float]] = []
+
+    def on_frame(result: Any) -> None:
+        stamps.append(time.perf_counter())
+        stages.append(result.latency_ms)
+
+    kwargs: dict[str, Any] = {"overlap": overlap} if overlap is not None else {}
+    loop = FrameLoop(classifier, synthetic(), [], duration_s=seconds, on_frame=on_frame, **kwargs)
+    started = time.perf_counter()
+    stats = loop.run()
+    elapsed = time.perf_counter() - started
+    gaps = np.diff(stamps) * 1e3
+    out = {"fps": stats.frames_processed / elapsed, "frame_gap_ms": float(np.median(gaps))}
+    for stage in ("capture_wait", "preprocess", "inference", "postprocess", "frame_age"):
+        out[stage] = float(np.median([s[stage] for s in stages]))
+    # the rest of a frame's time: the loop's bookkeeping, result, stats and sinks (on the loop's thread)
+    busy = [s["capture_wait"] + s["preprocess"] + s["inference"] + s["postprocess"] for s in stages[1:]]
+    out["loop_rest"] = float(np.median(gaps - np.asarray(busy))) if overlap is not True else None
+    return out
+
+
+def paired(pairs: int, first: Callable[[], Any], second: Callable[[], Any]) -> list[tuple[Any, Any]]:
+    results = []
+    for index in range(pairs):
+        if index % 2 == 0:
+            a = first()
+            b = second()
+        else:
+            b = second()
+            a = first()
+        results.append((a, b))
+    return results
+
+
+def cmd_cpu(args: argparse.Namespace) -> None:
+    from edgedet.loop import auto_threads
+    from edgedet.model.classifier import Classifier
+    from edgedet.model.config import ModelConfig
+    from edgedet.model.runtime import make_interpreter, select_runtime
+
+    runtime = select_runtime("auto")
+    for name in (V2, V1):
+        model = args.models / name
+        bares = {t: make_interpreter(model, runtime, t) for t in (1, 2)}
+        classifier = Classifier.from_config(ModelConfig(path=model), auto_threads=auto_threads())
+
+        def bare(bares: dict[int, Any] = bares) -> tuple[float, float]:
+            return max(bare_fps(bares[t], args.seconds / 2) for t in (1, 2))
+
+        def ours(classifier: Any = classifier) -> dict[str, Any]:
+            return loop_run(classifier, args.seconds)
+
+        runs = paired(args.pairs, bare, ours)
+        ratios = [run["fps"] / b[0] for b, run in runs]
+        print(f"{name} ({classifier.num_threads} threads, preprocess {classifier.preprocessor.backend}): "
+              f"edgedet run / best bare over 1 and 2 threads, {args.pairs} pairs: median "
+              f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+        print(f"  bare fps {' '.join(f'{b[0]:.1f}' for b, _ in runs)}; edgedet fps "
+              f"{' '.join(format(r['fps'], '.1f') for _, r in runs)}")
+        med = {k: statistics.median(r[k] for _, r in runs) for k in
+               ("frame_gap_ms", "capture_wait", "preprocess", "inference", "postprocess", "loop_rest")}
+        outside = med["frame_gap_ms"] - med["inference"]
+        print(f"  per frame (medians, ms): gap {med['frame_gap_ms']:.3f} = inference {med['inference']:.3f} + "
+              f"outside {outside:.3f} [capture {med['capture_wait']:.3f}, preprocess {med['preprocess']:.3f}, "
+              f"postprocess {med['postprocess']:.3f}, loop rest {med['loop_rest']:.3f}]")
+
+
+def cmd_overlap(args: argparse.Namespace) -> None:
+    from edgedet.model.classifier import Classifier
+    from edgedet.model.config import ModelConfig
+    from edgedet.model.simulated import simulated_accelerator
+
+    model = args.models / V2
+    for invoke_s in (0.0025, 0.001):
+        classifier = Classifier.from_config(ModelConfig(path=model, num_threads=1),
+                                            interpreter_factory=simulated_accelerator(invoke_s))
+
+        def serial(classifier: Any = classifier) -> dict[str, Any]:
+            return loop_run(classifier, args.seconds, overlap=False)
+
+        def overlapped(classifier: Any = classifier) -> dict[str, Any]:
+            return loop_run(classifier, args.seconds, overlap=True)
+
+        bare = [bare_fps(classifier._interpreter, 1.0) for _ in range(3)]
+        runs = paired(args.pairs, serial, overlapped)
+        nominal = 1 / invoke_s
+        bare_rate = statistics.median(b[0] for b in bare)
+        print(f"SIMULATED accelerator, invoke = sleep {invoke_s * 1e3:.1f} ms (GIL released), {V2} scores, "
+              f"640x480 frames, {args.pairs} pairs:")
+        print(f"  bare stand-in loop: {bare_rate:.1f} fps (its sleep takes {statistics.median(b[1] for b in bare):.3f}"
+              f" ms), 1/invoke = {nominal:.0f} fps")
+        for label, index in (("serial", 0), ("overlapped", 1)):
+            fps = [r[index]["fps"] for r in runs]
+            age = statistics.median(r[index]["frame_age"] for r in runs)
+            inference = statistics.median(r[index]["inference"] for r in runs)
+            print(f"  {label:10s}: fps {statistics.median(fps):.1f} = {statistics.median(fps) / nominal:.3f} of "
+                  f"1/invoke, {statistics.median(fps) / bare_rate:.3f} of the bare stand-in; frame age p50 "
+                  f"{age:.3f} ms (invoke as timed in the loop {inference:.3f} ms; age - invoke {age - inference:.3f})")
+        gains = [o["fps"] / s["fps"] for s, o in runs]
+        print(f"  overlapped / serial, per pair: median {statistics.median(gains):.3f}")
+    for threads in (1, 2):
+        cpu = Classifier.from_config(ModelConfig(path=model, num_threads=threads))
+        runs = paired(args.pairs, lambda cpu=cpu: loop_run(cpu, args.seconds, overlap=False),
+                      lambda cpu=cpu: loop_run(cpu, args.seconds, overlap=True))
+        gains = [o["fps"] / s["fps"] for s, o in runs]
+        print(f"CPU only, {V2}, {threads} thread(s): overlapped / serial fps, per pair: median "
+              f"{statistics.median(gains):.3f} (serial {statistics.median(s['fps'] for s, _ in runs):.1f} fps)")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+BARE_AT_RATE = """
+import sys, time
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+model, fps, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+it = Interpreter(model_path=model, num_threads=2)
+it.allocate_tensors()
+d = it.get_input_details()[0]
+it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+it.invoke()
+print("ready", flush=True)
+sys.stdin.readline()
+n, due, end = 0, time.monotonic(), time.monotonic() + seconds
+while time.monotonic() < end:
+    due += 1 / fps
+    it.invoke()
+    n += 1
+    time.sleep(max(0.0, due - time.monotonic()))
+print(n, flush=True)
+sys.stdin.readline()
+"""
+
+
+def bare_cpu_per_invoke(model: Path, fps: float, seconds: float) -> tuple[float, float]:
+    proc = subprocess.Popen([sys.executable, "-c", BARE_AT_RATE, str(model), str(fps), str(seconds)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdin and proc.stdout
+    proc.stdout.readline()
+    before = cpu_seconds(proc.pid)
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    count = int(proc.stdout.readline())
+    used = cpu_seconds(proc.pid) - before
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait()
+    return used / count * 1e3, count / seconds
+
+
+def daemon_cmd(config: Path, frames: int = 0, extra: tuple[str, ...] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", "--config", str(config),
+           "--set", "source.type=synthetic", "--set", f"source.width={WIDTH}", "--set", f"source.height={HEIGHT}",
+           "--set", "publish.console=false", *extra]
+    return cmd + (["--max-frames", str(frames)] if frames else [])
+
+
+def daemon_cpu_per_frame(config: Path, fps: float, seconds: float) -> tuple[float, float]:
+    """``edgedet run`` at a fixed source rate: CPU seconds per frame over a window after warm-up."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_file = Path(tmp) / "stats.json"
+        proc = subprocess.Popen(daemon_cmd(config, extra=("--set", f"source.fps={fps}", "--duration",
+                                                          str(seconds + 3), "--stats-file", str(stats_file))),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(3)  # model loaded, first frames done
+        before, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds - 0.5)
+        used, span = cpu_seconds(proc.pid) - before, time.monotonic() - t0
+        proc.wait()
+        stats = json.loads(stats_file.read_text())
+    rate = stats["fps_out"]
+    return used / (rate * span) * 1e3, rate
+
+
+def bundled_model() -> Path:
+    from edgedet.model.config import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        raise SystemExit("the bundled model is not found")
+    return path
+
+
+def cmd_cpu_per_frame(args: argparse.Namespace) -> None:
+    model = bundled_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "c.yaml"
+        config.write_text(f"model:\n  path: {model}\n")
+        runs = paired(args.pairs, lambda: daemon_cpu_per_frame(config, 30.0, args.seconds),
+                      lambda: bare_cpu_per_invoke(model, 30.0, args.seconds))
+    extra = [d[0] - b[0] for d, b in runs]
+    print(f"{model.name}, 30 fps source, MQTT off, {args.pairs} pairs of {args.seconds:.0f} s: CPU per frame "
+          f"edgedet run {' '.join(f'{d[0]:.3f}' for d, _ in runs)} ms, bare invoke loop "
+          f"{' '.join(f'{b[0]:.3f}' for _, b in runs)} ms; edgedet's own cost per frame: median "
+          f"{statistics.median(extra):.3f} ms (min {min(extra):.3f}, max {max(extra):.3f}); "
+          f"rates {statistics.median(d[1] for d, _ in runs):.1f} / {statistics.median(b[1] for _, b in runs):.1f} fps")
+
+
+def rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cmd_memory(args: argparse.Namespace) -> None:
+    model = bundled_model()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "c.yaml"
+            config.write_text(f"model:\n  path: {model}\nmqtt:\n  enabled: true\n  host: 127.0.0.1\n"
+                              f"  port: {port}\n")
+            proc = subprocess.Popen(daemon_cmd(config, args.frames, ("--set", "source.fps=0")),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            samples: list[tuple[float, float]] = []
+            started = time.monotonic()
+            while proc.poll() is None:
+                try:
+                    value = rss_mb(proc.pid)
+                    if value > 0:
+                        samples.append((time.monotonic() - started, value))
+                except (OSError, ValueError, IndexError):
+                    pass
+                time.sleep(0.05)
+    finally:
+        broker.terminate()
+        broker.wait()
+    total = samples[-1][0]
+    steady = [r for t, r in samples if t >= total / 10]
+    print(f"edgedet run, {model.name}, MQTT on (local mosquitto), {args.frames} frames at fps 0 in {total:.0f} s "
+          f"(exit {proc.returncode}): RSS after the first tenth {steady[0]:.1f} MB, end {steady[-1]:.1f} MB, "
+          f"peak {max(r for _, r in samples):.1f} MB, growth {steady[-1] - steady[0]:+.1f} MB")
+    probe = ("import importlib, sys, os\n"
+             "from pathlib import Path\n"
+             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
+             "steps = sys.argv[2].split('|')\n"
+             "for step in steps:\n"
+             "    exec(step)\n"
+             "    print(f'{rss():.1f}', end=' ')\n")
+    bare = ("import numpy as np; from ai_edge_litert.interpreter import Interpreter;"
+            f"it = Interpreter(model_path='{model}', num_threads=2); it.allocate_tensors(); it.invoke()")
+    steps = [bare, "import yaml, pydantic", "import PIL.Image", "import paho.mqtt.client", "import cv2"]
+    out = subprocess.run([sys.executable, "-c", probe, "", "|".join(steps)], capture_output=True, text=True).stdout
+    values = out.split()
+    print("RSS of a bare interpreter with the same model, then adding imports (MB): "
+          + ", ".join(f"{label} {value}" for label, value in
+                      zip(("bare interpreter", "+yaml+pydantic", "+Pillow", "+paho", "+cv2"), values)))
+    modules = subprocess.run(
+        [sys.executable, "-c", "import sys; from edgedet.pipeline import Pipeline; "
+         "print(' '.join(m for m in ('cv2', 'PIL', 'paho', 'yaml', 'pydantic', 'edgedet.host', 'edgedet.bench') "
+         "if m in sys.modules))"], capture_output=True, text=True).stdout.strip()
+    print(f"imported by edgedet.pipeline: {modules}")
+    print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[1])
+    parser.add_argument("what", choices=("cpu", "overlap", "cpu-per-frame", "memory"))
+    parser.add_argument("--models", type=Path, default=SHARED)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--frames", type=int, default=20000)
+    args = parser.parse_args()
+    {"cpu": cmd_cpu, "overlap": cmd_overlap, "cpu-per-frame": cmd_cpu_per_frame, "memory": cmd_memory}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

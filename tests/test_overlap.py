@@ -1,0 +1,134 @@
+"""The overlapped frame loop (next frame prepared during an off-CPU invoke) against the serial one.
+
+The Edge TPU is absent here: edgedet.model.simulated wraps the real interpreter through the Classifier's
+interpreter_factory seam; with ``compute=True`` every invoke also runs the real model on the frame it was
+given, so a frame classified from the wrong staging buffer shows up as a wrong result.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+
+from edgedet.frames.base import Frame, FrameSource
+from edgedet.loop import FrameLoop
+from edgedet.model.classifier import Classifier
+from edgedet.model.config import ModelConfig
+from edgedet.model.preprocess import load_image
+from edgedet.model.simulated import simulated_accelerator
+from edgedet.results import FrameResult
+
+V1 = "mobilenet_v1_0.25_128_quant.tflite"
+IMAGES = ("cat.bmp", "bird.bmp", "grace_hopper.bmp")
+
+
+class ListSource(FrameSource):
+    """Real photographs, one after the other, then exhausted; ``bad`` frame numbers are unusable arrays."""
+
+    def __init__(self, images: list[np.ndarray], count: int, on_demand: bool = True,
+                 bad: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self.images, self.count, self._on_demand, self.bad = images, count, on_demand, bad
+        self.delivered: list[int] = []
+        self._ready = threading.Semaphore(0)
+
+    def open(self) -> None:
+        pass
+
+    def read(self, timeout_s: float) -> Optional[Frame]:
+        n = self._next_frame_id
+        if n >= self.count:
+            return None
+        if not self._on_demand:  # a camera: the next frame comes only once the loop has taken one
+            self._ready.acquire(timeout=timeout_s)
+        image = np.zeros((4, 4, 2), np.uint8) if n in self.bad else self.images[n % len(self.images)]
+        self.delivered.append(n)
+        return self._make_frame(image)
+
+    def release(self) -> None:
+        self._ready.release()
+
+    @property
+    def on_demand(self) -> bool:
+        return self._on_demand
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "list"}
+
+
+@pytest.fixture(scope="module")
+def photos(shared_models: Path) -> list[np.ndarray]:
+    return [np.asarray(load_image(shared_models / name)) for name in IMAGES]
+
+
+def standin(shared_models: Path, invoke_s: float = 0.002) -> Classifier:
+    return Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5),
+                                  interpreter_factory=simulated_accelerator(invoke_s, compute=True))
+
+
+def run(classifier: Classifier, source: FrameSource, overlap: Optional[bool]) -> tuple[list[FrameResult], Any]:
+    results: list[FrameResult] = []
+    threads: set[str] = set()
+
+    def on_frame(result: FrameResult) -> None:
+        results.append(result)
+        threads.update(t.name for t in threading.enumerate())
+        if isinstance(source, ListSource) and not source.on_demand:
+            source.release()
+
+    if isinstance(source, ListSource) and not source.on_demand:
+        source.release()
+    stats = FrameLoop(classifier, source, [], overlap=overlap, on_frame=on_frame, timeout_s=5.0).run()
+    return results, (stats, threads)
+
+
+def test_overlapped_results_equal_the_serial_ones_frame_by_frame(shared_models, photos):
+    serial, _ = run(standin(shared_models), ListSource(photos, 12), overlap=False)
+    overlapped, (stats, threads) = run(standin(shared_models), ListSource(photos, 12), overlap=True)
+    assert "edgedet-prepare" in threads
+    assert [r.frame_id for r in overlapped] == list(range(12)) == [r.frame_id for r in serial]
+    assert stats.frames_processed == 12
+    for a, b in zip(serial, overlapped):
+        assert a.top_k == b.top_k
+    # the photos differ, so a frame classified from the other staging buffer would have changed the top class
+    assert len({r.top_k[0].id for r in overlapped[:3]}) == 3
+
+
+def test_a_classifier_that_leaves_the_cpu_free_is_overlapped_by_default(shared_models, photos):
+    classifier = standin(shared_models)
+    assert classifier.leaves_cpu_free
+    _, (_, threads) = run(classifier, ListSource(photos, 4), overlap=None)
+    assert "edgedet-prepare" in threads
+    cpu = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1))
+    assert not cpu.leaves_cpu_free
+    _, (_, threads) = run(cpu, ListSource(photos, 4), overlap=None)
+    assert "edgedet-prepare" not in threads
+
+
+def test_camera_source_every_frame_once_in_order(shared_models, photos):
+    source = ListSource(photos, 9, on_demand=False)
+    results, (stats, _) = run(standin(shared_models), source, overlap=True)
+    ids = [r.frame_id for r in results]
+    assert ids == sorted(set(ids)) and len(ids) == stats.frames_processed
+    assert ids == list(range(9)) and source.delivered == list(range(9))
+
+
+def test_bad_frames_in_the_overlapped_loop_are_counted_not_classified(shared_models, photos):
+    results, (stats, _) = run(standin(shared_models), ListSource(photos, 10, bad=frozenset({2, 5})), overlap=True)
+    assert [r.frame_id for r in results] == [0, 1, 3, 4, 6, 7, 8, 9]
+    assert stats.frames_invalid == 2 and stats.frames_processed == 8
+    serial = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5))
+    for r in results:
+        assert r.top_k == serial.infer(photos[r.frame_id % len(photos)]).top_k
+
+
+def test_max_frames_bound_is_exact_in_the_overlapped_loop(shared_models, photos):
+    classifier = standin(shared_models)
+    results: list[FrameResult] = []
+    stats = FrameLoop(classifier, ListSource(photos, 100), [], overlap=True, max_frames=7,
+                      on_frame=results.append).run()
+    assert stats.frames_processed == 7 and [r.frame_id for r in results] == list(range(7))
