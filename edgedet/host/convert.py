@@ -274,7 +274,7 @@ def _configure(converter: Any, options: ConvertOptions, io_dtype: str, size: tup
 def load_resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def check_flatbuffer(info: FlatbufferInfo, quantization: str, io_dtype: str, where: Path) -> None:

@@ -36,7 +36,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as image:
         rgb = image.convert("RGB")
         if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.BILINEAR)
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
 
 
