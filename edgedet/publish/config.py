@@ -62,6 +62,12 @@ class MqttConfig(Strict):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     outbox_max: int = Field(default=10000, ge=1)
+    # The outbox file (SQLite): what cannot be delivered survives a restart and a power cut. None: memory only.
+    outbox_path: Optional[Path] = None
+    # The longest a message waits in memory only while undeliverable (what a kill -9 or a power cut can lose).
+    outbox_sync_s: float = Field(default=1.0, gt=0)
+    # The most payload bytes the outbox file holds (the oldest are dropped first, like outbox_max).
+    outbox_max_mb: float = Field(default=64.0, gt=0)
     # QoS>0 messages handed to paho and not yet acknowledged (PUBACK); bounds paho's own in-memory store.
     inflight_max: int = Field(default=100, ge=1, le=65000)
     # On a clean stop: how long to wait for the outbox to drain before publishing ``offline``.

@@ -30,13 +30,15 @@ import ssl
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, NamedTuple, Optional, Union
+from itertools import chain
+from typing import Any, Callable, Optional, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgedet.publish.config import MqttConfig
+from edgedet.publish.outbox import OutboxStore
 from edgedet.publish.problems import CONNECT_PROBLEMS, ProblemLog, describe_connect_error, describe_refused
 
 log = logging.getLogger("edgedet.mqtt")
@@ -54,13 +56,18 @@ MessageHandler = Callable[[str, bytes], None]
 Payload = Union[bytes, Callable[[], Optional[bytes]]]
 
 
-class OutMessage(NamedTuple):
-    topic: str
-    # bytes, or a function that builds them: encoding is deferred to the sender thread so the frame loop
-    # pays only for an append, and messages dropped while the broker is down are never encoded at all.
-    payload: Payload
-    qos: int
-    retain: bool
+class OutMessage:
+    """One message in the outbox. ``payload``: bytes, or a function that builds them: encoding is deferred to
+    the sender thread so the frame loop pays only for an append, and messages dropped while the broker is down
+    are never encoded at all (None: the builder decided there is nothing to send). ``row``: its row in the
+    outbox file once it has waited ``mqtt.outbox_sync_s`` there; ``queued_at``: ``time.monotonic()``."""
+
+    __slots__ = ("payload", "qos", "queued_at", "retain", "row", "topic")
+
+    def __init__(self, topic: str, payload: Payload | None, qos: int, retain: bool, row: int | None = None,
+                 queued_at: float = 0.0) -> None:
+        self.topic, self.payload, self.qos, self.retain = topic, payload, qos, retain
+        self.row, self.queued_at = row, queued_at
 
 
 class _ErrorRecordingClient(mqtt.Client):
@@ -116,6 +123,9 @@ class MqttPublisher:
         self._denied = 0
         self._failed_attempts = 0
         self._problems = ProblemLog(log)
+        # The outbox file (mqtt.outbox_path): opened by start() or handed over by a predecessor (_adopt).
+        self._store: OutboxStore | None = None
+        self._store_adopted = False
 
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         self._protocol = protocol
@@ -159,6 +169,7 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
+        self._open_store()
         self._sender = threading.Thread(target=self._sender_main, name="edgedet-mqtt-sender", daemon=True)
         self._sender.start()
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
@@ -173,7 +184,7 @@ class MqttPublisher:
 
         ``payload`` may be a function returning the bytes; the sender thread calls it when it sends."""
         data: Payload = payload.encode("utf-8") if isinstance(payload, str) else payload
-        msg = OutMessage(topic, data, self.cfg.qos if qos is None else qos, retain)
+        msg = OutMessage(topic, data, self.cfg.qos if qos is None else qos, retain, None, time.monotonic())
         with self._cond:
             if len(self._outbox) == self._outbox.maxlen:
                 self._dropped += 1
@@ -245,8 +256,10 @@ class MqttPublisher:
             self._stopping = True
             self._cond.notify_all()
         if not flushed and left:
-            log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)",
-                        left, "connected" if self.connected else "not connected")
+            kept = (f"; kept in {self.cfg.outbox_path} for the next start" if self._store is not None else
+                    " (set mqtt.outbox_path to keep them for the next start)")
+            log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)%s",
+                        left, "connected" if self.connected else "not connected", kept)
         if self.connected:
             info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
             # RuntimeError/ValueError: the connection dropped meanwhile; the Will says offline instead.
@@ -259,6 +272,10 @@ class MqttPublisher:
         self._client.loop_stop()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
+        if self._store is not None:
+            self._sync(everything=True)  # what is still undelivered waits in the file for the next start
+            self._store.close()
+            self._store = None
         self._started = False
 
     def hand_over(self, successor: MqttPublisher, timeout_s: float = 1.0) -> int:
@@ -278,7 +295,16 @@ class MqttPublisher:
             self._outbox.clear()
             counters = (self._dropped, self._reconnects, self._sent, self._acked, self._denied,
                         self._failed_attempts)
-        successor._adopt(pending, counters)
+        store, self._store = self._store, None
+        if store is not None and successor.cfg.outbox_path != self.cfg.outbox_path:
+            # Another file (or none): the successor keeps the messages (in memory, then in its own file);
+            # this file must not deliver them a second time at the next start.
+            for msg in pending:
+                msg.row = None
+            store.sync([], None)
+            store.close()
+            store = None
+        successor._adopt(pending, counters, store)
         if self._started:
             if self.connected:
                 info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
@@ -289,7 +315,10 @@ class MqttPublisher:
             self._started = False
         return len(pending)
 
-    def _adopt(self, pending: list[OutMessage], counters: tuple[int, int, int, int, int, int]) -> None:
+    def _adopt(self, pending: list[OutMessage], counters: tuple[int, int, int, int, int, int],
+               store: OutboxStore | None = None) -> None:
+        if store is not None:
+            self._store, self._store_adopted = store, True  # its rows are the ones in ``pending``
         with self._cond:
             newer = list(self._outbox)
             self._outbox.clear()
@@ -303,25 +332,33 @@ class MqttPublisher:
 
     def _sender_main(self) -> None:
         window = self.cfg.inflight_max
+        sync_s = self.cfg.outbox_sync_s
+        next_sync = time.monotonic() + sync_s
         while True:
+            msg: OutMessage | None = None
             with self._cond:
-                while not self._stopping and (
-                    not self._connected or not self._outbox or len(self._inflight) >= window
-                ):
-                    self._cond.wait()
+                while not self._stopping:
+                    if self._connected and self._outbox and len(self._inflight) < window:
+                        msg = self._outbox.popleft()
+                        break
+                    if self._store is None:
+                        self._cond.wait()
+                        continue
+                    wait_s = next_sync - time.monotonic()
+                    if wait_s <= 0:
+                        break
+                    self._cond.wait(wait_s)
                 if self._stopping:
                     return
-                msg = self._outbox.popleft()
-            if callable(msg.payload):
-                try:
-                    data = msg.payload()
-                except Exception:  # a payload that cannot be built must not stop the sender
-                    log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
-                    continue
-                if data is None:  # the builder decided there is nothing to send (it says why)
-                    continue
-                msg = msg._replace(payload=data)
-            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            if self._store is not None and time.monotonic() >= next_sync:
+                # Also while connected: a broker that does not keep up leaves messages waiting.
+                self._sync()
+                next_sync = time.monotonic() + sync_s
+            if msg is None:
+                continue
+            if not self._build(msg):
+                continue
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)  # type: ignore[arg-type]
             with self._cond:
                 self._sent += 1
                 if msg.qos > 0:
@@ -330,6 +367,78 @@ class MqttPublisher:
                     else:
                         self._inflight[info.mid] = msg
                 # QoS 0 returning NO_CONN is lost by definition (at most once); QoS>0 stays in paho's store.
+
+    @staticmethod
+    def _build(msg: OutMessage) -> bool:
+        """Turn a payload builder into bytes (sender thread only); False: nothing to send."""
+        if callable(msg.payload):
+            try:
+                msg.payload = msg.payload()
+            except Exception:  # a payload that cannot be built must not stop the sender
+                log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
+                msg.payload = None
+        return msg.payload is not None
+
+    # ------------------------------------------------------------------ outbox file
+
+    def _open_store(self) -> None:
+        """Open mqtt.outbox_path, if set and not handed over, and put what the last run left first."""
+        path = self.cfg.outbox_path
+        if path is None or self._store is not None:
+            return
+        store = OutboxStore.open(path, int(self.cfg.outbox_max_mb * 1_000_000))
+        if store is None:
+            return
+        self._store = store
+        left = store.load()
+        if not left:
+            return
+        with self._cond:
+            everything = [OutMessage(m.topic, m.payload, m.qos, m.retain, m.row) for m in left]
+            everything += self._outbox
+            overflow = max(0, len(everything) - (self._outbox.maxlen or len(everything)))
+            self._outbox.clear()
+            self._outbox.extend(everything[overflow:])
+            self._dropped += overflow
+        log.info("MQTT outbox: %d message(s) left by the last run in %s are delivered first%s", len(left), path,
+                 f" ({overflow} over mqtt.outbox_max dropped)" if overflow else "")
+
+    def _sync(self, *, everything: bool = False) -> None:
+        """Write the messages that have waited ``outbox_sync_s`` (``everything``: all undelivered ones) to the
+        file and delete the delivered or dropped ones. No change, no write. Sender thread, or after it ended."""
+        store = self._store
+        if store is None:
+            return
+        with self._cond:
+            waiting = list(chain(self._inflight.values(), self._outbox))
+            connected = self._connected
+        # Disconnected, everything waiting is undeliverable: written at every tick, so a kill -9 loses at most
+        # outbox_sync_s. Connected, only what has waited that long (a broker that does not keep up); the aged
+        # ones are a prefix of the unwritten ones, so the row ids follow the delivery order.
+        cutoff = float("inf") if everything or not connected else time.monotonic() - self.cfg.outbox_sync_s
+        new = [m for m in waiting if m.row is None and m.queued_at <= cutoff]
+        rows = [m.row for m in waiting if m.row is not None]
+        keep_from = min(rows) if rows else None  # None: every stored row was delivered or dropped
+        for msg in new:
+            self._build(msg)
+        new = [m for m in new if m.payload is not None]
+        ids = store.sync([(m.topic, m.payload, m.qos, m.retain) for m in new], keep_from)  # type: ignore[misc]
+        if ids is None:
+            return
+        for msg, row in zip(new, ids):
+            msg.row = row
+        cut = store.rows_over_cap()
+        if cut is not None:
+            with self._cond:
+                dropped = 0
+                while self._outbox and self._outbox[0].row is not None and self._outbox[0].row < cut:
+                    self._outbox.popleft()
+                    dropped += 1
+                self._dropped += dropped
+            if dropped:
+                self._problems.report("outbox_full", f"MQTT outbox: {store.path} is over mqtt.outbox_max_mb "
+                                      f"({self.cfg.outbox_max_mb:g} MB); the oldest messages are dropped",
+                                      level=logging.WARNING)
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
 
