@@ -61,6 +61,9 @@ class MqttConfig(Strict):
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
+    # Each reconnect delay is drawn within +- this fraction, and a backlog drains after a random 0..this x
+    # reconnect_min_s: a fleet that lost its broker at once does not come back (and drain) at once. 0 = off.
+    reconnect_jitter: float = Field(default=0.5, ge=0, lt=1)
     outbox_max: int = Field(default=10000, ge=1)
     # The outbox file (SQLite): what cannot be delivered survives a restart and a power cut. None: memory only.
     outbox_path: Optional[Path] = None

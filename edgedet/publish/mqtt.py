@@ -16,7 +16,7 @@ Design (why it looks like this):
   broker that lost its state (no persistence) is repopulated.
 * Connection problems (wrong credentials, ACL denial, TLS mismatch, unreachable host) give one clear log
   line per kind, repeated at most every ``problems.REPEAT_LOG_S`` while they persist (``ProblemLog``);
-  paho keeps retrying with exponential backoff (``reconnect_delay_set``).
+  paho keeps retrying, with the jittered backoff of ``_ErrorRecordingClient``.
 
 Never call into paho while holding ``self._cond``: paho calls ``on_publish`` while holding its own
 ``_out_message_mutex``, and ``publish()`` takes that mutex, so the two locks would deadlock.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random as _random
 import ssl
 import threading
 import time
@@ -71,14 +72,67 @@ class OutMessage:
 
 
 class _ErrorRecordingClient(mqtt.Client):
-    """paho's client, remembering why the last connection attempt raised.
+    """paho's client, remembering why the last connection attempt raised, with a jittered backoff and a
+    network thread that never ends while we want a connection.
 
     ``loop_forever`` swallows the ``OSError`` of a failed connect and only calls ``on_connect_fail``
     without arguments; the exception is what tells "refused" from "TLS mismatch" from "no such host".
+
+    paho 2.x's backoff (``_reconnect_wait``) doubles after each failed attempt and is reset only by an
+    accepted CONNACK. A broker that flaps (down and up every second or two) fails a chain of attempts now and
+    then, each chain doubles the delay, and the client ends up asleep for 16, 32, 60 s (reconnect_max_s) while
+    the broker has long been back: it seems to stop trying. Here the delay follows the time since the
+    connection was lost instead (half of it, within reconnect_min_s..reconnect_max_s), so the client never
+    sleeps longer than half the outage so far, and a long outage still backs off to the maximum. Each delay
+    is drawn at random within +-``jitter`` of that (a fleet restarted together must not come back in
+    lockstep). Also, paho's loop thread ends for good when anything but an ``OSError`` escapes it
+    (``_thread_main`` has no ``except``): ours restarts it and says why.
     """
 
     last_connect_error: BaseException | None = None
     attempts = 0  # connection attempts so far; tells one connection's callbacks from the next one's
+    keep_running = True  # False once we stop or hand over: the network loop may end then
+    jitter = 0.0  # mqtt.reconnect_jitter
+    random = _random.Random()
+    lost_at: float | None = None  # when the current run of attempts began (the connection was lost)
+
+    def _thread_main(self) -> None:
+        while True:
+            try:
+                self.loop_forever(retry_first_connection=True)
+            except Exception as exc:  # paho's loop died: without this, it never reconnects again
+                if self._thread_terminate or not self.keep_running:
+                    break
+                log.error("MQTT: the network loop stopped on %s: %s; restarting it", type(exc).__name__, exc)
+                self._reconnect_wait()
+                continue
+            if self._thread_terminate or not self.keep_running:
+                break
+            log.error("MQTT: the network loop ended without being stopped; restarting it")
+            self._reconnect_wait()
+        self._thread = None
+
+    def next_delay(self, now: float) -> float:
+        """The wait before the next attempt: half the time since the connection was lost, within
+        reconnect_min_s..reconnect_max_s, times a random factor within 1 +- jitter."""
+        with self._reconnect_delay_mutex:
+            low, high = float(self._reconnect_min_delay), float(self._reconnect_max_delay)
+            # paho sets _reconnect_delay to None on an accepted CONNACK: a new run of attempts begins.
+            if self._reconnect_delay is None or self.lost_at is None:
+                self.lost_at = now
+            delay = min(high, max(low, 0.5 * (now - self.lost_at)))
+            self._reconnect_delay = delay  # type: ignore[assignment]  # paho stores the float it is given
+        if self.jitter > 0:
+            delay *= self.random.uniform(1 - self.jitter, 1 + self.jitter)
+        return delay
+
+    def _reconnect_wait(self) -> None:
+        deadline = time.monotonic() + self.next_delay(time.monotonic())
+        while not self._thread_terminate and self.keep_running:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.1))  # a stop must not wait out a long delay
 
     def reconnect(self) -> MQTTErrorCode:
         self.attempts += 1
@@ -111,6 +165,10 @@ class MqttPublisher:
         self._ever_connected = False
         self._connack_refused = False
         self._connected_since = 0.0
+        # Connections in a row that dropped soon after connecting, each one accepted at the first attempt: the
+        # mark of an ACL denial (mosquitto drops a client whose publish it denies). A failed attempt in between
+        # means the broker itself went away (a restart, a flapping broker), and resets it.
+        self._quick_drops = 0
         self._disconnect_seen_for_attempt = -1
         self._stopping = False
         self._sender: threading.Thread | None = None
@@ -126,6 +184,9 @@ class MqttPublisher:
         # The outbox file (mqtt.outbox_path): opened by start() or handed over by a predecessor (_adopt).
         self._store: OutboxStore | None = None
         self._store_adopted = False
+        # After a connect, a backlog waits until then (monotonic): a fleet back at once must not drain at once.
+        self._drain_not_before = 0.0
+        self._random = _random.Random()
 
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         self._protocol = protocol
@@ -141,6 +202,7 @@ class MqttPublisher:
         client.max_queued_messages_set(0)
         # paho doubles the delay after each failed attempt up to the maximum (exponential backoff).
         client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.jitter = cfg.reconnect_jitter
         if cfg.username is not None:
             client.username_pw_set(cfg.username, password)
         if cfg.tls.enabled:
@@ -255,6 +317,7 @@ class MqttPublisher:
             left = len(self._outbox) + len(self._inflight)
             self._stopping = True
             self._cond.notify_all()
+        self._client.keep_running = False
         if not flushed and left:
             kept = (f"; kept in {self.cfg.outbox_path} for the next start" if self._store is not None else
                     " (set mqtt.outbox_path to keep them for the next start)")
@@ -282,6 +345,7 @@ class MqttPublisher:
         """Move what is not yet acknowledged, and the counters, to ``successor`` (not started yet), then leave
         this connection (``offline`` retained, disconnect). Used when a reload changes the MQTT settings: the
         queued messages are delivered on the new connection, in order, with their seq. Returns how many."""
+        self._client.keep_running = False
         with self._cond:
             self._stopping = True  # the sender thread ends and sends nothing more
             self._cond.notify_all()
@@ -339,8 +403,12 @@ class MqttPublisher:
             with self._cond:
                 while not self._stopping:
                     if self._connected and self._outbox and len(self._inflight) < window:
-                        msg = self._outbox.popleft()
-                        break
+                        hold_s = self._drain_not_before - time.monotonic()
+                        if hold_s <= 0:
+                            msg = self._outbox.popleft()
+                            break
+                        self._cond.wait(hold_s)
+                        continue
                     if self._store is None:
                         self._cond.wait()
                         continue
@@ -460,16 +528,20 @@ class MqttPublisher:
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
         for msg in retained:
-            client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+            client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)  # type: ignore[arg-type]
         log.info("MQTT: connected to %s:%d as %s (MQTT %s)%s", self.cfg.host, self.cfg.port,
                  self.status_topic.rsplit("/", 2)[1], self.cfg.protocol, " again" if was_problem else "")
         with self._cond:
             self._connected = True
+            if len(self._outbox) > self.cfg.inflight_max and self.cfg.reconnect_jitter > 0:
+                self._drain_not_before = time.monotonic() + self._random.uniform(
+                    0, self.cfg.reconnect_jitter * self.cfg.reconnect_min_s)
             self._cond.notify_all()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         with self._cond:
             self._failed_attempts += 1
+            self._quick_drops = 0
             self._connack_refused = False
         exc = getattr(client, "last_connect_error", None)
         kind, line = describe_connect_error(exc, self.cfg)
@@ -489,21 +561,34 @@ class MqttPublisher:
             up_s = time.monotonic() - self._connected_since
             if was_connected and up_s >= STABLE_CONNECTION_S:
                 self._problems.clear(["lost"])  # a long-lived connection: its loss is news again
+                self._quick_drops = 0
+            elif was_connected:
+                self._quick_drops += 1
+            quick_drops = self._quick_drops
+            ever_connected = self._ever_connected
             self._cond.notify_all()
         if self._stopping:
             return
         if was_connected:
             hint = ""
-            if up_s < STABLE_CONNECTION_S:
+            if up_s < STABLE_CONNECTION_S and quick_drops >= 3:
                 # mosquitto 2.0 closes the connection after a publish its ACL denies (MQTT 3.1.1 has no
                 # other way to say so), which shows up as a drop right after every connect.
-                hint = (f"; dropped {up_s:.1f} s after connecting: if this repeats, check that the broker "
-                        f"ACL lets user {self.cfg.username!r} write {self.base_topic}/#")
+                hint = (f"; dropped {up_s:.1f} s after connecting, {quick_drops} times in a row with each "
+                        f"reconnect accepted at once: check that the broker ACL lets user "
+                        f"{self.cfg.username!r} write {self.base_topic}/#")
             self._problems.report("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
                                   f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
         elif not refused:
             with self._cond:
                 self._failed_attempts += 1
+                self._quick_drops = 0
+            if ever_connected:
+                # These settings were accepted before: the broker is shutting down or restarting.
+                self._problems.report("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection "
+                                      "before accepting it (it accepted these settings before: the broker is "
+                                      "restarting or going down)", level=logging.WARNING)
+                return
             # Closed before CONNACK: typically a TLS listener spoken to in plain text, or the reverse.
             self._problems.report("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection "
                                   "before accepting it; does mqtt.tls.enabled match the broker listener on this "
@@ -553,4 +638,5 @@ class MqttPublisher:
         with self._cond:
             self._connack_refused = True
             self._failed_attempts += 1
+            self._quick_drops = 0
         self._problems.report(*describe_refused(reason, self.cfg))
