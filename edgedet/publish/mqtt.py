@@ -577,8 +577,10 @@ class MqttPublisher:
                 hint = (f"; dropped {up_s:.1f} s after connecting, {quick_drops} times in a row with each "
                         f"reconnect accepted at once: check that the broker ACL lets user "
                         f"{self.cfg.username!r} write {self.base_topic}/#")
-            self._problems.report("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
-                                  f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
+            # Its own kind: the ACL suspicion is news even while plain losses are rate-limited.
+            self._problems.report("lost_acl" if hint else "lost", f"MQTT: lost the connection to "
+                                  f"{self.cfg.host}:{self.cfg.port} ({reason}); messages wait in the outbox{hint}",
+                                  level=logging.WARNING)
         elif not refused:
             with self._cond:
                 self._failed_attempts += 1
