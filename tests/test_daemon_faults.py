@@ -1,21 +1,41 @@
-"""Faults against the real daemon process: signals while it starts."""
+"""Faults against the real daemon process and bad inputs it must refuse in one line."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import time
 from pathlib import Path
 
+import pytest
+from helpers import assert_one_line_error, run_cli
 from mosquitto import free_port
-from test_daemon_mqtt import Daemon, finished, wait_until
+from test_daemon_mqtt import MODEL, Daemon, finished, wait_until
+
+from edgedet.publish.config import MqttConfig
+
+
+def sighup_caught(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signal.SIGHUP - 1)))
 
 
 def test_sighup_while_starting_does_not_kill_the_daemon(tmp_path: Path) -> None:
     """SIGHUP's default action ends a process: it is caught from the first line of ``edgedet run``, before
     the imports and the model load, and the reload it asks for happens once the daemon runs."""
     daemon = Daemon(tmp_path, free_port(), "hup", fps=50, config={"mqtt": {"enabled": False}})
+    pid = daemon.proc.pid
     try:
-        time.sleep(0.3)  # well before the model is loaded and the loop runs (start-up takes seconds)
+        time.sleep(0.3)
+        # When SIGHUP is caught (SigCgt), the slow start-up (numpy, the runtime, the model) must still be ahead:
+        # the process is frozen while its mappings are read, so the check does not race with it.
+        assert wait_until(lambda: sighup_caught(pid) or daemon.proc.poll() is not None, 60, 0.002)
+        os.kill(pid, signal.SIGSTOP)
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        os.kill(pid, signal.SIGCONT)
+        assert "_multiarray_umath" not in maps, "SIGHUP is caught only after numpy was loaded"
         daemon.proc.send_signal(signal.SIGHUP)
         assert wait_until(lambda: daemon.frames_written() >= 20 or daemon.proc.poll() is not None, 60)
         assert daemon.proc.poll() is None, f"exit {daemon.proc.returncode}:\n{daemon.stderr()[-3000:]}"
@@ -24,3 +44,28 @@ def test_sighup_while_starting_does_not_kill_the_daemon(tmp_path: Path) -> None:
         finished(daemon)
     finally:
         daemon.kill()
+
+
+def test_model_path_that_is_not_utf8_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = os.fsdecode(bytes(tmp_path) + b"/m\xff.tflite")  # a lone surrogate, as Python hands such a name over
+    Path(bad).write_bytes(MODEL.read_bytes())
+    run = run_cli("run", "--max-frames", "1", "--set", f"model.path={bad}")
+    line = assert_one_line_error(run, "model.path", "not valid UTF-8", "rename")
+    assert "\\xff" in line
+
+
+def test_password_file_readable_by_others_is_warned_about(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    config = MqttConfig(enabled=True, username="cam", password_file=secret)
+    with caplog.at_level(logging.WARNING, logger="edgedet.config"):
+        assert config.effective_password() == "s3cret"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(secret) in line and "group and others" in line and f"chmod 600 {secret}" in line
+    caplog.clear()
+    secret.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="edgedet.config"):
+        config.effective_password()
+    assert caplog.records == []

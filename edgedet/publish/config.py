@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +16,7 @@ from edgedet.errors import ConfigError
 from edgedet.model.config import Strict
 
 PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
+log = logging.getLogger("edgedet.config")
 
 
 def _no_trailing_slash(value: str) -> str:
@@ -122,6 +125,12 @@ def _read_password_file(path: Path, where: str | None) -> str:
     if not lines or not lines[0]:
         raise ConfigError(f"mqtt.password_file: {path} is empty", where=where,
                           fix="write the password on the file's first line")
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("mqtt.password_file %s is readable by %s (mode %03o); restrict it: chmod 600 %s", path,
+                        "group and others" if mode & 0o044 == 0o044 else "others" if mode & 0o004 else "group",
+                        mode, path)
     return lines[0]
 
 
