@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_one_line_error, run_cli
-from mosquitto import free_port
-from test_daemon_mqtt import MODEL, Daemon, finished, wait_until
+from mosquitto import Mosquitto, available, free_port
+from test_daemon_mqtt import MODEL, REPO, Daemon, Subscriber, finished, wait_until
 
 from edgedet.publish.config import MqttConfig
 
@@ -69,3 +69,41 @@ def test_password_file_readable_by_others_is_warned_about(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="edgedet.config"):
         config.effective_password()
     assert caplog.records == []
+
+
+# The rights docs/mqtt.md gives edgedet (one device, Home Assistant on): nothing more.
+EDGEDET_ACL = """user cam
+topic write edgedet/cam1/#
+topic write homeassistant/sensor/edgedet_cam1/#
+topic read homeassistant/status
+
+user reader
+topic read #
+topic write homeassistant/status
+"""
+
+
+@pytest.mark.skipif(available() is not None, reason=available() or "")
+def test_the_documented_acl_is_all_the_daemon_needs(tmp_path: Path) -> None:
+    assert EDGEDET_ACL.split("\n\n")[0] in (REPO / "docs" / "mqtt.md").read_text()  # the documented one
+    secret = tmp_path / "pw"
+    secret.write_text("cam-pw\n")
+    secret.chmod(0o600)
+    with Mosquitto(tmp_path / "broker", users={"cam": "cam-pw", "reader": "reader-pw"}, acl=EDGEDET_ACL) as broker:
+        sub = Subscriber(broker, "#", username="reader", password="reader-pw")
+        daemon = Daemon(tmp_path, broker.port, "cam1", fps=50, max_frames=100,
+                        config={"homeassistant": {"enabled": True},
+                                "mqtt": {"username": "cam", "password_file": str(secret)}})
+        try:
+            assert wait_until(lambda: len(sub.payloads("/config")) == 4, 60), daemon.stderr()[-3000:]
+            sub.client.publish("homeassistant/status", "online", qos=1)
+            assert wait_until(lambda: "Home Assistant is online again" in daemon.stderr(), 30), \
+                daemon.stderr()[-3000:]
+            finished(daemon)
+        finally:
+            daemon.kill()
+        assert wait_until(lambda: len(sub.seqs("edgedet/cam1/detection")) == 100)
+        sub.close()
+    err = daemon.stderr()
+    for bad in ("refused", "lost the connection", "not authorized", "ACL"):
+        assert bad not in err, err[-3000:]
