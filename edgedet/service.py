@@ -214,8 +214,8 @@ class ServiceSignals:
             raise RuntimeError("signal handlers can only be installed from the main thread")
         for signum in (*self.STOP_SIGNALS, *self.RELOAD_SIGNALS):
             self._previous[signum] = signal.signal(signum, self._handle)
-        for signum in early_signals.take():  # caught while starting (cmd_run): replayed now
-            self._handle(signum, None)
+        for early in early_signals.take():  # caught while starting (cmd_run): replayed now
+            self._handle(early, None)
         return self
 
     def restore(self) -> None:
