@@ -47,6 +47,9 @@ log = logging.getLogger("edgedet.mqtt")
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "lost connection" log limit
+# mosquitto drops a client whose publish its ACL denies at once (the retained status and info go out right
+# after CONNACK); a broker that flaps drops connections at any time, so only drops this quick count.
+QUICK_DROP_S = 0.5
 # MQTT 5 reason code "Not authorized" (PUBACK/SUBACK) and MQTT 3.1.1 SUBACK failure.
 RC_NOT_AUTHORIZED = 135
 SUBACK_FAILURE_311 = 128
@@ -562,8 +565,10 @@ class MqttPublisher:
             if was_connected and up_s >= STABLE_CONNECTION_S:
                 self._problems.clear(["lost"])  # a long-lived connection: its loss is news again
                 self._quick_drops = 0
-            elif was_connected:
+            elif was_connected and up_s < QUICK_DROP_S:
                 self._quick_drops += 1
+            elif was_connected:
+                self._quick_drops = 0
             quick_drops = self._quick_drops
             ever_connected = self._ever_connected
             self._cond.notify_all()
@@ -571,7 +576,7 @@ class MqttPublisher:
             return
         if was_connected:
             hint = ""
-            if up_s < STABLE_CONNECTION_S and quick_drops >= 3:
+            if up_s < QUICK_DROP_S and quick_drops >= 3:
                 # mosquitto 2.0 closes the connection after a publish its ACL denies (MQTT 3.1.1 has no
                 # other way to say so), which shows up as a drop right after every connect.
                 hint = (f"; dropped {up_s:.1f} s after connecting, {quick_drops} times in a row with each "
