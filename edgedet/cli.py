@@ -146,6 +146,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edgedet import early_signals
+
+    early_signals.install()  # before the imports and the model load below: a SIGHUP now must not kill us
     from edgedet.config import load_config
     from edgedet.daemon import RunOptions, run_daemon
     from edgedet.errors import ConfigError

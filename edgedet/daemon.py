@@ -55,8 +55,8 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
         pipeline = Pipeline.build(config, run_id, stop=signals.stop)
         freeze_heap()
         classifier = pipeline.classifier
-        log.info("edgedet %s: model %s (%s %s, %d threads, delegate %s), source %s", __version__,
-                 classifier.name, classifier.runtime.name, classifier.runtime.version, classifier.num_threads,
+        log.info("edgedet %s (run %s): model %s (%s %s, %d threads, delegate %s), source %s", __version__,
+                 run_id, classifier.name, classifier.runtime.name, classifier.runtime.version, classifier.num_threads,
                  classifier.delegate_info["active"], pipeline.source.describe().get("type"))
 
         def on_frame(result: FrameResult) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edgedet import early_signals
 from edgedet.config import EdgedetConfig, load_config
 from edgedet.errors import EdgedetError
 
@@ -213,6 +214,8 @@ class ServiceSignals:
             raise RuntimeError("signal handlers can only be installed from the main thread")
         for signum in (*self.STOP_SIGNALS, *self.RELOAD_SIGNALS):
             self._previous[signum] = signal.signal(signum, self._handle)
+        for early in early_signals.take():  # caught while starting (cmd_run): replayed now
+            self._handle(early, None)
         return self
 
     def restore(self) -> None:

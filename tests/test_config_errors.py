@@ -28,7 +28,8 @@ BAD_CONFIGS: dict[str, tuple[str, str]] = {
         "mqtt:\n  xyzzy: 1\n",
         "{file}: mqtt.xyzzy: unknown key (known keys: enabled, host, port, protocol, topic_prefix, qos, "
         "client_id, username, password, password_file, keepalive_s, reconnect_min_s, reconnect_max_s, "
-        "outbox_max, inflight_max, flush_timeout_s, tls)" + SEE),
+        "reconnect_jitter, outbox_max, outbox_path, outbox_sync_s, outbox_max_mb, inflight_max, flush_timeout_s, "
+        "tls)" + SEE),
     "wrong_type": ("mqtt:\n  port: abc\n", "{file}: mqtt.port: must be a valid integer, got 'abc'" + SEE),
     "port_above_range": ("mqtt:\n  port: 70000\n",
                          "{file}: mqtt.port: must be less than or equal to 65535, got 70000" + SEE),

@@ -482,3 +482,26 @@ def test_snapshot_is_size_capped() -> None:
     jpeg = encode_snapshot(noisy, 20_000)
     assert jpeg is not None and len(jpeg) <= 20_000
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+
+
+def test_home_assistant_online_flood_resends_discovery_at_most_every_few_seconds(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from edgedet.publish import sink as sink_module
+    from edgedet.publish.config import PublishConfig
+    from edgedet.publish.sink import MqttSink
+
+    now = [0.0]
+    publisher = MqttPublisher(MqttConfig(enabled=True), "cam1")
+    made = MqttSink(publisher, PublishConfig(), ha_cfg=HomeAssistantConfig(enabled=True), clock=lambda: now[0])
+    sent = []
+    made._send_discovery = lambda: sent.append(now[0])  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="edgedet.mqtt"):
+        for i in range(5000):  # 1000 a second for 5 s, then one more after the window
+            now[0] = i / 1000
+            made._on_ha_status("homeassistant/status", b"online")
+        now[0] = 5.0 + sink_module.HA_RESEND_MIN_S
+        made._on_ha_status("homeassistant/status", b"online")
+        made._on_ha_status("homeassistant/status", b"offline")
+    assert sent == [0.0, 5.0 + sink_module.HA_RESEND_MIN_S]  # 5001 "online": two re-sends
+    assert len(caplog.records) == 3  # each re-send, and one line for the flood
+    assert any("at most every" in r.getMessage() for r in caplog.records)

@@ -86,6 +86,19 @@ class ModelConfig(Strict):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     top_k: int = Field(default=3, ge=1, le=1000)
 
+    @field_validator("path", "labels", "cpu_model")
+    @classmethod
+    def _utf8_path(cls, value: Optional[Path]) -> Optional[Path]:
+        # A name with a byte that is not UTF-8 reaches Python as a lone surrogate, which the TFLite runtimes'
+        # C++ bindings (and the JSON messages) cannot take.
+        if value is not None:
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"the path {str(value).encode('utf-8', 'surrogateescape')!r} is not valid "
+                                 "UTF-8; rename the file (or a folder above it) to a UTF-8 name") from None
+        return value
+
     @field_validator("num_threads")
     @classmethod
     def _threads_positive(cls, value: int | str) -> int | str:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +16,7 @@ from edgedet.errors import ConfigError
 from edgedet.model.config import Strict
 
 PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
+log = logging.getLogger("edgedet.config")
 
 
 def _no_trailing_slash(value: str) -> str:
@@ -102,7 +105,16 @@ class MqttConfig(Strict):
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
+    # Each reconnect delay is drawn within +- this fraction, and a backlog drains after a random 0..this x
+    # reconnect_min_s: a fleet that lost its broker at once does not come back (and drain) at once. 0 = off.
+    reconnect_jitter: float = Field(default=0.5, ge=0, lt=1)
     outbox_max: int = Field(default=10000, ge=1)
+    # The outbox file (SQLite): what cannot be delivered survives a restart and a power cut. None: memory only.
+    outbox_path: Optional[Path] = None
+    # The longest a message waits in memory only while undeliverable (what a kill -9 or a power cut can lose).
+    outbox_sync_s: float = Field(default=1.0, gt=0)
+    # The most payload bytes the outbox file holds (the oldest are dropped first, like outbox_max).
+    outbox_max_mb: float = Field(default=64.0, gt=0)
     # QoS>0 messages handed to paho and not yet acknowledged (PUBACK); bounds paho's own in-memory store.
     inflight_max: int = Field(default=100, ge=1, le=65000)
     # On a clean stop: how long to wait for the outbox to drain before publishing ``offline``.
@@ -154,6 +166,12 @@ def _read_password_file(path: Path, where: str | None) -> str:
     if not lines or not lines[0]:
         raise ConfigError(f"mqtt.password_file: {path} is empty", where=where,
                           fix="write the password on the file's first line")
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("mqtt.password_file %s is readable by %s (mode %03o); restrict it: chmod 600 %s", path,
+                        "group and others" if mode & 0o044 == 0o044 else "others" if mode & 0o004 else "group",
+                        mode, path)
     return lines[0]
 
 

@@ -16,7 +16,7 @@ Design (why it looks like this):
   broker that lost its state (no persistence) is repopulated.
 * Connection problems (wrong credentials, ACL denial, TLS mismatch, unreachable host) give one clear log
   line per kind, repeated at most every ``problems.REPEAT_LOG_S`` while they persist (``ProblemLog``);
-  paho keeps retrying with exponential backoff (``reconnect_delay_set``).
+  paho keeps retrying, with the jittered backoff of ``_ErrorRecordingClient``.
 
 Never call into paho while holding ``self._cond``: paho calls ``on_publish`` while holding its own
 ``_out_message_mutex``, and ``publish()`` takes that mutex, so the two locks would deadlock.
@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random as _random
 import ssl
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, NamedTuple, Optional, Union
+from itertools import chain
+from typing import Any, Callable, Optional, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgedet.publish.config import MqttConfig
+from edgedet.publish.outbox import OutboxStore
 from edgedet.publish.problems import CONNECT_PROBLEMS, ProblemLog, describe_connect_error, describe_refused
 
 log = logging.getLogger("edgedet.mqtt")
@@ -44,6 +47,9 @@ log = logging.getLogger("edgedet.mqtt")
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "lost connection" log limit
+# mosquitto drops a client whose publish its ACL denies at once (the retained status and info go out right
+# after CONNACK); a broker that flaps drops connections at any time, so only drops this quick count.
+QUICK_DROP_S = 0.5
 # MQTT 5 reason code "Not authorized" (PUBACK/SUBACK) and MQTT 3.1.1 SUBACK failure.
 RC_NOT_AUTHORIZED = 135
 SUBACK_FAILURE_311 = 128
@@ -54,24 +60,82 @@ MessageHandler = Callable[[str, bytes], None]
 Payload = Union[bytes, Callable[[], Optional[bytes]]]
 
 
-class OutMessage(NamedTuple):
-    topic: str
-    # bytes, or a function that builds them: encoding is deferred to the sender thread so the frame loop
-    # pays only for an append, and messages dropped while the broker is down are never encoded at all.
-    payload: Payload
-    qos: int
-    retain: bool
+class OutMessage:
+    """One message in the outbox. ``payload``: bytes, or a function that builds them: encoding is deferred to
+    the sender thread so the frame loop pays only for an append, and messages dropped while the broker is down
+    are never encoded at all (None: the builder decided there is nothing to send). ``row``: its row in the
+    outbox file once it has waited ``mqtt.outbox_sync_s`` there; ``queued_at``: ``time.monotonic()``."""
+
+    __slots__ = ("payload", "qos", "queued_at", "retain", "row", "topic")
+
+    def __init__(self, topic: str, payload: Payload | None, qos: int, retain: bool, row: int | None = None,
+                 queued_at: float = 0.0) -> None:
+        self.topic, self.payload, self.qos, self.retain = topic, payload, qos, retain
+        self.row, self.queued_at = row, queued_at
 
 
 class _ErrorRecordingClient(mqtt.Client):
-    """paho's client, remembering why the last connection attempt raised.
+    """paho's client, remembering why the last connection attempt raised, with a jittered backoff and a
+    network thread that never ends while we want a connection.
 
     ``loop_forever`` swallows the ``OSError`` of a failed connect and only calls ``on_connect_fail``
     without arguments; the exception is what tells "refused" from "TLS mismatch" from "no such host".
+
+    paho 2.x's backoff (``_reconnect_wait``) doubles after each failed attempt and is reset only by an
+    accepted CONNACK. A broker that flaps (down and up every second or two) fails a chain of attempts now and
+    then, each chain doubles the delay, and the client ends up asleep for 16, 32, 60 s (reconnect_max_s) while
+    the broker has long been back: it seems to stop trying. Here the delay follows the time since the
+    connection was lost instead (half of it, within reconnect_min_s..reconnect_max_s), so the client never
+    sleeps longer than half the outage so far, and a long outage still backs off to the maximum. Each delay
+    is drawn at random within +-``jitter`` of that (a fleet restarted together must not come back in
+    lockstep). Also, paho's loop thread ends for good when anything but an ``OSError`` escapes it
+    (``_thread_main`` has no ``except``): ours restarts it and says why.
     """
 
     last_connect_error: BaseException | None = None
     attempts = 0  # connection attempts so far; tells one connection's callbacks from the next one's
+    keep_running = True  # False once we stop or hand over: the network loop may end then
+    jitter = 0.0  # mqtt.reconnect_jitter
+    random = _random.Random()
+    lost_at: float | None = None  # when the current run of attempts began (the connection was lost)
+
+    def _thread_main(self) -> None:
+        while True:
+            try:
+                self.loop_forever(retry_first_connection=True)
+            except Exception as exc:  # paho's loop died: without this, it never reconnects again
+                if self._thread_terminate or not self.keep_running:
+                    break
+                log.error("MQTT: the network loop stopped on %s: %s; restarting it", type(exc).__name__, exc)
+                self._reconnect_wait()
+                continue
+            if self._thread_terminate or not self.keep_running:
+                break
+            log.error("MQTT: the network loop ended without being stopped; restarting it")
+            self._reconnect_wait()
+        self._thread = None
+
+    def next_delay(self, now: float) -> float:
+        """The wait before the next attempt: half the time since the connection was lost, within
+        reconnect_min_s..reconnect_max_s, times a random factor within 1 +- jitter."""
+        with self._reconnect_delay_mutex:
+            low, high = float(self._reconnect_min_delay), float(self._reconnect_max_delay)
+            # paho sets _reconnect_delay to None on an accepted CONNACK: a new run of attempts begins.
+            if self._reconnect_delay is None or self.lost_at is None:
+                self.lost_at = now
+            delay = min(high, max(low, 0.5 * (now - self.lost_at)))
+            self._reconnect_delay = delay  # type: ignore[assignment]  # paho stores the float it is given
+        if self.jitter > 0:
+            delay *= self.random.uniform(1 - self.jitter, 1 + self.jitter)
+        return delay
+
+    def _reconnect_wait(self) -> None:
+        deadline = time.monotonic() + self.next_delay(time.monotonic())
+        while not self._thread_terminate and self.keep_running:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.1))  # a stop must not wait out a long delay
 
     def reconnect(self) -> MQTTErrorCode:
         self.attempts += 1
@@ -104,6 +168,10 @@ class MqttPublisher:
         self._ever_connected = False
         self._connack_refused = False
         self._connected_since = 0.0
+        # Connections in a row that dropped soon after connecting, each one accepted at the first attempt: the
+        # mark of an ACL denial (mosquitto drops a client whose publish it denies). A failed attempt in between
+        # means the broker itself went away (a restart, a flapping broker), and resets it.
+        self._quick_drops = 0
         self._disconnect_seen_for_attempt = -1
         self._stopping = False
         self._sender: threading.Thread | None = None
@@ -116,6 +184,12 @@ class MqttPublisher:
         self._denied = 0
         self._failed_attempts = 0
         self._problems = ProblemLog(log)
+        # The outbox file (mqtt.outbox_path): opened by start() or handed over by a predecessor (_adopt).
+        self._store: OutboxStore | None = None
+        self._store_adopted = False
+        # After a connect, a backlog waits until then (monotonic): a fleet back at once must not drain at once.
+        self._drain_not_before = 0.0
+        self._random = _random.Random()
 
         protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         self._protocol = protocol
@@ -131,6 +205,7 @@ class MqttPublisher:
         client.max_queued_messages_set(0)
         # paho doubles the delay after each failed attempt up to the maximum (exponential backoff).
         client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.jitter = cfg.reconnect_jitter
         if cfg.username is not None:
             client.username_pw_set(cfg.username, password)
         if cfg.tls.enabled:
@@ -159,6 +234,7 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
+        self._open_store()
         self._sender = threading.Thread(target=self._sender_main, name="edgedet-mqtt-sender", daemon=True)
         self._sender.start()
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
@@ -173,7 +249,7 @@ class MqttPublisher:
 
         ``payload`` may be a function returning the bytes; the sender thread calls it when it sends."""
         data: Payload = payload.encode("utf-8") if isinstance(payload, str) else payload
-        msg = OutMessage(topic, data, self.cfg.qos if qos is None else qos, retain)
+        msg = OutMessage(topic, data, self.cfg.qos if qos is None else qos, retain, None, time.monotonic())
         with self._cond:
             if len(self._outbox) == self._outbox.maxlen:
                 self._dropped += 1
@@ -243,9 +319,12 @@ class MqttPublisher:
             left = len(self._outbox) + len(self._inflight)
             self._stopping = True
             self._cond.notify_all()
+        self._client.keep_running = False
         if not flushed and left:
-            log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)",
-                        left, "connected" if self.connected else "not connected")
+            kept = (f"; kept in {self.cfg.outbox_path} for the next start" if self._store is not None else
+                    " (set mqtt.outbox_path to keep them for the next start)")
+            log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)%s",
+                        left, "connected" if self.connected else "not connected", kept)
         if self.connected:
             info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
             # RuntimeError/ValueError: the connection dropped meanwhile; the Will says offline instead.
@@ -258,12 +337,17 @@ class MqttPublisher:
         self._client.loop_stop()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
+        if self._store is not None:
+            self._sync(everything=True)  # what is still undelivered waits in the file for the next start
+            self._store.close()
+            self._store = None
         self._started = False
 
     def hand_over(self, successor: MqttPublisher, timeout_s: float = 1.0) -> int:
         """Move what is not yet acknowledged, and the counters, to ``successor`` (not started yet), then leave
         this connection (``offline`` retained, disconnect). Used when a reload changes the MQTT settings: the
         queued messages are delivered on the new connection, in order, with their seq. Returns how many."""
+        self._client.keep_running = False
         with self._cond:
             self._stopping = True  # the sender thread ends and sends nothing more
             self._cond.notify_all()
@@ -277,7 +361,16 @@ class MqttPublisher:
             self._outbox.clear()
             counters = (self._dropped, self._reconnects, self._sent, self._acked, self._denied,
                         self._failed_attempts)
-        successor._adopt(pending, counters)
+        store, self._store = self._store, None
+        if store is not None and successor.cfg.outbox_path != self.cfg.outbox_path:
+            # Another file (or none): the successor keeps the messages (in memory, then in its own file);
+            # this file must not deliver them a second time at the next start.
+            for msg in pending:
+                msg.row = None
+            store.sync([], None)
+            store.close()
+            store = None
+        successor._adopt(pending, counters, store)
         if self._started:
             if self.connected:
                 info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
@@ -288,7 +381,10 @@ class MqttPublisher:
             self._started = False
         return len(pending)
 
-    def _adopt(self, pending: list[OutMessage], counters: tuple[int, int, int, int, int, int]) -> None:
+    def _adopt(self, pending: list[OutMessage], counters: tuple[int, int, int, int, int, int],
+               store: OutboxStore | None = None) -> None:
+        if store is not None:
+            self._store, self._store_adopted = store, True  # its rows are the ones in ``pending``
         with self._cond:
             newer = list(self._outbox)
             self._outbox.clear()
@@ -302,27 +398,37 @@ class MqttPublisher:
 
     def _sender_main(self) -> None:
         window = self.cfg.inflight_max
+        sync_s = self.cfg.outbox_sync_s
+        next_sync = time.monotonic() + sync_s
         while True:
+            msg: OutMessage | None = None
             with self._cond:
-                while not self._stopping and (
-                    not self._connected or not self._outbox or len(self._inflight) >= window
-                ):
-                    self._cond.wait()
+                while not self._stopping:
+                    if self._connected and self._outbox and len(self._inflight) < window:
+                        hold_s = self._drain_not_before - time.monotonic()
+                        if hold_s <= 0:
+                            msg = self._outbox.popleft()
+                            break
+                        self._cond.wait(hold_s)
+                        continue
+                    if self._store is None:
+                        self._cond.wait()
+                        continue
+                    wait_s = next_sync - time.monotonic()
+                    if wait_s <= 0:
+                        break
+                    self._cond.wait(wait_s)
                 if self._stopping:
                     return
-                msg = self._outbox.popleft()
-            if callable(msg.payload):
-                try:
-                    data = msg.payload()
-                except Exception:  # a payload that cannot be built must not stop the sender
-                    log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
-                    continue
-                if data is None:  # the builder decided there is nothing to send (it says why)
-                    continue
-                msg = msg._replace(payload=data)
-            else:
-                data = msg.payload
-            info = self._client.publish(msg.topic, data, qos=msg.qos, retain=msg.retain)
+            if self._store is not None and time.monotonic() >= next_sync:
+                # Also while connected: a broker that does not keep up leaves messages waiting.
+                self._sync()
+                next_sync = time.monotonic() + sync_s
+            if msg is None:
+                continue
+            if not self._build(msg):
+                continue
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)  # type: ignore[arg-type]
             with self._cond:
                 self._sent += 1
                 if msg.qos > 0:
@@ -331,6 +437,78 @@ class MqttPublisher:
                     else:
                         self._inflight[info.mid] = msg
                 # QoS 0 returning NO_CONN is lost by definition (at most once); QoS>0 stays in paho's store.
+
+    @staticmethod
+    def _build(msg: OutMessage) -> bool:
+        """Turn a payload builder into bytes (sender thread only); False: nothing to send."""
+        if callable(msg.payload):
+            try:
+                msg.payload = msg.payload()
+            except Exception:  # a payload that cannot be built must not stop the sender
+                log.exception("MQTT: cannot build the payload for %s; message skipped", msg.topic)
+                msg.payload = None
+        return msg.payload is not None
+
+    # ------------------------------------------------------------------ outbox file
+
+    def _open_store(self) -> None:
+        """Open mqtt.outbox_path, if set and not handed over, and put what the last run left first."""
+        path = self.cfg.outbox_path
+        if path is None or self._store is not None:
+            return
+        store = OutboxStore.open(path, int(self.cfg.outbox_max_mb * 1_000_000))
+        if store is None:
+            return
+        self._store = store
+        left = store.load()
+        if not left:
+            return
+        with self._cond:
+            everything = [OutMessage(m.topic, m.payload, m.qos, m.retain, m.row) for m in left]
+            everything += self._outbox
+            overflow = max(0, len(everything) - (self._outbox.maxlen or len(everything)))
+            self._outbox.clear()
+            self._outbox.extend(everything[overflow:])
+            self._dropped += overflow
+        log.info("MQTT outbox: %d message(s) left by the last run in %s are delivered first%s", len(left), path,
+                 f" ({overflow} over mqtt.outbox_max dropped)" if overflow else "")
+
+    def _sync(self, *, everything: bool = False) -> None:
+        """Write the messages that have waited ``outbox_sync_s`` (``everything``: all undelivered ones) to the
+        file and delete the delivered or dropped ones. No change, no write. Sender thread, or after it ended."""
+        store = self._store
+        if store is None:
+            return
+        with self._cond:
+            waiting = list(chain(self._inflight.values(), self._outbox))
+            connected = self._connected
+        # Disconnected, everything waiting is undeliverable: written at every tick, so a kill -9 loses at most
+        # outbox_sync_s. Connected, only what has waited that long (a broker that does not keep up); the aged
+        # ones are a prefix of the unwritten ones, so the row ids follow the delivery order.
+        cutoff = float("inf") if everything or not connected else time.monotonic() - self.cfg.outbox_sync_s
+        new = [m for m in waiting if m.row is None and m.queued_at <= cutoff]
+        rows = [m.row for m in waiting if m.row is not None]
+        keep_from = min(rows) if rows else None  # None: every stored row was delivered or dropped
+        for msg in new:
+            self._build(msg)
+        new = [m for m in new if m.payload is not None]
+        ids = store.sync([(m.topic, m.payload, m.qos, m.retain) for m in new], keep_from)  # type: ignore[misc]
+        if ids is None:
+            return
+        for msg, row in zip(new, ids):
+            msg.row = row
+        cut = store.rows_over_cap()
+        if cut is not None:
+            with self._cond:
+                dropped = 0
+                while self._outbox and self._outbox[0].row is not None and self._outbox[0].row < cut:
+                    self._outbox.popleft()
+                    dropped += 1
+                self._dropped += dropped
+            if dropped:
+                self._problems.report("outbox_full", f"MQTT outbox: {store.path} is over mqtt.outbox_max_mb "
+                                      f"({self.cfg.outbox_max_mb:g} MB); the oldest messages are dropped",
+                                      level=logging.WARNING)
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
 
@@ -357,11 +535,15 @@ class MqttPublisher:
                  self.status_topic.rsplit("/", 2)[1], self.cfg.protocol, " again" if was_problem else "")
         with self._cond:
             self._connected = True
+            if len(self._outbox) > self.cfg.inflight_max and self.cfg.reconnect_jitter > 0:
+                self._drain_not_before = time.monotonic() + self._random.uniform(
+                    0, self.cfg.reconnect_jitter * self.cfg.reconnect_min_s)
             self._cond.notify_all()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         with self._cond:
             self._failed_attempts += 1
+            self._quick_drops = 0
             self._connack_refused = False
         exc = getattr(client, "last_connect_error", None)
         kind, line = describe_connect_error(exc, self.cfg)
@@ -381,21 +563,38 @@ class MqttPublisher:
             up_s = time.monotonic() - self._connected_since
             if was_connected and up_s >= STABLE_CONNECTION_S:
                 self._problems.clear(["lost"])  # a long-lived connection: its loss is news again
+                self._quick_drops = 0
+            elif was_connected and up_s < QUICK_DROP_S:
+                self._quick_drops += 1
+            elif was_connected:
+                self._quick_drops = 0
+            quick_drops = self._quick_drops
+            ever_connected = self._ever_connected
             self._cond.notify_all()
         if self._stopping:
             return
         if was_connected:
             hint = ""
-            if up_s < STABLE_CONNECTION_S:
+            if up_s < QUICK_DROP_S and quick_drops >= 3:
                 # mosquitto 2.0 closes the connection after a publish its ACL denies (MQTT 3.1.1 has no
                 # other way to say so), which shows up as a drop right after every connect.
-                hint = (f"; dropped {up_s:.1f} s after connecting: if this repeats, check that the broker "
-                        f"ACL lets user {self.cfg.username!r} write {self.base_topic}/#")
-            self._problems.report("lost", f"MQTT: lost the connection to {self.cfg.host}:{self.cfg.port} "
-                                  f"({reason}); messages wait in the outbox{hint}", level=logging.WARNING)
+                hint = (f"; dropped {up_s:.1f} s after connecting, {quick_drops} times in a row with each "
+                        f"reconnect accepted at once: check that the broker ACL lets user "
+                        f"{self.cfg.username!r} write {self.base_topic}/#")
+            # Its own kind: the ACL suspicion is news even while plain losses are rate-limited.
+            self._problems.report("lost_acl" if hint else "lost", f"MQTT: lost the connection to "
+                                  f"{self.cfg.host}:{self.cfg.port} ({reason}); messages wait in the outbox{hint}",
+                                  level=logging.WARNING)
         elif not refused:
             with self._cond:
                 self._failed_attempts += 1
+                self._quick_drops = 0
+            if ever_connected:
+                # These settings were accepted before: the broker is shutting down or restarting.
+                self._problems.report("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection "
+                                      "before accepting it (it accepted these settings before: the broker is "
+                                      "restarting or going down)", level=logging.WARNING)
+                return
             # Closed before CONNACK: typically a TLS listener spoken to in plain text, or the reverse.
             self._problems.report("closed", f"MQTT: {self.cfg.host}:{self.cfg.port} closed the connection "
                                   "before accepting it; does mqtt.tls.enabled match the broker listener on this "
@@ -445,4 +644,5 @@ class MqttPublisher:
         with self._cond:
             self._connack_refused = True
             self._failed_attempts += 1
+            self._quick_drops = 0
         self._problems.report(*describe_refused(reason, self.cfg))

@@ -31,6 +31,9 @@ from edgedet.publish.policy import PublishPolicy
 from edgedet.results import Class, FrameResult, LoopStats
 
 log = logging.getLogger("edgedet.mqtt")
+# Discovery is re-sent on Home Assistant's "online" at most this often: a flood of them (a bridge loop, a
+# misbehaving client) must not become a flood of retained re-publishes and log lines.
+HA_RESEND_MIN_S = 5.0
 
 
 def _dumps(payload: dict[str, Any]) -> bytes:
@@ -142,6 +145,9 @@ class MqttSink:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._clock = clock
         self.seq = 0
+        self._ha_lock = threading.Lock()
+        self._ha_sent_at: float | None = None
+        self._ha_skipped = 0
         self._info: dict[str, Any] | None = None
         self._snapshot: SnapshotJob | None = None
         self.labels = list(labels)
@@ -276,8 +282,22 @@ class MqttSink:
             self.publisher.publish_retained(config_topic, _dumps(payload))
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
-        if payload.strip() == b"online":
-            log.info("Home Assistant is online again: re-sending discovery and the state")
-            self._send_discovery()
-            if self.ha_state is not None:
-                self.ha_state.request_republish()
+        if payload.strip() != b"online":
+            return
+        now = self._clock()
+        with self._ha_lock:  # paho's network thread; reloads call set_homeassistant from the loop thread
+            skip = self._ha_sent_at is not None and now - self._ha_sent_at < HA_RESEND_MIN_S
+            if skip:
+                self._ha_skipped += 1
+                first_skip = self._ha_skipped == 1
+            else:
+                self._ha_sent_at, self._ha_skipped, first_skip = now, 0, False
+        if first_skip:
+            log.warning("Home Assistant said online again within %g s: discovery is re-sent at most every %g s "
+                        "(is something publishing %s in a loop?)", HA_RESEND_MIN_S, HA_RESEND_MIN_S, topic)
+        if skip:
+            return
+        log.info("Home Assistant is online again: re-sending discovery and the state")
+        self._send_discovery()
+        if self.ha_state is not None:
+            self.ha_state.request_republish()
