@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from edgedet.errors import ConfigError
 from edgedet.frames.base import FrameSource
@@ -350,7 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, sink.page(f"token={query_token}" if query_token else ""),
                            "text/html; charset=utf-8")
             elif url.path == "/metrics":
-                self._send(HTTPStatus.OK, generate_latest(sink.registry), CONTENT_TYPE_LATEST)
+                # Every name here is a legacy (ASCII) one, so the text is that of format 0.0.4, which every
+                # Prometheus since 2.0 asks for and parses.
+                self._send(HTTPStatus.OK, generate_latest(sink.registry), CONTENT_TYPE_PLAIN_0_0_4)
             elif url.path == "/api/stats":
                 self._json(sink.view.stats_message())
             elif url.path == "/api/info":
