@@ -22,6 +22,9 @@ def effective_config(config: EdgedetConfig) -> dict[str, Any]:
     if mqtt.get("password") is not None:
         # A password from mqtt.password_file is never copied into the config: only its path is shown.
         mqtt["password"] = MASK
+    http = data.get("http", {})
+    if http.get("token") is not None:
+        http["token"] = MASK
     return data
 
 

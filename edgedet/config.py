@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from edgedet.errors import ConfigError
 from edgedet.frames.config import SourceConfig
+from edgedet.http.config import HttpConfig
 from edgedet.model.config import ModelConfig, Strict, default_model_path
 from edgedet.publish.config import HomeAssistantConfig, MqttConfig, PublishConfig
 
@@ -54,6 +55,7 @@ class EdgedetConfig(Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     def resolved_device_id(self) -> str:
         """``device_id``, else the host name, through ``clean_device_id``."""

@@ -19,22 +19,25 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from edgedet import __version__
 from edgedet.config import EdgedetConfig
+from edgedet.errors import EdgedetError
 from edgedet.frames import open_source
 from edgedet.frames.base import FrameSource
 from edgedet.loop import FrameLoop, auto_threads
 from edgedet.model.classifier import Classifier
+from edgedet.publish import messages
 from edgedet.publish.console import ConsoleSink
 from edgedet.publish.jsonl import JsonlSink
 from edgedet.publish.uncertain import UncertainSink
-from edgedet.results import FrameResult, Sink
+from edgedet.results import FrameResult, LoopStats, Sink
 
-if TYPE_CHECKING:  # paho is imported only when MQTT is on
+if TYPE_CHECKING:  # paho is imported only when MQTT is on, the HTTP server only when it is enabled
+    from edgedet.http.server import HttpSink
     from edgedet.publish.sink import MqttSink
 
 log = logging.getLogger("edgedet.pipeline")
 
 # The config sections, and what a change in each one rebuilds (see Pipeline.reload).
-SECTIONS = ("device_id", "model", "source", "loop", "publish", "mqtt", "homeassistant", "logging")
+SECTIONS = ("device_id", "model", "source", "loop", "publish", "mqtt", "homeassistant", "logging", "http")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Pipeline:
         self.jsonl: Optional[JsonlSink] = None
         self.uncertain: Optional[UncertainSink] = None
         self.mqtt: Optional[MqttSink] = None
+        self.http: Optional[HttpSink] = None
         self._mqtt_seq = 0  # the seq reached by an MQTT sink that a reload turned off, for the next one
         self.source_opens = 1
         self.loop = FrameLoop(classifier, source, [], stop=self.stop, source_opened=True,
@@ -106,6 +110,7 @@ class Pipeline:
         try:
             pipeline._build_local_sinks(config)
             pipeline._build_mqtt(config)
+            pipeline._build_http(config)
         except BaseException:
             pipeline.close(flush_timeout_s=0.0)
             raise
@@ -119,14 +124,14 @@ class Pipeline:
             except Exception as exc:
                 log.error("closing sink %s failed: %s", type(sink).__name__, exc)
             self._closed_counters.update(sink.counters())  # after the flush: what was delivered in the end
-        self.console = self.jsonl = self.mqtt = None
+        self.console = self.jsonl = self.mqtt = self.http = None
         self.uncertain = None
         self._sync_sinks()
         self.loop.reader.close()
 
     @property
     def sinks(self) -> list[Sink]:
-        return [s for s in (self.console, self.jsonl, self.uncertain, self.mqtt) if s is not None]
+        return [s for s in (self.console, self.jsonl, self.uncertain, self.mqtt, self.http) if s is not None]
 
     def _sync_sinks(self) -> None:
         self.loop.sinks = self.sinks
@@ -152,6 +157,17 @@ class Pipeline:
         self.mqtt = sink
         self._sync_sinks()
 
+    def _build_http(self, config: EdgedetConfig) -> None:
+        """The HTTP endpoint (binds its port here: a port in use is a start-up error)."""
+        if not config.http.enabled:
+            self.http = None
+        else:
+            from edgedet.http.server import HttpSink
+
+            self.http = HttpSink(config.http, self)
+            self.http.start()
+        self._sync_sinks()
+
     # ------------------------------------------------------------------ info
 
     def _info_sections(self) -> dict[str, Any]:
@@ -162,6 +178,23 @@ class Pipeline:
     def info(self) -> dict[str, Any]:
         return {"edgedet_version": __version__, "device_id": self.config.resolved_device_id(),
                 "run_id": self.run_id, **self.classifier.info, "source": self.source.describe()}
+
+    def info_message(self) -> dict[str, Any]:
+        """The ``info`` message (docs/schemas/info.json) as MQTT publishes it."""
+        return messages.info_payload(device_id=self.config.resolved_device_id(), run_id=self.run_id,
+                                     **self._info_sections())
+
+    def loop_stats(self) -> LoopStats:
+        return self.loop.snapshot()
+
+    def mqtt_counters(self) -> dict[str, Any]:
+        return self.mqtt.publisher.stats() if self.mqtt is not None else {}
+
+    def stats_message(self) -> dict[str, Any]:
+        """The ``stats`` message (docs/schemas/stats.json) as of now."""
+        return messages.stats_payload(self.loop_stats(), self.mqtt_counters(),
+                                      device_id=self.config.resolved_device_id(), run_id=self.run_id,
+                                      wall=time.time())
 
     # ------------------------------------------------------------------ run
 
@@ -273,7 +306,22 @@ class Pipeline:
 
             setup_logging(new.logging.level, new.logging.format)
             done.append("logging")
+        if "http" in sections:
+            done += self._reload_http(new)
         return done
+
+    def _reload_http(self, new: EdgedetConfig) -> list[str]:
+        """A new endpoint in place of the old one: the old one lets go of its port first (it may be the same),
+        so a new port that cannot be bound leaves the endpoint off, with the error logged."""
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+            self._sync_sinks()
+        try:
+            self._build_http(new)
+        except EdgedetError as exc:
+            log.error("HTTP endpoint not restarted: %s", exc)
+        return ["http"]
 
     def _switch_source(self, new: EdgedetConfig, classifier: Classifier) -> FrameSource:
         """Open the new source in place of the running one; on failure the running one is reopened."""

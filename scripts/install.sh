@@ -1,14 +1,18 @@
 #!/bin/sh
 # Install (or --uninstall) edgedet as a systemd service on a Raspberry Pi.
 #
-#   sudo scripts/install.sh [--no-pip] [--unit-dir DIR] [--models DIR]
-#   sudo scripts/install.sh --uninstall [--purge]
+#   sudo scripts/install.sh [--no-pip] [--unit-dir DIR] [--models DIR] [--instance NAME]
+#   sudo scripts/install.sh --uninstall [--purge] [--instance NAME]
+#
+# --instance NAME sets up one more camera as edgedet@NAME.service with /etc/edgedet/NAME.yaml (device_id NAME)
+# instead of edgedet.service; with --uninstall it removes only that instance.
 #
 # DESTDIR=/staging installs into a staging root: no user is created and nothing is enabled; those
 # steps are recorded in $DESTDIR/opt/edgedet/install-actions.txt instead (tests, packaging).
 # EDGEDET_PIP_ARGS adds pip arguments (e.g. "--no-index --find-links /media/usb/wheels");
 # EDGEDET_SKIP_PIP=1 (or --no-pip) creates the venv without pip and installs no package.
-# Layout: /opt/edgedet/{venv,models,docs}, /etc/edgedet/config.yaml, <unit-dir>/edgedet.service.
+# Layout: /opt/edgedet/{venv,models,docs}, /etc/edgedet/config.yaml, <unit-dir>/edgedet.service
+# (per instance: /etc/edgedet/NAME.yaml, <unit-dir>/edgedet@.service).
 set -eu
 
 SERVICE_USER=edgedet
@@ -23,8 +27,9 @@ MODELS_SRC=$SRC/models
 SKIP_PIP=${EDGEDET_SKIP_PIP:-0}
 ACTION=install
 PURGE=0
+INSTANCE=
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -34,11 +39,18 @@ while [ $# -gt 0 ]; do
         --no-pip) SKIP_PIP=1 ;;
         --unit-dir) [ $# -ge 2 ] || die "--unit-dir needs a directory"; UNIT_DIR=$2; shift ;;
         --models) [ $# -ge 2 ] || die "--models needs a directory"; MODELS_SRC=$2; shift ;;
+        --instance) [ $# -ge 2 ] || die "--instance needs a name"; INSTANCE=$2; shift ;;
         -h|--help) usage 0 ;;
         *) echo "install.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
     shift
 done
+
+# The name becomes a file name, a unit instance and the MQTT device id (one topic level).
+case $INSTANCE in
+    *[!A-Za-z0-9_-]*) die "--instance $INSTANCE: use letters, digits, _ and - only (it becomes the device_id)" ;;
+    config) die "--instance config: that name is the main unit's /etc/edgedet/config.yaml; pick another" ;;
+esac
 
 ROOT=${DESTDIR%/}
 OPT=$ROOT$PREFIX
@@ -105,20 +117,44 @@ install_all() {
     sed "s#^$MODEL_LINE\$#  path: $PREFIX/models/pikachu_mobilenet_v2_0.35_96_int8.tflite#" \
         "$SRC/config.yaml" > "$OPT/config.yaml.example"
     chmod 0644 "$OPT/config.yaml.example"
-    if [ -e "$ETC/config.yaml" ]; then
-        # Never overwrite a config someone may have edited: put the new example beside it.
-        install -m 0644 "$OPT/config.yaml.example" "$ETC/config.yaml.new"
-        echo "install.sh: kept $CONFIG_DIR/config.yaml; the new example is $CONFIG_DIR/config.yaml.new"
-    else
-        install -m 0640 "$OPT/config.yaml.example" "$ETC/config.yaml"
-        # Readable by the service (group), writable by root only.
-        system_step chgrp "$SERVICE_USER" "$ETC/config.yaml"
+    if [ -n "$INSTANCE" ]; then
+        install_instance
+        return
     fi
+    install_config "$OPT/config.yaml.example" config.yaml
 
     install -m 0644 "$SRC/systemd/edgedet.service" "$UNITS/edgedet.service"
     system_step systemctl daemon-reload
     system_step systemctl enable edgedet.service
     echo "install.sh: installed; start with: systemctl start edgedet"
+}
+
+install_config() {  # example, name in /etc/edgedet
+    if [ -e "$ETC/$2" ]; then
+        # Never overwrite a config someone may have edited: put the new example beside it.
+        install -m 0644 "$1" "$ETC/$2.new"
+        echo "install.sh: kept $CONFIG_DIR/$2; the new example is $CONFIG_DIR/$2.new"
+    else
+        install -m 0640 "$1" "$ETC/$2"
+        # Readable by the service (group), writable by root only.
+        system_step chgrp "$SERVICE_USER" "$ETC/$2"
+    fi
+}
+
+instance_example() {  # the example config with this instance's device_id: its own MQTT topics
+    sed "s#^device_id: null\$#device_id: $INSTANCE#" "$OPT/config.yaml.example"
+}
+
+install_instance() {
+    [ -f "$SRC/systemd/edgedet@.service" ] || die "$SRC/systemd/edgedet@.service not found: run from a checkout"
+    instance_example > "$OPT/$INSTANCE.yaml.example"
+    install_config "$OPT/$INSTANCE.yaml.example" "$INSTANCE.yaml"
+    rm -f "$OPT/$INSTANCE.yaml.example"
+    install -m 0644 "$SRC/systemd/edgedet@.service" "$UNITS/edgedet@.service"
+    system_step systemctl daemon-reload
+    system_step systemctl enable "edgedet@$INSTANCE.service"
+    echo "install.sh: installed instance $INSTANCE ($CONFIG_DIR/$INSTANCE.yaml: set source.path to its camera);" \
+        "start with: systemctl start edgedet@$INSTANCE"
 }
 
 remove_if_empty() {
@@ -130,11 +166,44 @@ remove_if_empty() {
     done
 }
 
+remove_config() {  # name in /etc/edgedet, the example it was installed from
+    rm -f "$ETC/$1.new"
+    if [ -f "$ETC/$1" ]; then
+        if [ "$PURGE" = 1 ] || { [ -n "$2" ] && printf '%s\n' "$2" | cmp -s "$ETC/$1" -; }; then
+            rm -f "$ETC/$1"
+        else
+            echo "install.sh: kept the edited $CONFIG_DIR/$1 (use --purge to remove it)"
+        fi
+    fi
+}
+
+uninstall_instance() {
+    if [ -z "$ROOT" ]; then
+        systemctl disable --now "edgedet@$INSTANCE.service" 2>/dev/null || true
+        rm -rf "/var/lib/edgedet/$INSTANCE" "/var/cache/edgedet/$INSTANCE"
+    fi
+    example=
+    [ -f "$OPT/config.yaml.example" ] && example=$(instance_example)
+    remove_config "$INSTANCE.yaml" "$example"
+    echo "install.sh: uninstalled instance $INSTANCE"
+}
+
 uninstall_all() {
+    if [ -n "$INSTANCE" ]; then
+        uninstall_instance
+        return
+    fi
+    for config in "$ETC"/*.yaml; do
+        [ -f "$config" ] || continue
+        INSTANCE=$(basename "$config" .yaml)
+        [ "$INSTANCE" = config ] && continue
+        uninstall_instance
+    done
+    INSTANCE=
     if [ -z "$ROOT" ]; then
         systemctl disable --now edgedet.service 2>/dev/null || true
     fi
-    rm -f "$UNITS/edgedet.service"
+    rm -f "$UNITS/edgedet.service" "$UNITS/edgedet@.service"
     if [ -z "$ROOT" ]; then
         systemctl daemon-reload
     fi

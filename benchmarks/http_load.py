@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""What the HTTP endpoint costs the frame loop while someone watches: `edgedet run` with http on and polled
+against http off, side by side.
+
+    python benchmarks/http_load.py [--pairs 8] [--duration 8] [--interval 0] [--interval 1]
+
+Each round runs two real `edgedet run` processes one after the other (synthetic 640x480 frames read as fast as
+the model takes them, console and MQTT off): one with `http.enabled: false`, one with `http.enabled: true`
+and a client that polls as the page does (GET `/`, then `/frame.jpg` and `/input.png` of the frame it names),
+every ``--interval`` seconds (0 = back to back, the worst case; 1 = the page's own refresh). The fps is the
+loop's (frames processed / loop uptime, from `--stats-file`). Rounds are paired, the order alternates, and the
+verdict is the median of the per-pair ratios on/off, with its range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
+BUNDLED = HERE.parent / "models" / "pikachu_mobilenet_v2_0.35_96_int8.tflite"
+FRAME_ID = re.compile(rb"frame\.jpg\?frame=(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Poller(threading.Thread):
+    """A watcher of the page: `/`, then both images of the frame it shows; counts what it fetched."""
+
+    def __init__(self, port: int, interval_s: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.interval_s = port, interval_s
+        self.stop = threading.Event()
+        self.requests = 0
+        self.images = 0
+
+    def _get(self, connection: http.client.HTTPConnection, path: str) -> bytes:
+        connection.request("GET", path)
+        reply = connection.getresponse()
+        body = reply.read()
+        self.requests += 1
+        if reply.status == 200 and path.startswith(("/frame", "/input")):
+            self.images += 1
+        return body
+
+    def run(self) -> None:
+        connection = None
+        while not self.stop.is_set():
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                page = self._get(connection, "/")
+                found = FRAME_ID.search(page)
+                if found:
+                    self._get(connection, f"/frame.jpg?frame={found.group(1).decode()}")
+                    self._get(connection, f"/input.png?frame={found.group(1).decode()}")
+            except OSError:  # not listening yet, or the run ended
+                connection = None
+                time.sleep(0.05)
+                continue
+            if self.interval_s:
+                self.stop.wait(self.interval_s)
+
+
+def loop_fps(model: Path, duration_s: float, http_on: bool, interval_s: float) -> tuple[float, int, float]:
+    """The loop's fps, the requests the client made, and the daemon's CPU seconds per frame (user + system,
+    start-up included): on a shared, loaded machine the fps follows the neighbours, the CPU per frame much
+    less."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_file = Path(tmp) / "stats.json"
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+        env.pop("EDGEDET_CONFIG", None)
+        port = free_port()
+        args = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", "--duration", str(duration_s),
+                "--stats-file", str(stats_file), "--set", f"model.path={model}", "--set", "source.type=synthetic",
+                "--set", "source.fps=0", "--set", "publish.console=false", "--set", "mqtt.enabled=false",
+                "--set", f"http.enabled={'true' if http_on else 'false'}", "--set", f"http.port={port}"]
+        poller = Poller(port, interval_s) if http_on else None
+        if poller is not None:
+            poller.start()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            subprocess.run(args, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
+        finally:
+            if poller is not None:
+                poller.stop.set()
+                poller.join(15)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stats = json.loads(stats_file.read_text())
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    frames = int(stats["frames_processed"])
+    return frames / float(stats["uptime_s"]), poller.requests if poller else 0, cpu_s / max(1, frames)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
+    parser.add_argument("--interval", type=float, action="append",
+                        help="seconds between page polls (repeatable; default: 0 and 1)")
+    parser.add_argument("--models", type=Path, default=SHARED)
+    args = parser.parse_args()
+    models = [BUNDLED, args.models / "mobilenet_v2_1.0_224_quant.tflite"]
+    print("| model | polling | off fps (median) | on+polled fps (median) | on/off, median of pairs | range | "
+          "CPU per frame on/off, median of pairs | requests/s | pairs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model in models:
+        if not model.is_file():
+            print(f"skip {model.name}: not found")
+            continue
+        for interval in args.interval or [0.0, 1.0]:
+            off, on, ratios, rates, cpu_ratios = [], [], [], [], []
+            for i in range(args.pairs):
+                order = [False, True] if i % 2 == 0 else [True, False]
+                fps: dict[bool, float] = {}
+                cpu: dict[bool, float] = {}
+                for http_on in order:
+                    fps[http_on], requests, cpu[http_on] = loop_fps(model, args.duration, http_on, interval)
+                    if http_on:
+                        rates.append(requests / args.duration)
+                off.append(fps[False])
+                on.append(fps[True])
+                ratios.append(fps[True] / fps[False])
+                cpu_ratios.append(cpu[True] / cpu[False])
+            polling = "back to back" if interval == 0 else f"every {interval:g} s"
+            print(f"| {model.stem} | {polling} | {statistics.median(off):.1f} | {statistics.median(on):.1f} | "
+                  f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
+                  f"{statistics.median(cpu_ratios):.3f} | {statistics.median(rates):.0f} | {args.pairs} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""The HTTP endpoint as a ``Sink``: the frame loop hands it references, its own threads do the work on request.
+
+``handle`` (inference thread, every frame) keeps a reference to the newest result and frame and adds the
+latencies to two small aggregates (the Prometheus histogram and a per-second history for the page's chart):
+no copy, no encoding, no lock but a once-a-second one. Every source hands out a new (or read-only) array per
+frame, so the reference stays valid after ``handle`` returns and only the newest frame is kept alive.
+JPEG/PNG encoding, preprocessing for the model's-eye view and page rendering run on the HTTP server's
+threads when asked, cached per frame and at most ``MAX_ENCODES_PER_S`` times a second per image, however
+often clients poll.
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+import io
+import json
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from edgedet.errors import ConfigError
+from edgedet.frames.base import FrameSource
+from edgedet.http.config import HttpConfig
+from edgedet.http.metrics import PipelineCollector, StageHistogram
+from edgedet.http.page import render_page
+from edgedet.model.classifier import Classifier
+from edgedet.model.preprocess import to_rgb
+from edgedet.results import FrameResult, LoopStats
+
+log = logging.getLogger("edgedet.http")
+
+MAX_ENCODES_PER_S = 5.0
+HISTORY_S = 300  # the page's latency chart: the last five minutes, one point a second
+CHART_STAGES = ("preprocess", "inference", "postprocess", "total")
+INPUT_VIEW_PX = 288  # the model's input is scaled up (nearest) to about this width
+PINNED_FRAMES = 4
+
+
+class PipelineView(Protocol):
+    """What the endpoint reads from the running pipeline (edgedet.pipeline.Pipeline)."""
+
+    config: Any
+    classifier: Classifier
+    source: FrameSource
+
+    def loop_stats(self) -> LoopStats: ...
+
+    def mqtt_counters(self) -> dict[str, Any]: ...
+
+    def stats_message(self) -> dict[str, Any]: ...
+
+    def info_message(self) -> dict[str, Any]: ...
+
+
+class LatencyHistory:
+    """Per-second means of the chart's stages over the last ``seconds``; fed by the frame loop."""
+
+    def __init__(self, seconds: int = HISTORY_S) -> None:
+        self._points: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=seconds)
+        self._lock = threading.Lock()
+        self._second = -1
+        self._sums = [0.0] * len(CHART_STAGES)
+        self._count = 0
+
+    def add(self, wall: float, latency_ms: dict[str, float]) -> None:
+        second = int(wall)
+        if second != self._second:
+            if self._count:
+                mean = tuple(s / self._count for s in self._sums)
+                with self._lock:  # once a second
+                    self._points.append((self._second, mean))
+            self._second, self._sums, self._count = second, [0.0] * len(CHART_STAGES), 0
+        sums = self._sums
+        for i, stage in enumerate(CHART_STAGES):
+            sums[i] += latency_ms.get(stage, 0.0)
+        self._count += 1
+
+    def points(self) -> list[tuple[int, tuple[float, ...]]]:
+        with self._lock:
+            return list(self._points)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    frame_id: int
+    data: bytes
+    made_mono: float
+    size: tuple[int, int]
+
+
+def encode_jpeg(frame: Any, quality: int = 80) -> tuple[bytes, tuple[int, int]]:
+    image = Image.fromarray(to_rgb(frame))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), image.size
+
+
+def input_image(tensor: np.ndarray, gain: np.ndarray, offset: np.ndarray, raw: bool) -> np.ndarray:
+    """The model's input tensor (1xHxWx3) back to 0..255 RGB: the quantization undone, nothing else."""
+    values = tensor[0]
+    if raw:
+        return np.asarray(values, dtype=np.uint8)
+    pixels = (values.astype(np.float32) - offset) / gain
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def encode_input_png(classifier: Classifier, preprocessor: Any, frame: Any) -> tuple[bytes, tuple[int, int]]:
+    quant = classifier.quantization
+    rgb = input_image(preprocessor(frame), quant.gain, quant.offset, quant.raw)
+    height, width = rgb.shape[:2]
+    factor = max(1, round(INPUT_VIEW_PX / max(1, width)))
+    image = Image.fromarray(rgb).resize((width * factor, height * factor), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), (width, height)
+
+
+def roi_fractions(preprocess: Any, frame_size: tuple[int, int]) -> Optional[tuple[float, float, float, float]]:
+    """``model.preprocess.roi`` as (x, y, w, h) fractions of the frame, or None when there is none.
+
+    Read defensively: the setting may be absent in this version, a mapping or object with x/y and
+    width/height (or w/h), or a list of four numbers; numbers above 1 are pixels of the frame."""
+    roi = getattr(preprocess, "roi", None)
+    if roi is None:
+        return None
+    if hasattr(roi, "model_dump"):
+        roi = roi.model_dump()
+    try:
+        if isinstance(roi, dict):
+            values = [roi.get("x"), roi.get("y"), roi.get("width", roi.get("w")), roi.get("height", roi.get("h"))]
+        else:
+            values = list(roi)
+        x, y, w, h = (float(v) for v in values)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if max(x, y, w, h) > 1.0:
+        fw, fh = frame_size
+        x, w, y, h = x / fw, w / fw, y / fh, h / fh
+    return x, y, w, h
+
+
+class HttpSink:
+    """The endpoint (see the module docstring). ``start`` serves from a thread; ``close`` stops it."""
+
+    def __init__(self, cfg: HttpConfig, view: PipelineView) -> None:
+        self.cfg, self.view = cfg, view
+        self.histogram = StageHistogram()
+        self.history = LatencyHistory()
+        self._latest: Optional[tuple[FrameResult, Any]] = None
+        self._pinned: OrderedDict[int, tuple[FrameResult, Any]] = OrderedDict()
+        self._pin_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._jpegs: OrderedDict[int, Encoded] = OrderedDict()
+        self._pngs: OrderedDict[int, Encoded] = OrderedDict()
+        self._preprocessor: Optional[tuple[Classifier, Any]] = None
+        self._info: Optional[tuple[tuple[int, int], dict[str, Any]]] = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PipelineCollector(view.loop_stats, view.mqtt_counters, self.info, self.histogram))
+        ProcessCollector(registry=self.registry)
+        self._server = _make_server(cfg, self)
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.25},
+                                        name="edgedet-http", daemon=True)
+        self._thread.start()
+        log.info("HTTP endpoint on http://%s:%d/ (metrics: /metrics)", self.cfg.bind, self.port)
+
+    # -- Sink protocol (inference thread) -------------------------------------------------------------
+    def handle(self, result: FrameResult, frame: Any = None) -> None:
+        self._latest = (result, frame)
+        latency = result.latency_ms
+        self.histogram.observe(latency)
+        self.history.add(result.captured_wall, latency)
+
+    def on_stats(self, stats: LoopStats) -> None:
+        pass  # /metrics and /api/stats read the loop's statistics when asked
+
+    def counters(self) -> dict[str, Any]:
+        return {}
+
+    def close(self, flush_timeout_s: Optional[float] = None) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(2.0)
+        self._server.server_close()
+
+    # -- what the HTTP threads ask for ----------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """The info message, computed again only when a reload swapped the model or the source (the model's
+        sha256 is hashed from its bytes)."""
+        key = (id(self.view.classifier), id(self.view.source))
+        cached = self._info
+        if cached is None or cached[0] != key:
+            cached = (key, self.view.info_message())
+            self._info = cached
+        return cached[1]
+
+    def pin_latest(self) -> Optional[tuple[FrameResult, Any]]:
+        """The newest frame, kept for the page's image requests so the images match the scores shown."""
+        latest = self._latest
+        if latest is None:
+            return None
+        with self._pin_lock:
+            self._pinned[latest[0].frame_id] = latest
+            self._pinned.move_to_end(latest[0].frame_id)
+            while len(self._pinned) > PINNED_FRAMES:
+                self._pinned.popitem(last=False)
+        return latest
+
+    def _frame(self, frame_id: Optional[int]) -> Optional[tuple[FrameResult, Any]]:
+        if frame_id is not None:
+            with self._pin_lock:
+                pinned = self._pinned.get(frame_id)
+            if pinned is not None:
+                return pinned
+        return self._latest
+
+    def _encoded(self, cache: OrderedDict[int, Encoded], frame_id: Optional[int], encode: Any) -> Optional[Encoded]:
+        wanted = self._frame(frame_id)
+        if wanted is None or wanted[1] is None:
+            return None
+        result, frame = wanted
+        with self._encode_lock:
+            hit = cache.get(result.frame_id)
+            if hit is not None:
+                return hit
+            now = time.monotonic()
+            newest = next(reversed(cache.values()), None)
+            if newest is not None and now - newest.made_mono < 1.0 / MAX_ENCODES_PER_S:
+                return newest  # polled faster than the limit: the last image again
+            data, size = encode(frame)
+            made = Encoded(result.frame_id, data, now, size)
+            cache[result.frame_id] = made
+            while len(cache) > PINNED_FRAMES:
+                cache.popitem(last=False)
+            return made
+
+    def frame_jpeg(self, frame_id: Optional[int] = None) -> Optional[Encoded]:
+        return self._encoded(self._jpegs, frame_id, encode_jpeg)
+
+    def input_png(self, frame_id: Optional[int] = None) -> Optional[Encoded]:
+        classifier = self.view.classifier
+        cached = self._preprocessor
+        if cached is None or cached[0] is not classifier:
+            # A copy with its own resize buffers: the loop's preprocessor writes into preallocated arrays,
+            # and this runs beside it. Same settings, so the same input (ROI, crop, resize) as the model's.
+            clone = copy.copy(classifier.preprocessor)
+            if hasattr(clone, "_resizers"):
+                clone._resizers = {}
+            cached = (classifier, clone)
+            self._preprocessor = cached
+        preprocessor = cached[1]
+        return self._encoded(self._pngs, frame_id, lambda frame: encode_input_png(classifier, preprocessor, frame))
+
+    def page(self, token_query: str) -> bytes:
+        latest = self.pin_latest()
+        view = self.view
+        roi = None
+        if latest is not None and latest[1] is not None:
+            height, width = np.shape(latest[1])[:2]
+            roi = roi_fractions(view.config.model.preprocess, (int(width), int(height)))
+        return render_page(info=self.info(), stats=view.loop_stats(), latest=latest[0] if latest else None,
+                           frame_size=tuple(np.shape(latest[1])[1::-1]) if latest and latest[1] is not None
+                           else None, roi=roi, history=self.history.points(), stages=CHART_STAGES,
+                           token_query=token_query).encode("utf-8")
+
+
+def _make_server(cfg: HttpConfig, sink: HttpSink) -> ThreadingHTTPServer:
+    family = socket.AF_INET6 if ":" in cfg.bind else socket.AF_INET
+
+    class Server(ThreadingHTTPServer):
+        address_family = family
+        daemon_threads = True
+        allow_reuse_address = True
+
+    handler = type("Handler", (_Handler,), {"sink": sink, "token": cfg.token})
+    try:
+        return Server((cfg.bind.strip("[]"), cfg.port), handler)
+    except OSError as exc:
+        raise ConfigError(f"http: cannot listen on {cfg.bind}:{cfg.port} ({exc.strerror or exc})",
+                          fix="choose another http.port or http.bind, or stop what holds it") from None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sink: HttpSink
+    token: Optional[str]
+    server_version = "edgedet"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # Nothing here changes state: only GET and HEAD.
+    def _not_allowed(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET and HEAD\n", "text/plain", {"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    def do_HEAD(self) -> None:
+        self._dispatch(body=False)
+
+    def do_GET(self) -> None:
+        self._dispatch(body=True)
+
+    def _authorized(self, query: dict[str, list[str]]) -> tuple[bool, str]:
+        if not self.token:
+            return True, ""
+        expected = self.token.encode()
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip().encode(), expected):
+            return True, ""
+        given = query.get("token", [""])[0]
+        if given and hmac.compare_digest(given.encode(), expected):
+            return True, given
+        return False, ""
+
+    def _dispatch(self, *, body: bool) -> None:
+        self._body = body
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        ok, query_token = self._authorized(query)
+        if not ok:
+            self._send(HTTPStatus.UNAUTHORIZED, b"token required (Authorization: Bearer, or ?token=)\n",
+                       "text/plain", {"WWW-Authenticate": 'Bearer realm="edgedet"'})
+            return
+        frame_id: Optional[int] = None
+        if query.get("frame", [""])[0].isdigit():
+            frame_id = int(query["frame"][0])
+        sink = self.sink
+        try:
+            if url.path == "/":
+                self._send(HTTPStatus.OK, sink.page(f"token={query_token}" if query_token else ""),
+                           "text/html; charset=utf-8")
+            elif url.path == "/metrics":
+                # Every name here is a legacy (ASCII) one, so the text is that of format 0.0.4, which every
+                # Prometheus since 2.0 asks for and parses.
+                self._send(HTTPStatus.OK, generate_latest(sink.registry), CONTENT_TYPE_PLAIN_0_0_4)
+            elif url.path == "/api/stats":
+                self._json(sink.view.stats_message())
+            elif url.path == "/api/info":
+                self._json(sink.info())
+            elif url.path in ("/frame.jpg", "/input.png"):
+                image = sink.frame_jpeg(frame_id) if url.path == "/frame.jpg" else sink.input_png(frame_id)
+                if image is None:
+                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
+                else:
+                    kind = "image/jpeg" if url.path == "/frame.jpg" else "image/png"
+                    self._send(HTTPStatus.OK, image.data, kind, {"X-Frame-Id": str(image.frame_id)})
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as exc:
+            log.error("HTTP %s failed: %s", url.path, exc)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain")
+
+    def _json(self, payload: dict[str, Any]) -> None:
+        self._send(HTTPStatus.OK, json.dumps(payload, separators=(",", ":")).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, data: bytes, kind: str, headers: Optional[dict[str, str]] = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if getattr(self, "_body", True) and self.command != "HEAD":
+            self.wfile.write(data)

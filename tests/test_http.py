@@ -1,0 +1,281 @@
+"""The HTTP endpoint (edgedet/http): config rules, the token, GET/HEAD only, the JSON messages against their
+schemas, /metrics through prometheus_client's own parser, the images the page shows, reloads, and the Sink
+contract (the frame loop only hands over references)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from helpers import assert_one_line_error, run_cli
+from http_daemon import MODEL, HttpDaemon, get
+from mosquitto import free_port
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgedet.config import build_config, load_config
+from edgedet.errors import ConfigError
+from edgedet.http import server
+from edgedet.http.config import HttpConfig, is_loopback
+from edgedet.http.metrics import BUCKETS_S, StageHistogram
+from edgedet.http.page import render_page
+from edgedet.http.server import input_image, roi_fractions
+from edgedet.loop import STAGES
+from edgedet.pipeline import Pipeline
+from edgedet.results import Class, FrameResult
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO / "docs" / "schemas"
+
+
+def validator(name: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text()),
+                                           format_checker=jsonschema.FormatChecker())
+
+
+# ------------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.3.4.5", True), ("::1", True),
+                                                ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
+                                                ("::", False), ("192.168.1.20", False), ("pi.local", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_a_bind_off_loopback_needs_a_token() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"http": {"enabled": True, "bind": "0.0.0.0"}}, "c.yaml")
+    assert str(err.value) == ("c.yaml: http: http.bind 0.0.0.0 is reachable from other machines: set http.token "
+                              "(a long random string) or bind 127.0.0.1; see config.yaml for every key")
+    assert build_config({"http": {"enabled": True, "bind": "0.0.0.0", "token": "s3cret"}}, "c.yaml").http.token
+    assert build_config({"http": {"enabled": False, "bind": "0.0.0.0"}}, "c.yaml").http.bind == "0.0.0.0"
+    assert HttpConfig().enabled is False and HttpConfig().bind == "127.0.0.1"
+
+
+def test_run_refuses_a_public_bind_without_token_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"path": str(MODEL)}, "source": {"type": "synthetic"},
+                                      "http": {"enabled": True, "bind": "0.0.0.0"}}))
+    assert_one_line_error(run_cli("run", "--config", str(config), "--max-frames", "1"), str(config), "http.bind",
+                          "http.token")
+
+
+def test_check_config_masks_the_token(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"http": {"enabled": True, "bind": "0.0.0.0", "token": "s3cret-value"}}))
+    done = run_cli("check-config", str(config))
+    assert done.code == 0, done.err
+    assert "s3cret-value" not in done.out and yaml.safe_load(done.out.split("\n", 1)[1])["http"]["token"] == "*" * 8
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"model": {"path": str(MODEL)}, "source": {"type": "synthetic"},
+                                          "http": {"enabled": True, "port": taken.getsockname()[1]}}))
+        assert_one_line_error(run_cli("--log-level", "warning", "run", "--config", str(config), "--max-frames", "1"),
+                              "http.port",
+                              "cannot listen on 127.0.0.1")
+
+
+# ------------------------------------------------------------------------------------------------ daemon
+def test_real_daemon_token_methods_and_payloads(tmp_path: Path) -> None:
+    token = "t0k3n-for-the-test"
+    with HttpDaemon(tmp_path, token=token, config={"http": {"bind": "0.0.0.0"}}) as daemon:
+        # Without the token, or with a wrong one: 401 on every path.
+        for path in ("/", "/metrics", "/api/stats", "/frame.jpg"):
+            status, headers, _ = daemon.get(path, token=None)
+            assert status == 401 and headers["www-authenticate"].startswith("Bearer"), path
+        assert daemon.get("/api/info", token="wrong")[0] == 401
+        assert daemon.get("/api/info?token=wrong", token=None)[0] == 401
+        assert daemon.get("/api/info")[0] == 200  # Authorization: Bearer
+        status, _, page = daemon.get(f"/?token={token}", token=None)  # the browser's way
+        assert status == 200 and b"frame.jpg?frame=" in page and f"token={token}".encode() in page
+        # Nothing changes state: GET and HEAD only.
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            status, headers, _ = daemon.get("/api/stats", method=method)
+            assert status == 405 and headers["allow"] == "GET, HEAD", method
+        status, headers, body = daemon.get("/frame.jpg", method="HEAD")
+        assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+        assert daemon.get("/nothing-here")[0] == 404
+
+        stats = json.loads(daemon.get("/api/stats")[2])
+        validator("stats").validate(stats)
+        info = json.loads(daemon.get("/api/info")[2])
+        validator("info").validate(info)
+        assert stats["device_id"] == info["device_id"] == "web" and stats["run_id"] == info["run_id"]
+        assert info["model"]["name"] == MODEL.stem and info["source"] == {"type": "synthetic",
+                                                                          "resolution": [320, 240]}
+
+        status, headers, text = daemon.get("/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        processed = families["edgedet_frames_processed"]
+        assert processed.type == "counter" and processed.samples[0].name == "edgedet_frames_processed_total"
+        assert processed.samples[0].value >= stats["frames_processed"] > 0
+        for name in ("edgedet_frames_dropped", "edgedet_frames_invalid", "edgedet_source_reopens",
+                     "edgedet_mqtt_dropped_messages", "edgedet_mqtt_reconnects"):
+            assert families[name].type == "counter", name
+        assert families["edgedet_mqtt_queued_messages"].type == "gauge"
+        (info_sample,) = families["edgedet_info"].samples  # an info metric is a gauge of 1 in this format
+        assert info_sample.name == "edgedet_info" and info_sample.value == 1
+        assert {k: info_sample.labels[k] for k in ("model", "runtime", "runtime_version", "delegate", "version")} \
+            == {"model": MODEL.stem, "runtime": info["runtime"]["name"], "runtime_version": info["runtime"]["version"],
+                "delegate": "cpu", "version": info["edgedet_version"]}
+        histogram = families["edgedet_stage_latency_seconds"]
+        assert histogram.type == "histogram"
+        counts = {s.labels["stage"]: s.value for s in histogram.samples if s.name.endswith("_count")}
+        assert set(counts) == set(STAGES) and min(counts.values()) > 0
+        assert "process_resident_memory_bytes" in families
+    assert "Traceback" not in daemon.stderr()
+
+
+# ------------------------------------------------------------------------------------------------ in process
+def config_for(port: int, **http: Any) -> Any:
+    return build_config({"device_id": "inproc", "model": {"path": str(MODEL)},
+                         "source": {"type": "synthetic", "fps": 0, "width": 320, "height": 240},
+                         "publish": {"console": False}, "http": {"enabled": True, "port": port, **http}}, "test")
+
+
+def refused(port: int) -> bool:
+    try:
+        get(port, "/api/info")
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_images_are_the_frame_and_the_model_input_encoded_once_per_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    for name in ("encode_jpeg", "encode_input_png"):
+        original = getattr(server, name)
+        monkeypatch.setattr(server, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    port = free_port()
+    pipeline = Pipeline.build(config_for(port), "run-inproc")
+    try:
+        pipeline.run(max_frames=5)
+        sink = pipeline.http
+        assert sink is not None and sink._latest is not None
+        result, frame = sink._latest
+        status, headers, jpeg = get(port, "/frame.jpg")
+        assert status == 200 and headers["content-type"] == "image/jpeg"
+        assert int(headers["x-frame-id"]) == result.frame_id
+        decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float64)
+        assert decoded.shape == (240, 320, 3)
+        assert np.abs(decoded - np.asarray(frame, dtype=np.float64)).mean() < 8  # JPEG, quality 80
+        assert get(port, "/frame.jpg")[2] == jpeg and calls.count("encode_jpeg") == 1  # cached per frame
+
+        status, headers, png = get(port, "/input.png")
+        assert status == 200 and headers["content-type"] == "image/png"
+        shown = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        assert shown.shape == (288, 288, 3)  # 96x96, scaled up 3x (nearest)
+        classifier = pipeline.classifier
+        quant = classifier.quantization
+        model_input = input_image(classifier.preprocess(frame), quant.gain, quant.offset, quant.raw)
+        assert np.array_equal(shown[::3, ::3], model_input)  # exactly the tensor the model was given
+        assert get(port, "/input.png")[2] == png and calls.count("encode_input_png") == 1
+    finally:
+        pipeline.close()
+    assert refused(port)
+
+
+def test_reload_rebuilds_the_endpoint_only_when_http_changes() -> None:
+    first, second = free_port(), free_port()
+    pipeline = Pipeline.build(config_for(first), "run-reload")
+    try:
+        pipeline.run(max_frames=2)
+        sink = pipeline.http
+        assert pipeline.reload(config_for(first).model_copy(update={"device_id": "other"})) == []
+        assert pipeline.http is sink
+        assert pipeline.reload(config_for(second)) == ["http"]
+        assert pipeline.http is not sink and pipeline.http in pipeline.loop.sinks and sink not in pipeline.loop.sinks
+        assert refused(first) and get(second, "/api/info")[0] == 200
+        off = config_for(second).model_copy(update={"http": HttpConfig()})
+        assert pipeline.reload(off) == ["http"] and pipeline.http is None
+        assert refused(second)
+    finally:
+        pipeline.close()
+
+
+def test_handle_only_keeps_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Sink contract: at every frame no image is encoded, no page rendered, no frame copied."""
+    on: list[tuple[str, int]] = []
+    for name in ("encode_jpeg", "encode_input_png", "render_page"):
+        original = getattr(server, name)
+        monkeypatch.setattr(server, name, lambda *a, _o=original, _n=name, **k: on.append(
+            (_n, threading.get_ident())) or _o(*a, **k))
+    port = free_port()
+    pipeline = Pipeline.build(config_for(port), "run-contract")
+    sink = pipeline.http
+    assert sink is not None
+    try:
+        frames = [np.full((240, 320, 3), i, np.uint8) for i in range(200)]
+        for i, frame in enumerate(frames):
+            sink.handle(FrameResult(i, time.time(), time.monotonic(), [Class(1, 0.9, "pikachu")],
+                                    {"preprocess": 0.2, "inference": 1.0, "postprocess": 0.1, "total": 1.3}), frame)
+        assert on == []
+        assert sink._latest is not None and sink._latest[1] is frames[-1]  # the reference, not a copy
+        assert get(port, "/")[0] == 200 and get(port, "/frame.jpg")[0] == 200
+        assert {name for name, _ in on} == {"render_page", "encode_jpeg"}
+        assert threading.get_ident() not in {thread for _, thread in on}
+    finally:
+        pipeline.close()
+
+
+# ------------------------------------------------------------------------------------------------ parts
+def test_stage_histogram_is_cumulative_in_seconds() -> None:
+    histogram = StageHistogram(("inference",))
+    for value in (0.3, 0.7, 4.0, 4.0, 12_000.0):
+        histogram.observe({"inference": value, "not-a-stage": 1.0})
+    family = histogram.family()
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert buckets["0.0005"] == 1 and buckets["0.001"] == 2 and buckets["0.005"] == 4 and buckets["5.0"] == 4
+    assert buckets["+Inf"] == 5 and len(buckets) == len(BUCKETS_S) + 1
+    (total,) = [s.value for s in family.samples if s.name.endswith("_sum")]
+    assert total == pytest.approx(12.009)
+
+
+def test_roi_is_read_defensively() -> None:
+    assert roi_fractions(SimpleNamespace(), (640, 480)) is None  # the setting does not exist
+    assert roi_fractions(SimpleNamespace(roi=None), (640, 480)) is None
+    assert roi_fractions(SimpleNamespace(roi=[0.25, 0.5, 0.5, 0.25]), (640, 480)) == (0.25, 0.5, 0.5, 0.25)
+    assert roi_fractions(SimpleNamespace(roi={"x": 160, "y": 120, "width": 320, "height": 240}), (640, 480)) \
+        == (0.25, 0.25, 0.5, 0.5)
+    assert roi_fractions(SimpleNamespace(roi=SimpleNamespace(model_dump=lambda: {"x": 0, "y": 0, "w": 1, "h": 1})),
+                         (640, 480)) == (0.0, 0.0, 1.0, 1.0)
+    assert roi_fractions(SimpleNamespace(roi="centre"), (640, 480)) is None
+
+
+def test_page_draws_the_roi_only_when_there_is_one() -> None:
+    from edgedet.results import LoopStats
+
+    stats = LoopStats(1, 1, 0, 0, 1.0, 1.0, 1.0, 0, 0, 0, {})
+    result = FrameResult(7, time.time(), time.monotonic(), [Class(1, 0.9, "pi<ka>chu")], {"total": 1.0})
+    kwargs: dict[str, Any] = {"info": {"device_id": "d", "model": {"input_shape": [1, 96, 96, 3]}}, "stats": stats,
+                              "latest": result, "frame_size": (640, 480), "history": [(1, (1.0,)), (2, (2.0,))],
+                              "stages": ("total",), "token_query": "token=a&b"}
+    without = render_page(roi=None, **kwargs)
+    assert 'id="roi"' not in without and "pi&lt;ka&gt;chu" in without and "<polyline" in without
+    assert 'src="frame.jpg?frame=7&amp;token=a&amp;b"' in without
+    drawn = render_page(roi=(0.25, 0.25, 0.5, 0.5), **kwargs)
+    assert 'id="roi"' in drawn and "left:25.00%;top:25.00%;width:50.00%;height:50.00%" in drawn
+
+
+def test_config_yaml_documents_every_http_key() -> None:
+    text = (REPO / "config.yaml").read_text()
+    config, _ = load_config(REPO / "config.yaml")
+    assert config.http == HttpConfig()
+    section = yaml.safe_load(text)["http"]
+    assert set(section) == set(HttpConfig.model_fields)
