@@ -105,6 +105,7 @@ class Pipeline:
         """Load the model, open the source (fail fast: an empty folder or a missing camera is a start-up error)
         and start the sinks. Raises EdgedetError with nothing left open."""
         classifier = Classifier.from_config(config.model, auto_threads=auto_threads())
+        _check_binary_sensors(config, classifier)  # before the camera is opened: a config error, one line
         source = _open(config, classifier)
         pipeline = cls(config, run_id, classifier, source, stop=stop)
         try:
@@ -273,10 +274,7 @@ class Pipeline:
             new_source = self._switch_source(new, classifier)
             done.append("source")
 
-        if new.mqtt.enabled and new.homeassistant.enabled:
-            from edgedet.publish.hastate import check_binary_sensors
-
-            check_binary_sensors(new.homeassistant, classifier.labels)  # names classes of the model to run
+        _check_binary_sensors(new, classifier)
         # Nothing below can fail for a valid config: the parts are swapped in.
         if classifier is not self.classifier:
             self.classifier = classifier
@@ -387,6 +385,14 @@ class _ClosedSource(FrameSource):
     @property
     def on_demand(self) -> bool:
         return True
+
+
+def _check_binary_sensors(config: EdgedetConfig, classifier: Classifier) -> None:
+    """``homeassistant.binary_sensors`` must name classes of the model that will run."""
+    if config.mqtt.enabled and config.homeassistant.enabled:
+        from edgedet.publish.hastate import check_binary_sensors
+
+        check_binary_sensors(config.homeassistant, classifier.labels)
 
 
 def _open(config: EdgedetConfig, classifier: Classifier) -> FrameSource:
