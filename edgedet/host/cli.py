@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from edgedet.errors import EXIT_USAGE, EdgedetError
 
@@ -28,6 +28,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
+    # The daemon's model.preprocess choices: images are prepared with its code, and the sidecar records them.
+    group = parser.add_argument_group("preprocessing (the daemon's model.preprocess; recorded in the sidecar)")
+    group.add_argument("--resize", choices=("bilinear", "nearest", "area", "antialias"), default="bilinear")
+    group.add_argument("--crop", choices=("full", "center"), default="full")
+    group.add_argument("--backend", choices=("auto", "numpy", "opencv"), default="auto",
+                       help="bilinear's implementation (default auto: opencv when installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", action="store_true", help="random flips, rotations, zoom and contrast")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=_positive_int, default=None, help="TensorFlow intra-op threads")
+    _add_preprocess_args(train)
     train.add_argument("--out", type=Path, required=True)
 
     convert = commands.add_parser("convert", help="convert to a TFLite flatbuffer with a metadata sidecar")
@@ -88,6 +98,12 @@ def _names(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
+def _preprocess_spec(args: argparse.Namespace) -> Any:
+    from edgedet.host.data import PreprocessSpec
+
+    return PreprocessSpec(resize=args.resize, crop=args.crop, backend=args.backend)
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -107,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir, out=args.out, architecture=args.arch, alpha=args.alpha, size=args.size,
             epochs=args.epochs, batch=args.batch, learning_rate=args.lr, val_split=args.val_split,
             weights=args.weights, fine_tune_layers=args.fine_tune_layers, augment=args.augment,
-            seed=args.seed, threads=args.threads, verbose=1 if sys.stdout.isatty() else 2), log=_log)
+            seed=args.seed, threads=args.threads, verbose=1 if sys.stdout.isatty() else 2,
+            preprocess=_preprocess_spec(args)), log=_log)
         return 0
     if args.command == "convert":
         from edgedet.host.convert import ConvertOptions, convert

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, get_args
 
 import numpy as np
 
 from edgedet.errors import DelegateError, ModelError
-from edgedet.model.config import ModelConfig
+from edgedet.model.config import CropMode, ModelConfig, ResizeMethod
 from edgedet.model.labels import load_labels, sidecar_label_files
 from edgedet.model.preprocess import ImageLike, InputQuantization, Preprocessor
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
@@ -24,6 +24,9 @@ DEFAULT_STD = 127.5
 
 
 STAGES = ("preprocess", "inference", "postprocess")
+# The sidecar's preprocess values the daemon understands (edgedet.model.config's Literal types).
+_PREPROCESS_CHOICES = {"resize": get_args(ResizeMethod), "crop": get_args(CropMode),
+                       "backend": ("auto", "numpy", "opencv")}
 
 
 class Inference(NamedTuple):
@@ -125,11 +128,16 @@ class Classifier:
                                                     np.asarray(mean), np.asarray(std))
         self.normalization = {"mean": mean, "std": std, "source": self.normalization_source,
                               "raw_pixels": self.quantization.raw}
-        pre = cfg.preprocess
+        resize, crop, backend, self.preprocess_source = self._preprocess_settings()
         try:
-            self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop, pre.backend)
+            self.preprocessor = Preprocessor(width, height, self.quantization, resize, crop, backend)
         except ImportError as exc:
-            raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
+            if self.preprocess_source.get("backend") != "sidecar":
+                raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
+            # OpenCV and numpy sample alike and agree within 1 per pixel: a trained-with-OpenCV model still runs.
+            log.warning("%s was prepared with OpenCV's bilinear resize but OpenCV is not installed; using numpy's "
+                        "(within 1 per pixel; pip install 'edgedet[opencv]' to match)", self.model_file.path.name)
+            self.preprocessor = Preprocessor(width, height, self.quantization, resize, crop, "numpy")
         self.labels, self.labels_source = self._labels()
         self.top_k = cfg.top_k
 
@@ -166,6 +174,32 @@ class Classifier:
             return _as_list(pre.mean if pre.mean is not None else DEFAULT_MEAN), \
                 _as_list(pre.std if pre.std is not None else DEFAULT_STD), "config"
         return [DEFAULT_MEAN], [DEFAULT_STD], "default"
+
+    def _preprocess_settings(self) -> tuple[str, str, str, dict[str, str]]:
+        """resize, crop, backend, and where each came from.
+
+        An explicit config value (config file or --set/--resize/--crop) wins, with a warning when it differs
+        from the sidecar's ``preprocess`` (how the training images were prepared); a key the config leaves
+        unset takes the sidecar's value, else the config default.
+        """
+        pre = self.config.preprocess
+        declared = (self.model_file.sidecar or {}).get("preprocess")
+        declared = declared if isinstance(declared, dict) else {}
+        values: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        for key in ("resize", "crop", "backend"):
+            configured = getattr(pre, key)
+            model_value = declared.get(key)
+            valid = model_value in _PREPROCESS_CHOICES[key]
+            if key in pre.model_fields_set or not valid:
+                values[key], sources[key] = configured, "config" if key in pre.model_fields_set else "default"
+                if valid and key in pre.model_fields_set and configured != model_value:
+                    log.warning("model.preprocess.%s: %s overrides %s's sidecar, which says the model was trained "
+                                "with %s; scores may differ from the host's evaluation",
+                                key, configured, self.model_file.path.name, model_value)
+            else:
+                values[key], sources[key] = str(model_value), "sidecar"
+        return values["resize"], values["crop"], values["backend"], sources
 
     def _labels(self) -> tuple[list[str], str]:
         explicit = self.config.labels
