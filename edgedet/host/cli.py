@@ -1,4 +1,4 @@
-"""edgedet-host: synth-dataset, train, convert, evaluate and default-model, one command per step.
+"""edgedet-host: synth-dataset, train, convert, evaluate, sweep and default-model, one command per step.
 
 Needs the ``host`` extra (TensorFlow); the daemon never imports this package. TensorFlow is imported only
 inside the commands that need it, so bad arguments are refused in well under a second.
@@ -86,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--out", type=Path, default=Path("models"))
     default.add_argument("--work", type=Path, default=None, help="keep the datasets and Keras model here")
 
+    sweep = commands.add_parser("sweep", help="train, convert and evaluate several MobileNets on DATA_DIR")
+    sweep.add_argument("data_dir", type=Path)
+    sweep.add_argument("--candidates", default=None,
+                       help="comma list like v1_0.25_128,v2_0.35_96 (default: V1 x {1.0,0.75,0.5,0.25} x "
+                       "{224,192,160,128}, v2_0.35_96, v2_1.4_224)")
+    sweep.add_argument("--heldout", type=float, default=0.2, help="fraction held out for the comparison")
+    sweep.add_argument("--epochs", type=_positive_int, default=5)
+    sweep.add_argument("--batch", type=_positive_int, default=32)
+    sweep.add_argument("--lr", type=float, default=1e-4)
+    sweep.add_argument("--weights", default="imagenet", help="imagenet (Keras cache) or none")
+    sweep.add_argument("--augment", action="store_true")
+    sweep.add_argument("--num-calib", type=_positive_int, default=100)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--threads", type=_positive_int, default=None)
+    sweep.add_argument("--out", type=Path, required=True)
+
     evaluate = commands.add_parser("evaluate", help="accuracy of a .tflite on DATA_DIR, agreement with Keras")
     evaluate.add_argument("model", type=Path)
     evaluate.add_argument("data_dir", type=Path)
@@ -139,6 +155,15 @@ def run(args: argparse.Namespace) -> int:
         from edgedet.host.default_model import build_default_model
 
         build_default_model(args.out, args.work, log=_log)
+        return 0
+    if args.command == "sweep":
+        from edgedet.host.sweep import DEFAULT_CANDIDATES, SweepOptions, sweep
+
+        sweep(SweepOptions(
+            data_dir=args.data_dir, out=args.out,
+            candidates=tuple(_names(args.candidates) or DEFAULT_CANDIDATES), heldout=args.heldout,
+            epochs=args.epochs, batch=args.batch, learning_rate=args.lr, weights=args.weights,
+            augment=args.augment, num_calib=args.num_calib, seed=args.seed, threads=args.threads), log=_log)
         return 0
     from edgedet.host.evaluate import evaluate
 

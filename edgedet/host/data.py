@@ -73,7 +73,8 @@ def load_image(path: Path, size: Size, spec: PreprocessSpec = DEFAULT_SPEC,
                preprocessor: preprocess.Preprocessor | None = None) -> np.ndarray:
     """Decode ``path`` and prepare it as the daemon does (crop, resize), as HxWx3 uint8 RGB."""
     prepare = preprocessor or pixel_preprocessor(size, spec)
-    return np.asarray(prepare(preprocess.load_image(path))[0])
+    # A copy: the numpy resizer returns its reused output buffer, which the next image overwrites.
+    return np.array(prepare(preprocess.load_image(path))[0], copy=True)
 
 
 def class_folders(data_dir: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Optional, get_args
 import numpy as np
 
 from edgedet.errors import DelegateError, ModelError
-from edgedet.model.config import CropMode, ModelConfig, ResizeMethod
+from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ModelConfig, ResizeMethod
 from edgedet.model.labels import load_labels, sidecar_label_files
 from edgedet.model.preprocess import ImageLike, InputQuantization, Preprocessor
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
@@ -25,8 +25,7 @@ DEFAULT_STD = 127.5
 
 STAGES = ("preprocess", "inference", "postprocess")
 # The sidecar's preprocess values the daemon understands (edgedet.model.config's Literal types).
-_PREPROCESS_CHOICES = {"resize": get_args(ResizeMethod), "crop": get_args(CropMode),
-                       "backend": ("auto", "numpy", "opencv")}
+_PREPROCESS_CHOICES = {"resize": get_args(ResizeMethod), "crop": get_args(CropMode), "backend": get_args(Backend)}
 
 
 class Inference(NamedTuple):
@@ -178,9 +177,9 @@ class Classifier:
     def _preprocess_settings(self) -> tuple[str, str, str, dict[str, str]]:
         """resize, crop, backend, and where each came from.
 
-        An explicit config value (config file or --set/--resize/--crop) wins, with a warning when it differs
-        from the sidecar's ``preprocess`` (how the training images were prepared); a key the config leaves
-        unset takes the sidecar's value, else the config default.
+        A value set in the config (config file, --set, classify --resize/--crop) wins, with a warning when it
+        differs from the sidecar's ``preprocess`` (how the training images were prepared); a key the config
+        leaves null takes the sidecar's value, else PREPROCESS_DEFAULTS.
         """
         pre = self.config.preprocess
         declared = (self.model_file.sidecar or {}).get("preprocess")
@@ -191,14 +190,16 @@ class Classifier:
             configured = getattr(pre, key)
             model_value = declared.get(key)
             valid = model_value in _PREPROCESS_CHOICES[key]
-            if key in pre.model_fields_set or not valid:
-                values[key], sources[key] = configured, "config" if key in pre.model_fields_set else "default"
-                if valid and key in pre.model_fields_set and configured != model_value:
+            if configured is not None:
+                values[key], sources[key] = configured, "config"
+                if valid and configured != model_value:
                     log.warning("model.preprocess.%s: %s overrides %s's sidecar, which says the model was trained "
                                 "with %s; scores may differ from the host's evaluation",
                                 key, configured, self.model_file.path.name, model_value)
-            else:
+            elif valid:
                 values[key], sources[key] = str(model_value), "sidecar"
+            else:
+                values[key], sources[key] = PREPROCESS_DEFAULTS[key], "default"
         return values["resize"], values["crop"], values["backend"], sources
 
     def _labels(self) -> tuple[list[str], str]:
