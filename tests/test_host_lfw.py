@@ -82,7 +82,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = export_lfw_all(root / "photos")
     out = root / "sweep"
     assert host_main(["sweep", str(data), "--candidates", "v1_0.25_96,v2_0.35_96,v1_0.25_128", "--heldout", "0.2",
-                      "--epochs", "2", "--weights", "none", "--lr", "1e-3", "--num-calib", "32", "--threads", "2",
+                      "--epochs", "1", "--weights", "none", "--lr", "1e-3", "--num-calib", "32", "--threads", "2",
                       "--out", str(out)]) == 0
     return {"root": root, "out": out, "report": json.loads((out / "sweep.json").read_text())}
 

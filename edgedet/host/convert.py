@@ -310,7 +310,8 @@ def convert(options: ConvertOptions, log: Callable[[str], None] = print) -> Conv
             "the daemon will report classes by index")
     normalization = dict(trained.get("normalization", MOBILENET_NORMALIZATION))
     # Calibrate on images prepared as in training; a model from elsewhere gets the daemon's defaults.
-    known = trained.get("preprocess") if isinstance(trained.get("preprocess"), dict) else {}
+    recorded = trained.get("preprocess")
+    known: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     spec = resolved(PreprocessSpec(**{k: v for k, v in known.items() if k in PreprocessSpec._fields}))
 
     import tensorflow as tf
