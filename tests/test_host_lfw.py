@@ -25,7 +25,8 @@ from PIL import Image
 from edgedet.bench import budget_choice
 from edgedet.host.cli import main as host_main
 
-pytestmark = pytest.mark.slow
+# Training from scratch on a shared 2-core machine: the module's fixtures take minutes, not seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 
 
