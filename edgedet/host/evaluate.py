@@ -58,6 +58,7 @@ def evaluate(model_path: Path, data_dir: Path, reference: Path | None = None,
         "predicted": [labels[i] for i in predicted],
         "files": [str(p) for p in folder.files],
         "preprocess": classifier.info["preprocess"],
+        "runtime": classifier.info["runtime"],
         "ms_per_image": round(1000 * seconds / len(folder.images), 2),
         "skipped": [[str(p), reason] for p, reason in folder.skipped],
     }
