@@ -76,9 +76,11 @@ def _preprocessor(model: Any) -> Preprocessor:
     model_file = read_tflite(model.path)
     model_file.validate_classifier()
     _, height, width, _ = (int(d) for d in model_file.inputs[0].shape)
-    pre = model.preprocess
+    from edgedet.model.classifier import preprocess_settings
+
+    resize, crop, backend, _ = preprocess_settings(model.preprocess, model_file)  # as the daemon will
     try:
-        return Preprocessor(width, height, RAW_PIXELS, pre.resize, pre.crop, pre.backend, roi=pre.roi)
+        return Preprocessor(width, height, RAW_PIXELS, resize, crop, backend, roi=model.preprocess.roi)
     except ImportError as exc:
         raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
 

@@ -126,7 +126,8 @@ def test_table_csv_and_plot(shared_models: Path, tmp_path: Path, capsys: pytest.
     assert {r["macs"] for r in rows} == {"13570304"} and rows[0]["input_shape"] == "1x128x128x3"
     with Image.open(plot) as image:
         assert image.format == "PNG"
-        assert image.size == (1200, 400)  # figsize (12, 3 + 0.5 * 2 settings) at 100 dpi
+        # no --images: latency, MACs and parameters panels only, figsize (5 * 3, 3 + 0.5 * 2 settings) at 100 dpi
+        assert image.size == (1500, 400)
     code, out, _ = run([str(shared_models / V1), *QUICK, "--budget-ms", "0.000001"], capsys)
     assert code == 0
     assert "p50" in out.splitlines()[0] and V1 in out

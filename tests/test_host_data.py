@@ -26,7 +26,7 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
     assert folder.counts() == {"no-pikachu": 3, "pikachu": 3}
     skipped = {path.name: reason for path, reason in folder.skipped}
     assert set(skipped) == {"broken.jpg", "notes.txt"}
-    assert "UnidentifiedImageError" in skipped["broken.jpg"]
+    assert "not an image Pillow can decode" in skipped["broken.jpg"]
 
 
 def test_class_without_readable_images_is_refused(tmp_path: Path) -> None:

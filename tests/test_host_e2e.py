@@ -25,8 +25,8 @@ from edgedet.host.sidecar import SIDECAR_FORMAT, inspect_flatbuffer, read_sideca
 
 pytestmark = pytest.mark.slow
 SIZE = 64
-SIDECAR_KEYS = ["format", "architecture", "alpha", "input_size", "normalization", "labels", "quantization",
-                "io_dtype", "min_runtime", "tool_versions", "source_model", "created"]
+SIDECAR_KEYS = ["format", "architecture", "alpha", "input_size", "normalization", "preprocess", "labels",
+                "quantization", "io_dtype", "min_runtime", "tool_versions", "source_model", "created"]
 TFLITE_RUNTIME_SCRIPT = """
 import json, sys
 import numpy as np

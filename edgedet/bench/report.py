@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgedet.errors import ConfigError
-
 
 def budget_choice(results: list[dict[str, Any]], budget_ms: float) -> dict[str, Any]:
     """The most accurate setting whose median fits the budget (measured top-1; else the largest MACs)."""
@@ -147,34 +145,31 @@ def render_csv(report: dict[str, Any]) -> str:
 
 
 def write_plot(report: dict[str, Any], target: Path) -> None:
-    try:
-        import matplotlib
+    """Accuracy against median latency with the Pareto frontier (with --images), and one bar panel per
+    measure the report has: no panel is drawn for a measure that is missing."""
+    from edgedet.pareto import draw_pareto, pyplot, save
 
-        matplotlib.use("Agg")  # no display on a Pi over ssh; must precede pyplot
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("--plot needs matplotlib", fix="pip install 'edgedet[bench]'") from None
+    plt = pyplot()
     results = report["results"]
     names = [f"{r['model'].removesuffix('.tflite')} t{r['threads']}" for r in results]
-    panels = [
-        ("median latency (ms)", [r["latency_ms"]["p50"] for r in results]),
-        ("MACs (millions)", [(r["macs"] or 0) / 1e6 for r in results]),
-        ("parameters (millions)", [(r["params"] or 0) / 1e6 for r in results]),
-        ("top-1 accuracy (%)", [100 * r["accuracy"]["top1"] if r["accuracy"] else 0 for r in results]),
-    ]
-    figure, axes = plt.subplots(2, 2, figsize=(12, 3 + 0.5 * len(results)))
-    for axis, (title, values) in zip(axes.flat, panels):
+    bars = [("median latency (ms)", [r["latency_ms"]["p50"] for r in results])]
+    for key, title in (("macs", "MACs (millions)"), ("params", "parameters (millions)")):
+        if all(r[key] is not None for r in results):  # None for Edge TPU-compiled models
+            bars.append((title, [r[key] / 1e6 for r in results]))
+    scored = [i for i, r in enumerate(results) if r["accuracy"] is not None]
+    panels = len(bars) + (1 if scored else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3 + 0.5 * len(results)), squeeze=False)
+    axes = list(axes[0])
+    if scored:
+        draw_pareto(axes.pop(0), [names[i] for i in scored], [results[i]["latency_ms"]["p50"] for i in scored],
+                    [100 * results[i]["accuracy"]["top1"] for i in scored], "median latency (ms)")
+    for axis, (title, values) in zip(axes, bars):
         axis.barh(names, values, color="tab:blue")
         axis.set_title(title)
         axis.invert_yaxis()  # fastest at the top, as in the table
     figure.suptitle("edgedet bench")
     figure.tight_layout()
-    try:
-        figure.savefig(target, dpi=100)
-    except OSError as err:
-        raise ConfigError(f"cannot write the plot ({err.strerror})", where=target) from None
-    finally:
-        plt.close(figure)
+    save(figure, target, plt)
 
 
 def render_json(report: dict[str, Any]) -> str:

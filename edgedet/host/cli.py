@@ -1,4 +1,4 @@
-"""edgedet-host: synth-dataset, train, convert, evaluate and default-model, one command per step.
+"""edgedet-host: synth-dataset, train, convert, evaluate, sweep and default-model, one command per step.
 
 Needs the ``host`` extra (TensorFlow); the daemon never imports this package. TensorFlow is imported only
 inside the commands that need it, so bad arguments are refused in well under a second.
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgedet.cmdline import OneLineParser, report_error
 from edgedet.errors import EdgedetError
@@ -21,6 +22,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
+    # The daemon's model.preprocess choices: images are prepared with its code, and the sidecar records them.
+    group = parser.add_argument_group("preprocessing (the daemon's model.preprocess; recorded in the sidecar)")
+    group.add_argument("--resize", choices=("bilinear", "nearest", "area", "antialias"), default="bilinear")
+    group.add_argument("--crop", choices=("full", "center"), default="full")
+    group.add_argument("--backend", choices=("auto", "numpy", "opencv"), default="auto",
+                       help="bilinear's implementation (default auto: opencv when installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", action="store_true", help="random flips, rotations, zoom and contrast")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=_positive_int, default=None, help="TensorFlow intra-op threads")
+    _add_preprocess_args(train)
     train.add_argument("--out", type=Path, required=True)
 
     convert = commands.add_parser("convert", help="convert to a TFLite flatbuffer with a metadata sidecar")
@@ -69,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--out", type=Path, default=Path("models"))
     default.add_argument("--work", type=Path, default=None, help="keep the datasets and Keras model here")
 
+    sweep = commands.add_parser("sweep", help="train, convert and evaluate several MobileNets on DATA_DIR")
+    sweep.add_argument("data_dir", type=Path)
+    sweep.add_argument("--candidates", default=None,
+                       help="comma list like v1_0.25_128,v2_0.35_96 (default: V1 x {1.0,0.75,0.5,0.25} x "
+                       "{224,192,160,128}, v2_0.35_96, v2_1.4_224)")
+    sweep.add_argument("--heldout", type=float, default=0.2, help="fraction held out for the comparison")
+    sweep.add_argument("--epochs", type=_positive_int, default=5)
+    sweep.add_argument("--batch", type=_positive_int, default=32)
+    sweep.add_argument("--lr", type=float, default=1e-4)
+    sweep.add_argument("--weights", default="imagenet", help="imagenet (Keras cache) or none")
+    sweep.add_argument("--augment", action="store_true")
+    sweep.add_argument("--num-calib", type=_positive_int, default=100)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--threads", type=_positive_int, default=None)
+    sweep.add_argument("--out", type=Path, required=True)
+
     evaluate = commands.add_parser("evaluate", help="accuracy of a .tflite on DATA_DIR, agreement with Keras")
     evaluate.add_argument("model", type=Path)
     evaluate.add_argument("data_dir", type=Path)
@@ -79,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _names(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def _preprocess_spec(args: argparse.Namespace) -> Any:
+    from edgedet.host.data import PreprocessSpec
+
+    return PreprocessSpec(resize=args.resize, crop=args.crop, backend=args.backend)
 
 
 def _log(message: str) -> None:
@@ -100,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir, out=args.out, architecture=args.arch, alpha=args.alpha, size=args.size,
             epochs=args.epochs, batch=args.batch, learning_rate=args.lr, val_split=args.val_split,
             weights=args.weights, fine_tune_layers=args.fine_tune_layers, augment=args.augment,
-            seed=args.seed, threads=args.threads, verbose=1 if sys.stdout.isatty() else 2), log=_log)
+            seed=args.seed, threads=args.threads, verbose=1 if sys.stdout.isatty() else 2,
+            preprocess=_preprocess_spec(args)), log=_log)
         return 0
     if args.command == "convert":
         from edgedet.host.convert import ConvertOptions, convert
@@ -115,6 +149,15 @@ def run(args: argparse.Namespace) -> int:
         from edgedet.host.default_model import build_default_model
 
         build_default_model(args.out, args.work, log=_log)
+        return 0
+    if args.command == "sweep":
+        from edgedet.host.sweep import DEFAULT_CANDIDATES, SweepOptions, sweep
+
+        sweep(SweepOptions(
+            data_dir=args.data_dir, out=args.out,
+            candidates=tuple(_names(args.candidates) or DEFAULT_CANDIDATES), heldout=args.heldout,
+            epochs=args.epochs, batch=args.batch, learning_rate=args.lr, weights=args.weights,
+            augment=args.augment, num_calib=args.num_calib, seed=args.seed, threads=args.threads), log=_log)
         return 0
     from edgedet.host.evaluate import evaluate
 

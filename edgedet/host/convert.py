@@ -17,8 +17,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 import edgedet
-from edgedet.errors import EdgedetError
-from edgedet.host.data import IMAGE_SUFFIXES, load_image
+from edgedet.errors import EdgedetError, ImageError
+from edgedet.host.data import DEFAULT_SPEC, IMAGE_SUFFIXES, PreprocessSpec, load_image, pixel_preprocessor, resolved
 from edgedet.host.sidecar import (
     MOBILENET_NORMALIZATION,
     FlatbufferInfo,
@@ -132,17 +132,22 @@ def _read_labels(path: Path) -> list[str]:
     return labels
 
 
-def representative_images(folder: Path, size: int, count: int, seed: int) -> np.ndarray:
-    """Up to ``count`` readable images from anywhere under ``folder``, a seeded sample, as uint8."""
+def representative_images(folder: Path, size: tuple[int, int], count: int, seed: int,
+                          spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Up to ``count`` readable images from anywhere under ``folder``, a seeded sample, as uint8.
+
+    ``size`` is (height, width); the images are prepared as the daemon prepares frames (``spec``).
+    """
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     order = np.random.default_rng(seed).permutation(len(files))
+    prepare = pixel_preprocessor((size[1], size[0]), spec)
     images: list[np.ndarray] = []
     for index in order:
         if len(images) >= count:
             break
         try:
-            images.append(load_image(files[index], size))
-        except (OSError, ValueError):
+            images.append(load_image(files[index], size[0], preprocessor=prepare))
+        except (ImageError, ValueError):  # ValueError: FrameError
             continue  # unreadable calibration images only lower the count, reported below
     if not images:
         raise EdgedetError("no readable images in the representative folder", where=folder,
@@ -239,7 +244,7 @@ def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, 
 
 
 def _configure(converter: Any, options: ConvertOptions, io_dtype: str, size: tuple[int, int],
-               normalization: dict[str, float], log: Callable[[str], None]) -> None:
+               normalization: dict[str, float], spec: PreprocessSpec, log: Callable[[str], None]) -> None:
     import tensorflow as tf
 
     if options.quantization == "float32":
@@ -254,9 +259,7 @@ def _configure(converter: Any, options: ConvertOptions, io_dtype: str, size: tup
     if options.quantization == "dynamic":
         return
     assert options.representative is not None  # checked by _check_options
-    images = representative_images(options.representative, size[0], options.num_calib, options.seed)
-    if size[0] != size[1]:
-        images = np.stack([load_resized(image, size) for image in images])
+    images = representative_images(options.representative, size, options.num_calib, options.seed, spec)
     log(f"calibrating int8 ranges on {len(images)} images from {options.representative}")
     mean, std = float(normalization["mean"]), float(normalization["std"])
 
@@ -269,12 +272,6 @@ def _configure(converter: Any, options: ConvertOptions, io_dtype: str, size: tup
     dtypes = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
     converter.inference_input_type = dtypes[io_dtype]
     converter.inference_output_type = dtypes[io_dtype]
-
-
-def load_resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def check_flatbuffer(info: FlatbufferInfo, quantization: str, io_dtype: str, where: Path) -> None:
@@ -312,11 +309,15 @@ def convert(options: ConvertOptions, log: Callable[[str], None] = print) -> Conv
         log("warning: no labels (no labels.txt beside the model, no --labels): the sidecar lists none and "
             "the daemon will report classes by index")
     normalization = dict(trained.get("normalization", MOBILENET_NORMALIZATION))
+    # Calibrate on images prepared as in training; a model from elsewhere gets the daemon's defaults.
+    recorded = trained.get("preprocess")
+    known: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    spec = resolved(PreprocessSpec(**{k: v for k, v in known.items() if k in PreprocessSpec._fields}))
 
     import tensorflow as tf
 
     converter, size = _converter_for(kind, options)
-    _configure(converter, options, io_dtype, size, normalization, log)
+    _configure(converter, options, io_dtype, size, normalization, spec, log)
     try:
         flatbuffer = converter.convert()
     except Exception as err:  # the converter reports MLIR errors as ConverterError with a long log
@@ -339,6 +340,7 @@ def convert(options: ConvertOptions, log: Callable[[str], None] = print) -> Conv
         tool_versions={"tensorflow": tf.__version__, "edgedet": edgedet.__version__},
         source_model=str(options.model),
         normalization=normalization,
+        preprocess=spec.as_dict(),
     )
     sidecar_file = write_sidecar(options.out, sidecar)
     log(f"wrote {options.out} ({options.out.stat().st_size} bytes, {options.quantization}, I/O {io_dtype}, "

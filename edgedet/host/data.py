@@ -1,19 +1,22 @@
 """Loading an image folder (one sub-folder per class) into memory, without TensorFlow.
 
-Datasets for this workflow are small (hundreds to a few thousand images), so they are decoded once with
-Pillow into one ``uint8`` array; unreadable files are skipped and listed instead of stopping a training
-run halfway, which is what ``tf.keras.utils.image_dataset_from_directory`` would do.
+Datasets for this workflow are small (hundreds to a few thousand images), so they are decoded once into one
+``uint8`` array; unreadable files are skipped and listed instead of stopping a training run halfway, which is
+what ``tf.keras.utils.image_dataset_from_directory`` would do.
+
+Every image is decoded, cropped and resized by the daemon's own code (:mod:`edgedet.model.preprocess`), with
+the settings that go into the sidecar, so the model is trained and evaluated on the pixels it will be served.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from edgedet.errors import EdgedetError
+from edgedet.errors import EdgedetError, ImageError
+from edgedet.model import preprocess
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # A class with fewer images than this fraction of the largest class is reported as imbalanced.
@@ -31,13 +34,47 @@ class ImageFolder(NamedTuple):
         return {name: int((self.class_ids == i).sum()) for i, name in enumerate(self.class_names)}
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Decode ``path`` as RGB and resize it to ``size`` x ``size`` (bilinear), as uint8."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+class PreprocessSpec(NamedTuple):
+    """How the daemon turns a frame into the model's pixels; recorded in the sidecar's ``preprocess``."""
+
+    resize: str = "bilinear"  # model.preprocess.resize
+    crop: str = "full"  # model.preprocess.crop
+    backend: str = "auto"  # model.preprocess.backend; resolved to numpy/opencv by pixel_preprocessor
+    roi: Any = None  # a region of interest is not applied by the host script yet
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._asdict())
+
+
+DEFAULT_SPEC = PreprocessSpec()
+Size = Union[int, tuple[int, int]]  # side, or (width, height)
+
+
+def pixel_preprocessor(size: Size, spec: PreprocessSpec = DEFAULT_SPEC) -> preprocess.Preprocessor:
+    """The daemon's Preprocessor with an identity quantization: image -> 1xHxWx3 uint8 model pixels.
+
+    Its ``backend`` attribute is the implementation actually used (``auto`` resolved), for the sidecar.
+    """
+    width, height = (size, size) if isinstance(size, int) else size
+    identity = preprocess.InputQuantization(np.dtype(np.uint8), np.ones(3, np.float32), np.zeros(3, np.float32),
+                                            raw=True)
+    try:
+        return preprocess.Preprocessor(width, height, identity, spec.resize, spec.crop, spec.backend)
+    except ImportError as err:
+        raise EdgedetError(str(err), fix="or use backend auto/numpy") from None
+
+
+def resolved(spec: PreprocessSpec) -> PreprocessSpec:
+    """``spec`` with ``backend: auto`` replaced by the implementation this machine uses."""
+    return spec._replace(backend=pixel_preprocessor(32, spec).backend)
+
+
+def load_image(path: Path, size: Size, spec: PreprocessSpec = DEFAULT_SPEC,
+               preprocessor: preprocess.Preprocessor | None = None) -> np.ndarray:
+    """Decode ``path`` and prepare it as the daemon does (crop, resize), as HxWx3 uint8 RGB."""
+    prepare = preprocessor or pixel_preprocessor(size, spec)
+    # A copy: the numpy resizer returns its reused output buffer, which the next image overwrites.
+    return np.array(prepare(preprocess.load_image(path))[0], copy=True)
 
 
 def class_folders(data_dir: Path) -> list[Path]:
@@ -58,10 +95,12 @@ def class_folders(data_dir: Path) -> list[Path]:
     return folders
 
 
-def load_folder(data_dir: Path, size: int, limit_per_class: int | None = None) -> ImageFolder:
+def load_folder(data_dir: Path, size: Size, limit_per_class: int | None = None,
+                spec: PreprocessSpec = DEFAULT_SPEC) -> ImageFolder:
     """Decode every image under ``data_dir/<class>/`` at ``size`` px; skip and list unreadable files."""
     data_dir = Path(data_dir)
     folders = class_folders(data_dir)
+    prepare = pixel_preprocessor(size, spec)
     images: list[np.ndarray] = []
     class_ids: list[int] = []
     files: list[Path] = []
@@ -76,9 +115,9 @@ def load_folder(data_dir: Path, size: int, limit_per_class: int | None = None) -
                 skipped.append((path, "not an image file name"))
                 continue
             try:
-                images.append(load_image(path, size))
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-                skipped.append((path, f"{type(err).__name__}: {err}"))
+                images.append(load_image(path, size, preprocessor=prepare))
+            except (ImageError, preprocess.FrameError) as err:
+                skipped.append((path, str(err)))
                 continue
             class_ids.append(class_id)
             files.append(path)
@@ -105,7 +144,7 @@ def imbalance_note(counts: dict[str, int]) -> str | None:
     return None
 
 
-def normalize(images: np.ndarray, mean: float = 127.5, std: float = 127.5) -> np.ndarray:
+def normalize(images: np.ndarray, mean: float | np.ndarray = 127.5, std: float | np.ndarray = 127.5) -> np.ndarray:
     """uint8 pixels -> float32 model input, real = (pixel - mean) / std."""
     return (images.astype(np.float32) - mean) / std
 

@@ -19,6 +19,8 @@ from edgedet.timefmt import iso_utc
 SIDECAR_FORMAT = "edgedet-sidecar/1"
 # real = (pixel - mean) / std for pixels in 0..255 RGB: the [-1, 1] range every Keras MobileNet expects.
 MOBILENET_NORMALIZATION = {"mean": 127.5, "std": 127.5}
+# The daemon's defaults (model.preprocess), for models whose preparation is not otherwise known.
+DEFAULT_PREPROCESS = {"resize": "bilinear", "crop": "full", "backend": "auto", "roi": None}
 
 def _enum_names(enum: type) -> dict[int, str]:
     return {value: name for name, value in vars(enum).items() if not name.startswith("_")}
@@ -91,14 +93,20 @@ def inspect_flatbuffer(path: Path) -> FlatbufferInfo:
 def build_sidecar(*, architecture: str | None, alpha: float | None, input_size: list[int],
                   labels: list[str], quantization: str, io_dtype: str, min_runtime: str | None,
                   tool_versions: dict[str, str], source_model: str,
-                  normalization: dict[str, float] | None = None) -> dict[str, Any]:
-    """The sidecar dictionary in the field order of the contract."""
+                  normalization: dict[str, float] | None = None,
+                  preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar dictionary in the field order of the contract.
+
+    ``preprocess`` is how the images were prepared (the daemon's model.preprocess keys resize, crop,
+    backend, roi); the daemon uses it wherever its config leaves those keys unset.
+    """
     return {
         "format": SIDECAR_FORMAT,
         "architecture": architecture,
         "alpha": alpha,
         "input_size": list(input_size),
         "normalization": dict(normalization or MOBILENET_NORMALIZATION),
+        "preprocess": dict(preprocess or DEFAULT_PREPROCESS),
         "labels": list(labels),
         "quantization": quantization,
         "io_dtype": io_dtype,

@@ -12,7 +12,15 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from edgedet.errors import EdgedetError
-from edgedet.host.data import ImageFolder, confusion_matrix, imbalance_note, load_folder, normalize
+from edgedet.host.data import (
+    ImageFolder,
+    PreprocessSpec,
+    confusion_matrix,
+    imbalance_note,
+    load_folder,
+    normalize,
+    resolved,
+)
 from edgedet.host.sidecar import MOBILENET_NORMALIZATION
 
 ARCHITECTURES = ("mobilenet_v1", "mobilenet_v2")
@@ -44,6 +52,8 @@ class TrainOptions(NamedTuple):
     seed: int = 0
     threads: int | None = None
     verbose: int = 1  # Keras: 1 = progress bars, 2 = one line per epoch, 0 = silent
+    # The daemon's model.preprocess settings the images are prepared with (and the sidecar records).
+    preprocess: PreprocessSpec = PreprocessSpec()
 
 
 def imagenet_weights_file(architecture: str, alpha: float, size: int) -> str:
@@ -218,7 +228,8 @@ def predict_ids(model: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
 def train(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train; save ``model.keras``, ``labels.txt`` and ``metrics.json`` into ``options.out``."""
     validate_options(options)
-    folder: ImageFolder = load_folder(options.data_dir, options.size)
+    spec = resolved(options.preprocess)  # the sidecar names the implementation, not "auto"
+    folder: ImageFolder = load_folder(options.data_dir, options.size, spec=spec)
     check_writable_dir(options.out)
     counts = folder.counts()
     log(f"loaded {len(folder.images)} images of {len(counts)} classes from {options.data_dir}: "
@@ -286,6 +297,7 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str
         "alpha": options.alpha,
         "input_size": [options.size, options.size],
         "normalization": dict(MOBILENET_NORMALIZATION),
+        "preprocess": spec.as_dict(),
         "labels": folder.class_names,
         "weights": options.weights if options.weights in ("imagenet", "none") else str(options.weights),
         "epochs": options.epochs,

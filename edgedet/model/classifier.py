@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, get_args
 
 import numpy as np
 
 from edgedet.errors import DelegateError, ModelError
-from edgedet.model.config import ModelConfig
+from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ModelConfig, PreprocessConfig, ResizeMethod
 from edgedet.model.labels import load_labels, sidecar_label_files
 from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, Preprocessor
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
@@ -24,6 +24,8 @@ DEFAULT_STD = 127.5
 
 
 STAGES = ("preprocess", "inference", "postprocess")
+# The sidecar's preprocess values the daemon understands (edgedet.model.config's Literal types).
+_PREPROCESS_CHOICES = {"resize": get_args(ResizeMethod), "crop": get_args(CropMode), "backend": get_args(Backend)}
 
 # make_interpreter's signature: (model path, runtime, threads, delegates) -> an allocated interpreter.
 InterpreterFactory = Callable[[Path, Runtime, int, list[Any]], Any]
@@ -67,6 +69,34 @@ def top_indices(values: np.ndarray, k: int) -> list[int]:
     candidates = np.argpartition(values, values.size - k)[values.size - k:] if k < values.size \
         else np.arange(values.size)
     return sorted(candidates.tolist(), key=lambda i: (-values[i].item(), i))
+
+
+def preprocess_settings(pre: PreprocessConfig, model_file: TfliteFile) -> tuple[str, str, str, dict[str, str]]:
+    """resize, crop, backend, and where each came from.
+
+    A value set in the config (config file, --set, classify --resize/--crop) wins, with a warning when it
+    differs from the sidecar's ``preprocess`` (how the training images were prepared); a key the config
+    leaves null takes the sidecar's value, else PREPROCESS_DEFAULTS.
+    """
+    declared = (model_file.sidecar or {}).get("preprocess")
+    declared = declared if isinstance(declared, dict) else {}
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for key in ("resize", "crop", "backend"):
+        configured = getattr(pre, key)
+        model_value = declared.get(key)
+        valid = model_value in _PREPROCESS_CHOICES[key]
+        if configured is not None:
+            values[key], sources[key] = configured, "config"
+            if valid and configured != model_value:
+                log.warning("model.preprocess.%s: %s overrides %s's sidecar, which says the model was trained "
+                            "with %s; scores may differ from the host's evaluation",
+                            key, configured, model_file.path.name, model_value)
+        elif valid:
+            values[key], sources[key] = str(model_value), "sidecar"
+        else:
+            values[key], sources[key] = PREPROCESS_DEFAULTS[key], "default"
+    return values["resize"], values["crop"], values["backend"], sources
 
 
 class Classifier:
@@ -144,12 +174,18 @@ class Classifier:
                                                     np.asarray(mean), np.asarray(std))
         self.normalization = {"mean": mean, "std": std, "source": self.normalization_source,
                               "raw_pixels": self.quantization.raw}
-        pre = cfg.preprocess
+        resize, crop, backend, self.preprocess_source = preprocess_settings(cfg.preprocess, model_file)
         try:
-            self.preprocessor = Preprocessor(width, height, self.quantization, pre.resize, pre.crop, pre.backend,
-                                             roi=pre.roi)
+            self.preprocessor = Preprocessor(width, height, self.quantization, resize, crop, backend,
+                                             roi=cfg.preprocess.roi)
         except ImportError as exc:
-            raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
+            if self.preprocess_source.get("backend") != "sidecar":
+                raise ModelError(str(exc), fix="or set model.preprocess.backend: auto") from None
+            # OpenCV and numpy sample alike and agree within 1 per pixel: a trained-with-OpenCV model still runs.
+            log.warning("%s was prepared with OpenCV's bilinear resize but OpenCV is not installed; using numpy's "
+                        "(within 1 per pixel; pip install 'edgedet[opencv]' to match)", self.model_file.path.name)
+            self.preprocessor = Preprocessor(width, height, self.quantization, resize, crop, "numpy",
+                                             roi=cfg.preprocess.roi)
         self.labels, self.labels_source = self._labels()
         self.top_k = cfg.top_k
 

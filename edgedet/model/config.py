@@ -12,6 +12,9 @@ Delegate = Literal["cpu", "edgetpu"]
 Fallback = Literal["cpu", "fail"]
 ResizeMethod = Literal["bilinear", "nearest", "area", "antialias"]
 CropMode = Literal["full", "center"]
+Backend = Literal["auto", "numpy", "opencv"]
+# What model.preprocess.resize/crop/backend mean when neither the config nor the model's sidecar sets them.
+PREPROCESS_DEFAULTS = {"resize": "bilinear", "crop": "full", "backend": "auto"}
 
 
 DEFAULT_MODEL = "pikachu_mobilenet_v2_0.35_96_int8.tflite"
@@ -35,18 +38,20 @@ class Strict(BaseModel):
 
 
 class PreprocessConfig(Strict):
+    # resize, crop, backend: None = as the model's sidecar declares (how its training images were prepared),
+    # else PREPROCESS_DEFAULTS; a value set here overrides the sidecar (the classifier warns when they differ).
     # bilinear = TFLite RESIZE_BILINEAR with half-pixel centers (the default, reproduces the published
     # results); nearest; area (box filter); antialias = PIL's LANCZOS, as pycoral's classify_image.py does.
-    resize: ResizeMethod = "bilinear"
+    resize: Optional[ResizeMethod] = None
     # full = squeeze the whole frame to the input size; center = crop the largest centred square first.
-    crop: CropMode = "full"
+    crop: Optional[CropMode] = None
     # A region of interest [x1, y1, x2, y2] in fractions of the frame (0..1, left/top to right/bottom),
     # cut out before the crop and the resize; None = the whole frame. With crop: center the region is then
     # cropped to the model's aspect ratio.
     roi: Optional[tuple[float, float, float, float]] = None
     # bilinear's implementation: opencv (INTER_LINEAR, ~10x faster) when installed, else numpy (the closest
     # to TFLite's own RESIZE_BILINEAR); both sample at half-pixel centers and agree within 1 per pixel.
-    backend: Literal["auto", "numpy", "opencv"] = "auto"
+    backend: Optional[Backend] = None
     # Normalization of float inputs (and the real-valued meaning of integer inputs). None = from the
     # model's metadata or sidecar, else the defaults documented in README (127.5/127.5 for float models).
     mean: Optional[Union[float, list[float]]] = None
