@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     # A missing model or camera is what doctor reports, not a reason to refuse the config.
     config, found = load_config(args.config, args.overrides, check_files=False)
     logging.getLogger("edgedet").setLevel(logging.ERROR)  # the checks' own log lines would clutter the screen
-    ctx = Context(config, found, running_services())
+    ctx = Context(config, found, running_services(found))
     items = run_checks(ctx)
     data = report(ctx, items, time.monotonic() - started)
     print(json.dumps(data, indent=2) if args.json else text_report(data), flush=True)

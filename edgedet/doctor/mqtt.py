@@ -102,9 +102,9 @@ def check(ctx: Context) -> list[Item]:
         try:
             with socket.create_connection((host, port), timeout=TIMEOUT_S) as sock, \
                     _tls_context(ctx).wrap_socket(sock, server_hostname=host) as tls:
-                cert = tls.getpeercert() or {}
-                subject = next((str(v) for rdn in cert.get("subject", ()) for k, v in rdn  # type: ignore[misc]
-                                if k == "commonName"), "?")
+                cert: dict[str, Any] = dict(tls.getpeercert() or {})
+                subject = next((str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"),
+                               "?")
                 items.append(Item(G, "tls", "ok", f"{tls.version()}, certificate CN={subject}, valid until "
                                   f"{cert.get('notAfter', '?')}" if cert else f"{tls.version()} (not verified: "
                                   "mqtt.tls.insecure)"))

@@ -33,9 +33,24 @@ def unit_properties() -> dict[str, str]:
     return dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
 
 
-def running_services(own_pid: Optional[int] = None) -> list[str]:
-    """How a running daemon shows: ``edgedet run`` processes in /proc (their pids), the unit active."""
+def _config_of(pid: str, args: list[str]) -> Optional[Path]:
+    """The --config a process was given, resolved against its working directory (None: not given)."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--config" and i + 1 < len(args) else \
+            arg.partition("=")[2] if arg.startswith("--config=") else None
+        if value:
+            try:
+                return (Path(os.readlink(f"/proc/{pid}/cwd")) / value).resolve()
+            except OSError:
+                return Path(value).resolve()
+    return None
+
+
+def running_services(config_path: Optional[Path] = None, own_pid: Optional[int] = None) -> list[str]:
+    """How a running daemon of this config shows: ``edgedet run`` processes in /proc given this config (or
+    none, so the default search), with their pids; else the unit active. Another config's daemon is not ours."""
     own = {own_pid or os.getpid(), os.getppid()}
+    mine = config_path.resolve() if config_path is not None else None
     seen = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in own:
@@ -47,7 +62,10 @@ def running_services(own_pid: Optional[int] = None) -> list[str]:
         names = [Path(a).name for a in args]
         edgedet = next((i for i, a in enumerate(names) if a == "edgedet" or a.startswith("edgedet.")
                         or (a == "-m" and i + 1 < len(names) and names[i + 1] == "edgedet")), None)
-        if edgedet is not None and "run" in names[edgedet + 1:]:
+        if edgedet is None or "run" not in names[edgedet + 1:]:
+            continue
+        given = _config_of(entry.name, args)
+        if given is None or mine is None or given == mine:
             seen.append(f"pid {entry.name}: {' '.join(args)[:80]}")
     if unit_properties().get("ActiveState") == "active" and not seen:
         seen.append(f"{UNIT} is active")
