@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    populate=_classify_arguments)
     sub.add_parser("collect", help="save frames of the source as the model sees them, for training data",
                    populate=_arguments_of("edgedet.collect"))
+    sub.add_parser("doctor", help="check the whole chain on this box (platform to MQTT), each problem with its fix",
+                   populate=_arguments_of("edgedet.doctor.cli"))
     sub.add_parser("bench", help="time and compare models on this device (edgedet bench --help)",
                    populate=_arguments_of("edgedet.bench.cli"))
     sub.add_parser("models", help="inspect model files; list and pull public MobileNets (catalogue)",

@@ -31,6 +31,7 @@ BAD_ARGUMENTS: dict[str, tuple[list[str], str]] = {
     "models info": (["models", "info"], "edgedet models info"),
     "models pull": (["models", "pull", "--dir"], "edgedet models pull"),
     "collect": (["collect", "data"], "edgedet collect"),  # --label is required
+    "doctor": (["doctor", "--jsn"], "edgedet doctor"),
     "models install": (["models", "install"], "edgedet models install"),
 }
 
@@ -46,7 +47,7 @@ def test_every_subcommand_has_a_bad_argument_case() -> None:
     models = commands["models"]
     models.format_help()  # fills the lazily built subparser, as choosing the command does
     walked = set(commands) | {f"models {action}" for action in subcommands(models)}
-    assert walked == {"run", "check-config", "classify", "collect", "bench", "models", "models list",
+    assert walked == {"run", "check-config", "classify", "collect", "doctor", "bench", "models", "models list",
                       "models info", "models pull", "models install"}
     assert walked <= set(BAD_ARGUMENTS)
 
@@ -81,6 +82,7 @@ def test_bad_argument_is_one_line(case: str) -> None:
     (["models", "--catalog", "/nonexistent/catalog.json", "list"], "/nonexistent/catalog.json"),
     (["models", "install", "/nonexistent/m.tflite"], "/nonexistent/m.tflite"),
     (["collect", "data", "--label", "x", "--config", "/nonexistent/edgedet.yaml"], "/nonexistent/edgedet.yaml"),
+    (["doctor", "--config", "/nonexistent/edgedet.yaml"], "/nonexistent/edgedet.yaml"),
 ])
 def test_user_error_is_one_line(argv: list[str], needle: str) -> None:
     line = assert_edgedet_error(run_cli(*argv))
