@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def run_hanging_daemon(tmp_path: Path, mode: str, listener: NotifyListener) -> t
 
 
 @pytest.fixture
-def notify(tmp_path: Path) -> NotifyListener:
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = str(tmp_path / "notify.sock")
     sock.bind(address)
