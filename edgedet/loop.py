@@ -27,6 +27,7 @@ from edgedet.model.classifier import Classifier, Inference, Prepared
 from edgedet.model.preprocess import FrameError
 from edgedet.model.runtime import cpu_count
 from edgedet.results import FrameResult, LoopStats, Sink
+from edgedet.stagewatch import HangMonitor, StageClock
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class FrameReader:
         self._failures, self._backoff = 0, BACKOFF_MIN_S
         self._healthy_since = time.monotonic()
         self._next_id = 0
+        self.clock = StageClock("capture")  # the loop's own clock when the source is read inline
 
     def next_frame(self) -> Optional[Captured]:
         """The next frame, or None when the source is exhausted, the loop stops, or ``fatal`` is set."""
@@ -183,7 +185,11 @@ class FrameReader:
                     if self._delivered or self._failures:
                         self.stats.source_reopens += 1
                         log.info("source reopened after %d failure(s)", self._failures)
-                frame = self.source.read(self.timeout_s)
+                self.clock.enter("capture")
+                try:
+                    frame = self.source.read(self.timeout_s)
+                finally:
+                    self.clock.idle()
                 if frame is None:
                     return None
             except SourceError as exc:
@@ -274,6 +280,7 @@ class Preparer(threading.Thread):
         self._invokes: deque[float] = deque(maxlen=self.HISTORY)
         self._prepares: deque[float] = deque(maxlen=self.HISTORY)
         self._error: Optional[BaseException] = None
+        self.clock = StageClock("prepare")
 
     def lead_s(self) -> float:
         """How long after an invoke starts to begin on the next frame: the shortest recent invoke minus the
@@ -332,11 +339,14 @@ class Preparer(threading.Thread):
             if item is None:
                 return None
             taken = time.perf_counter()
+            self.clock.enter("preprocess")
             try:
                 prepared = classifier.prepare(item.frame.image)
             except FrameError as exc:
                 loop._invalid(exc)
                 continue
+            finally:
+                self.clock.idle()
             self._prepares.append(time.perf_counter() - started)
             return item, prepared, (taken - started) * 1e3, classifier
 
@@ -357,7 +367,7 @@ class FrameLoop:
                  duration_s: float = 0.0, timeout_s: float = 5.0, max_retries: int = 0,
                  on_frame: Optional[Callable[[FrameResult], None]] = None,
                  between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False,
-                 overlap: Optional[bool] = None) -> None:
+                 overlap: Optional[bool] = None, invoke_timeout_s: float = 0.0) -> None:
         self.classifier, self.sinks = classifier, sinks
         self.stop = stop or threading.Event()
         self.max_fps, self.max_frames, self.duration_s = max_fps, max_frames, duration_s
@@ -368,6 +378,11 @@ class FrameLoop:
         self.stats = RollingStats()
         self.slot = LatestSlot()
         self._running = False
+        # A stage busy longer than this ends the process (edgedet.stagewatch; 0 = off). The clocks are where
+        # the loop's thread, the capture thread and the overlapped loop's Preparer are.
+        self.invoke_timeout_s = invoke_timeout_s
+        self.clock = StageClock("loop")
+        self._preparer_clock: Optional[StageClock] = None
         self._attach(source, source_opened)
 
     def _attach(self, source: FrameSource, opened: bool) -> None:
@@ -379,6 +394,8 @@ class FrameLoop:
         # inline, a backoff wait must end on SIGTERM; the capture thread's ends when the loop ends
         self.reader = FrameReader(source, self.stats, self.stop if self.inline else self._capture_stop,
                                   self.timeout_s, self.max_retries, opened=opened)
+        if self.inline:
+            self.reader.clock = self.clock
         self.capture = None if self.inline else CaptureThread(self.reader, self.slot)
         if self._running and self.capture is not None:
             self.capture.start()
@@ -407,8 +424,25 @@ class FrameLoop:
         With a classifier whose invoke() leaves the CPU free (the Edge TPU) the next frame is captured and
         preprocessed during the current invoke (:meth:`_run_overlapped`); on the CPU the interpreter has every
         core and the frames go one after the other (``overlap`` forces either)."""
-        if self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free:
-            return self._run_overlapped()
+        monitor = HangMonitor(self._watched, lambda: self.invoke_timeout_s, lambda: self.timeout_s)
+        monitor.start()
+        try:
+            if self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free:
+                return self._run_overlapped()
+            return self._run_serial()
+        finally:
+            monitor.stop()
+            self.clock.idle()
+
+    def _watched(self) -> list[StageClock]:
+        clocks = [self.clock]
+        if not self.inline:
+            clocks.append(self.reader.clock)
+        if self._preparer_clock is not None:
+            clocks.append(self._preparer_clock)
+        return clocks
+
+    def _run_serial(self) -> LoopStats:
         next_due = time.monotonic()
         deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
         previous_switch = sys.getswitchinterval()
@@ -439,11 +473,15 @@ class FrameLoop:
                     continue
                 taken = time.perf_counter()
                 classifier = self.classifier  # read per frame: a reload may swap it between two frames
+                classifier.stage_clock = self.clock
+                self.clock.enter("preprocess")
                 try:
                     inference = classifier.infer(item.frame.image)
                 except FrameError as exc:
                     self._invalid(exc)
                     continue
+                finally:
+                    self.clock.idle()
                 self._finish(item, inference, (taken - waited) * 1e3, classifier.name)
         finally:
             self._running = False
@@ -467,7 +505,9 @@ class FrameLoop:
         self.stats.processed(stages)
         self._deliver(result, item.frame)
         if self.on_frame is not None:
+            self.clock.enter("on_frame")
             self.on_frame(result)
+        self.clock.idle()
 
     def _run_overlapped(self) -> LoopStats:
         """Invoke frame N on this thread while a Preparer thread captures and preprocesses frame N+1, in
@@ -481,6 +521,7 @@ class FrameLoop:
         if self.capture is not None:
             self.capture.start()
         preparer = Preparer(self)
+        self._preparer_clock = preparer.clock
         preparer.start()
         try:
             pending = preparer.prepare(self.classifier, 0.0)
@@ -497,7 +538,11 @@ class FrameLoop:
                     next_due = max(next_due + 1.0 / self.max_fps, time.monotonic())
                 # the next frame is wanted when this invoke ends, so it is no older than it must be
                 preparer.request(classifier, time.perf_counter() + preparer.lead_s())
-                inference = classifier.invoke_prepared(prepared)
+                classifier.stage_clock = self.clock
+                try:
+                    inference = classifier.invoke_prepared(prepared)
+                finally:
+                    self.clock.idle()
                 preparer.invoked(inference.latency_ms["inference"] / 1e3)
                 self._finish(item, inference, capture_wait_ms, classifier.name)
                 pending = preparer.result()
@@ -511,6 +556,7 @@ class FrameLoop:
             if pending is None and self.reader.fatal is not None:
                 raise self.reader.fatal
         finally:
+            self._preparer_clock = None
             preparer.close()
             self._running = False
             sys.setswitchinterval(previous_switch)
@@ -526,6 +572,7 @@ class FrameLoop:
 
     def _deliver(self, result: FrameResult, frame: Frame) -> None:
         for sink in self.sinks:
+            self.clock.enter(f"sink {type(sink).__name__}")
             try:
                 sink.handle(result, frame.image)
             except Exception as exc:  # one failed publish never stops the loop

@@ -94,7 +94,8 @@ class Pipeline:
         self.source_opens = 1
         self.loop = FrameLoop(classifier, source, [], stop=self.stop, source_opened=True,
                               max_fps=config.loop.max_fps, timeout_s=config.source.timeout_s,
-                              max_retries=config.source.max_retries)
+                              max_retries=config.source.max_retries,
+                              invoke_timeout_s=config.model.invoke_timeout_s)
         self._stats_done: Optional[threading.Event] = None
         self._closed_counters: dict[str, Any] = {}
 
@@ -285,6 +286,7 @@ class Pipeline:
             done.append("model.top_k")
         if new_source is not None:
             self.source = new_source
+        self.loop.invoke_timeout_s = new.model.invoke_timeout_s
         if "loop" in sections or "source" in sections:
             self.loop.max_fps = new.loop.max_fps
             self.loop.timeout_s, self.loop.max_retries = new.source.timeout_s, new.source.max_retries

@@ -16,6 +16,7 @@ from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, P
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
 from edgedet.model.tflite_file import TfliteFile, numpy_dtype, read_tflite
 from edgedet.results import Class
+from edgedet.stagewatch import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,8 @@ class Classifier:
                                              roi=cfg.preprocess.roi)
         self.labels, self.labels_source = self._labels()
         self.top_k = cfg.top_k
+        # set by the frame loop: invoke and postprocess are noted there (edgedet.stagewatch, a hung invoke)
+        self.stage_clock: Optional[StageClock] = None
 
         # The first invoke is slow (on the Edge TPU it uploads the model): do it now and time it on its own.
         neutral = self.quantization.apply(np.full((height, width, 3), 128, np.uint8))[None]
@@ -305,10 +308,15 @@ class Classifier:
     def _invoke_and_rank(self, preprocess_ms: float, top_k: Optional[int],
                          staged: Optional[np.ndarray] = None) -> Inference:
         t1 = time.perf_counter()
+        clock = self.stage_clock
+        if clock is not None:
+            clock.enter("inference")
         if staged is not None:
             np.copyto(self._input_view()[0], staged)
         self._interpreter.invoke()
         t2 = time.perf_counter()
+        if clock is not None:
+            clock.enter("postprocess")
         classes = self._top_classes(top_k)
         t3 = time.perf_counter()
         return Inference(classes, {"preprocess": preprocess_ms, "inference": (t2 - t1) * 1e3,

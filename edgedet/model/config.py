@@ -90,6 +90,9 @@ class ModelConfig(Strict):
     cpu_model: Optional[Path] = None
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     top_k: int = Field(default=3, ge=1, le=1000)
+    # A stage of the frame loop (capture, preprocess, inference, postprocess, a sink) busy longer than this
+    # ends the process with exit code 3 so a supervisor restarts it (a hung USB Coral); 0 = off.
+    invoke_timeout_s: float = Field(default=10.0, ge=0)
 
     @field_validator("path", "labels", "cpu_model")
     @classmethod
