@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from helpers import assert_one_line_error, run_cli
 from mosquitto import Mosquitto, available, free_port
 from test_daemon_mqtt import DAEMON_ENV, MODEL, REPO, Daemon, Subscriber, finished, wait_until
@@ -126,3 +132,97 @@ def test_the_documented_acl_is_all_the_daemon_needs(tmp_path: Path) -> None:
     err = daemon.stderr()
     for bad in ("refused", "lost the connection", "not authorized", "ACL"):
         assert bad not in err, err[-3000:]
+
+
+def _replace_config(daemon: Daemon, change: dict[str, dict[str, Any]]) -> None:
+    """Rewrite the daemon's config file atomically (a reload never reads half a file)."""
+    config = yaml.safe_load(daemon.config_path.read_text())
+    for section, values in change.items():
+        config.setdefault(section, {}).update(values)
+    scratch = daemon.config_path.with_suffix(".tmp")
+    scratch.write_text(yaml.safe_dump(config))
+    os.replace(scratch, daemon.config_path)
+
+
+@pytest.mark.skipif(available() is not None, reason=available() or "")
+def test_sighup_burst_one_reload_at_a_time_last_config_wins_nothing_lost(tmp_path: Path) -> None:
+    """20 SIGHUPs in 2 s, the config rewritten before each (model.top_k 2, 1, 2, ... 1): reloads run one
+    after another, the config of the last signal is the one in effect, and seq has no gap."""
+    with Mosquitto(tmp_path / "broker", persistence=False) as broker:
+        sub = Subscriber(broker, "edgedet/burst/detection")
+        daemon = Daemon(tmp_path, broker.port, "burst", fps=50, config={"model": {"top_k": 1}})
+        try:
+            assert wait_until(lambda: len(sub.seqs()) >= 20, 60), daemon.stderr()[-3000:]
+            for i in range(20):
+                _replace_config(daemon, {"model": {"top_k": 2 if i % 2 == 0 else 1}})
+                daemon.proc.send_signal(signal.SIGHUP)
+                time.sleep(0.1)
+            after_burst = daemon.frames_written()
+            # Frames after the last signal's reload: wait for plenty, then stop.
+            assert wait_until(lambda: daemon.frames_written() >= after_burst + 150, 60), daemon.stderr()[-3000:]
+            daemon.proc.send_signal(signal.SIGTERM)
+            stats = finished(daemon)
+        finally:
+            daemon.kill()
+        assert wait_until(lambda: len(sub.seqs()) >= stats["frames_processed"], 30)
+        detections = sorted(sub.json("/detection"), key=lambda d: d["seq"])
+        sub.close()
+    err = daemon.stderr()
+    seqs = [d["seq"] for d in detections]
+    assert seqs == list(range(1, stats["frames_processed"] + 1))  # nothing lost, nothing twice
+    assert stats["mqtt"]["dropped"] == 0
+    # One reload at a time: each "reloaded config from" is followed by its outcome before the next starts.
+    events = re.findall(r"reloaded config from|config reloaded:|reload failed", err)
+    assert events and events[0] == "reloaded config from", events
+    assert all(a != b for a, b in zip(events, events[1:])), events
+    assert 1 <= events.count("reloaded config from") <= 20
+    assert "reload failed" not in err, err[-3000:]
+    # The last config wins: top_k 1 from the last reload on (the one before it asked for 2).
+    assert {len(d["top_k"]) for d in detections[-100:]} == {1}, [len(d["top_k"]) for d in detections[-100:]]
+    assert {len(d["top_k"]) for d in detections} == {1, 2}
+
+
+@pytest.mark.skipif(available() is not None, reason=available() or "")
+def test_sigterm_while_the_outbox_is_written_leaves_it_intact(tmp_path: Path) -> None:
+    """Broker down, a busy outbox (high fps, 10 ms sync): SIGTERM the moment its WAL file grows. The next start
+    opens the file as it is (not set aside as corrupt) and delivers every message of the first run."""
+    outbox = tmp_path / "outbox.db"
+    config = {"mqtt": {"outbox_path": str(outbox), "outbox_sync_s": 0.01}, "publish": {"stats_interval_s": 60}}
+    first = Daemon(tmp_path / "a", free_port(), "busy", fps=1000, config=config)  # nothing listens there
+    wal = Path(f"{outbox}-wal")
+
+    def wal_size() -> int:
+        return wal.stat().st_size if wal.exists() else 0
+
+    try:
+        assert wait_until(lambda: first.frames_written() >= 300, 120, 0.01), first.stderr()[-3000:]
+        before = wal_size()
+        assert wait_until(lambda: wal_size() != before, 30, 0.0005), "the outbox WAL never grew"
+        first.proc.send_signal(signal.SIGTERM)
+        finished(first)
+    finally:
+        first.kill()
+    queued = first.frames_written()
+    assert "kept in" in first.stderr(), first.stderr()[-2000:]
+    with contextlib.closing(sqlite3.connect(str(outbox))) as db:  # a plain reader sees a sound file
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (rows,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+    assert rows >= queued  # every detection, plus the status/info messages queued with them
+    with Mosquitto(tmp_path / "broker", persistence=False) as broker:
+        sub = Subscriber(broker, "edgedet/busy/detection")
+        second = Daemon(tmp_path / "b", broker.port, "busy", fps=20, max_frames=20, config=config)
+        try:
+            finished(second)
+        finally:
+            second.kill()
+        assert wait_until(lambda: len(sub.json("/detection")) >= queued + 20, 30)
+        seen = sub.json("/detection")
+        sub.close()
+    err = second.stderr()
+    assert "unreadable" not in err and "set it aside" not in err, err[-2000:]
+    assert not [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert f"{rows} message(s) left by the last run" in err, err[-2000:]
+    runs: dict[str, list[int]] = {}
+    for d in seen:
+        runs.setdefault(d["run_id"], []).append(d["seq"])
+    assert sorted(sorted(s) for s in runs.values()) == sorted([list(range(1, queued + 1)), list(range(1, 21))])

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -143,10 +144,20 @@ def test_live_install_needs_root() -> None:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv: cannot run the script unprivileged")
-        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "sh", str(SCRIPT)]
+        # The checkout may be private (a 0700 home folder): nobody runs a copy in a world-readable folder.
+        public = Path(tempfile.mkdtemp(prefix="edgedet-install-"))
+        (public / "scripts").mkdir()
+        script = Path(shutil.copy2(SCRIPT, public / "scripts" / "install.sh"))
+        for path in (public, public / "scripts", script):
+            path.chmod(0o755)
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "sh", str(script)]
     else:
-        command = ["sh", str(SCRIPT)]
+        public, command = None, ["sh", str(SCRIPT)]
     env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 2
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, cwd="/")
+    finally:
+        if public is not None:
+            shutil.rmtree(public)
+    assert result.returncode == 2, result.stderr
     assert "run as root (sudo), or set DESTDIR" in result.stderr

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgedet.errors import DelegateError, ModelError
 from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ModelConfig, PreprocessConfig, ResizeMethod
-from edgedet.model.labels import load_labels, sidecar_label_files
+from edgedet.model.labels import check_encodable, load_labels, sidecar_label_files
 from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, Preprocessor
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
 from edgedet.model.tflite_file import TfliteFile, numpy_dtype, read_tflite
@@ -233,6 +233,7 @@ class Classifier:
             labels, source = load_labels(explicit), str(explicit)
         elif isinstance((self.model_file.sidecar or {}).get("labels"), list):
             labels, source = [str(x) for x in self.model_file.sidecar["labels"]], "sidecar"  # type: ignore[index]
+            check_encodable(labels, self.model_file.sidecar_path())  # JSON's \ud800 escapes decode to lone surrogates
         elif self.model_file.embedded_labels:
             labels, source = self.model_file.embedded_labels, "metadata"
         else:

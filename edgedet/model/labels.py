@@ -1,27 +1,59 @@
-"""Labels: a text file (one per line, or ``id label`` lines), the model's embedded metadata, or a sidecar."""
+"""Labels: a text file (one per line, or ``id label`` lines), the model's embedded metadata, or a sidecar.
+
+Labels are kept exactly as written: lines are split on ``\\n`` only (not ``str.splitlines``, which also splits
+on U+2028, U+0085 and others that may sit inside a label) and only a trailing ``\\r`` goes.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from edgedet.errors import LabelsError
 
-_ID_LINE = re.compile(r"^\s*(\d+)[\s:,]+(.*\S)\s*$")
+# ``0 background``, ``1: tench``, ``2,goldfish`` (the id-prefixed files of the Coral/TF examples)
+_ID_LINE = re.compile(r"(\d+)(?:[ \t]*[:,][ \t]*|[ \t]+)(\S.*?)[ \t]*")
+
+
+def _lines(text: str) -> list[str]:
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _by_id(lines: list[str]) -> list[str] | None:
+    """The labels placed at their ids if the WHOLE file is ``id label`` lines with distinct ids in increasing
+    order from 0 (gaps allowed, as in COCO's); else None: "3 musketeers" / "7 samurai" stay as written."""
+    matches = [_ID_LINE.fullmatch(line) for line in lines]
+    if len(lines) < 2 or not all(matches):
+        return None
+    ids = [int(m.group(1)) for m in matches if m]
+    if ids[0] != 0 or any(b <= a for a, b in zip(ids, ids[1:])):
+        return None
+    by_id = {int(m.group(1)): m.group(2) for m in matches if m}
+    return [by_id.get(i, f"class {i}") for i in range(ids[-1] + 1)]
 
 
 def parse_labels(text: str) -> list[str]:
-    """Lines -> labels by class id. ``id label`` lines (all of them) place labels at their ids."""
-    lines = [line.rstrip("\r") for line in text.splitlines()]
-    while lines and not lines[-1].strip():
-        lines.pop()
+    """Text -> labels by class id: line N is class N, unless every line is an ``id label`` line."""
+    lines = _lines(text)
     if not lines:
         return []
-    matches = [_ID_LINE.match(line) for line in lines if line.strip()]
-    if all(matches) and len(matches) > 1:
-        by_id = {int(m.group(1)): m.group(2) for m in matches if m}
-        return [by_id.get(i, f"class {i}") for i in range(max(by_id) + 1)]
-    return [line.strip() for line in lines]
+    return _by_id(lines) or lines
+
+
+def check_encodable(labels: Iterable[str], where: str | Path) -> None:
+    """Labels go out as UTF-8 (MQTT, JSON): text that has no UTF-8 form (a lone surrogate) is refused now."""
+    for index, label in enumerate(labels):
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LabelsError(f"label {index} ({label!r}) is not valid Unicode text ({exc.reason} at "
+                              f"{exc.start})", where=where,
+                              fix="write the label as UTF-8 text (a lone \\ud8xx surrogate is not a character)"
+                              ) from None
 
 
 def load_labels(path: str | Path) -> list[str]:
@@ -33,13 +65,27 @@ def load_labels(path: str | Path) -> list[str]:
         raise LabelsError("is a directory, not a labels file", where=path,
                           fix="pass a text file, one label per line")
     try:
-        labels = parse_labels(path.read_text(encoding="utf-8", errors="replace"))
+        data = path.read_bytes()
     except OSError as exc:
         raise LabelsError(f"cannot read labels file ({exc.strerror})", where=path,
                           fix="check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})", where=path,
+                          fix="save the labels file as UTF-8") from None
+    labels = parse_labels(text)
     if not labels:
         raise LabelsError("labels file is empty", where=path, fix="one label per line, line N = class id N")
     return labels
+
+
+def printable(label: str) -> str:
+    """A label for a log line: control characters, escape sequences and other non-printables as repr()
+    escapes so a label cannot forge log lines or drive the terminal. Payloads keep the exact text."""
+    if label.isprintable():
+        return label
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in label)
 
 
 def sidecar_label_files(model_path: Path) -> list[Path]:

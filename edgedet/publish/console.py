@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+from edgedet.model.labels import printable
 from edgedet.results import FrameResult, LoopStats
 
 log = logging.getLogger("edgedet.results")
@@ -25,8 +26,8 @@ class ConsoleSink:
         if since < self.interval_s and (best.label == self._last_label or since < 0.25):
             return
         self._last_label, self._last_time = best.label, now
-        log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, best.label, best.score,
-                 result.latency_ms.get("inference", 0.0), result.frame_age_ms)
+        log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, printable(best.label),
+                 best.score, result.latency_ms.get("inference", 0.0), result.frame_age_ms)
 
     def on_stats(self, stats: LoopStats) -> None:
         pass  # the console shows detections; statistics go to the journal's STATUS= line
