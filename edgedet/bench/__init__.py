@@ -13,7 +13,7 @@ from __future__ import annotations
 from edgedet.bench.cli import bench_main
 from edgedet.bench.data import collect_images, label_ids_for
 from edgedet.bench.measure import bench_one, latency_stats, timed_stages
-from edgedet.bench.report import budget_choice, render_csv, render_table
+from edgedet.bench.report import budget_choice, render_csv, render_table, write_plot
 
 __all__ = ["bench_main", "bench_one", "budget_choice", "collect_images", "label_ids_for", "latency_stats",
-           "render_csv", "render_table", "timed_stages"]
+           "render_csv", "render_table", "timed_stages", "write_plot"]

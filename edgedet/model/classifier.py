@@ -67,9 +67,14 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 def top_indices(values: np.ndarray, k: int) -> list[int]:
     """Indices of the k largest values, largest first, ties by lower index."""
     k = max(1, min(k, values.size))
-    candidates = np.argpartition(values, values.size - k)[values.size - k:] if k < values.size \
-        else np.arange(values.size)
-    return sorted(candidates.tolist(), key=lambda i: (-values[i].item(), i))
+    if k < values.size:
+        # Every value tied with the k-th largest is a candidate: argpartition alone picks among ties
+        # arbitrarily, and a two-class int8 model ties at 128/128 on a borderline frame.
+        kth = values[np.argpartition(values, values.size - k)[values.size - k]]
+        candidates = np.flatnonzero(values >= kth)
+    else:
+        candidates = np.arange(values.size)
+    return sorted(candidates.tolist(), key=lambda i: (-values[i].item(), i))[:k]
 
 
 def preprocess_settings(pre: PreprocessConfig, model_file: TfliteFile) -> tuple[str, str, str, dict[str, str]]:
