@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Does edgedet install and classify right on a Raspberry Pi OS base? An emulated Debian arm64 root (qemu-user,
-# debootstrap) gets the real aarch64 wheels from PyPI and runs them. Checks by hand, not CI: it is slow
-# (root creation 8-18 min the first time, then 5-15 min per run on 2 cores), and emulation says nothing
-# about speed. No camera and no Edge TPU in there: picamera2 and libedgetpu are not exercised.
+# debootstrap) gets the real aarch64 wheels from PyPI and runs them. Checks by hand, not CI: it is slow (on a
+# shared 2-core x86_64: root creation 8 min bookworm, 18 min trixie, once; then 10-28 min per check, nearly
+# all of it pip under emulation), and emulation says nothing about speed. No camera and no Edge TPU in there: picamera2 and libedgetpu are not exercised.
 #
 #   sudo scripts/arm64-install-check.sh [trixie|bookworm] [MODELS_DIR]
 #   sudo CHECKS=install.sh scripts/arm64-install-check.sh trixie      # only check 2 (default: "plain install.sh")
