@@ -11,7 +11,8 @@
 # steps are recorded in $DESTDIR/opt/edgedet/install-actions.txt instead (tests, packaging).
 # EDGEDET_PIP_ARGS adds pip arguments (e.g. "--no-index --find-links /media/usb/wheels");
 # EDGEDET_SKIP_PIP=1 (or --no-pip) creates the venv without pip and installs no package.
-# Layout: /opt/edgedet/{venv,models,docs}, /etc/edgedet/config.yaml, <unit-dir>/edgedet.service
+# EDGEDET_OS_RELEASE reads another os-release file than /etc/os-release (tests, staging for another release).
+# Layout: /opt/edgedet/{venv,models,docs,constraints.txt}, /etc/edgedet/config.yaml, <unit-dir>/edgedet.service
 # (per instance: /etc/edgedet/NAME.yaml, <unit-dir>/edgedet@.service).
 set -eu
 
@@ -25,11 +26,12 @@ UNIT_DIR=/etc/systemd/system
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 MODELS_SRC=$SRC/models
 SKIP_PIP=${EDGEDET_SKIP_PIP:-0}
+OS_RELEASE=${EDGEDET_OS_RELEASE:-/etc/os-release}
 ACTION=install
 PURGE=0
 INSTANCE=
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -73,8 +75,42 @@ if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
     die "run as root (sudo), or set DESTDIR to install into a staging root"
 fi
 
+os_codename() {
+    [ -r "$OS_RELEASE" ] || return 0
+    sed -n 's/^VERSION_CODENAME=//p' "$OS_RELEASE" | tr -d "\"'" | head -n 1
+}
+
+# The NumPy the venv must keep. It sees apt's python3-picamera2 and python3-simplejpeg (--system-site-packages),
+# which are built against apt's python3-numpy: 1.24 on bookworm, 2.2 on trixie. A NumPy of the other major
+# version installed into the venv would shadow apt's and break them; pip keeps apt's when it fits the pin.
+write_constraints() {
+    codename=$(os_codename)
+    case $codename in
+        bookworm) numpy_pin="numpy<2"; note="Debian 12 bookworm: apt's python3-numpy is 1.24" ;;
+        trixie) numpy_pin="numpy>=2"; note="Debian 13 trixie: apt's python3-numpy is 2.2" ;;
+        *) numpy_pin=""; note="${codename:-unknown release} (not bookworm or trixie): NumPy left to pip" ;;
+    esac
+    {
+        echo "# pip constraints for this venv (install.sh): $note"
+        [ -z "$numpy_pin" ] || echo "$numpy_pin"
+    } > "$OPT/constraints.txt"
+    chmod 0644 "$OPT/constraints.txt"
+    echo "install.sh: $note${numpy_pin:+; the venv keeps $numpy_pin}"
+}
+
+# 32-bit Raspberry Pi OS trixie has Python 3.13: no TFLite runtime serves it, so refuse before changing anything.
+# A 32-bit userland may run on a 64-bit kernel (uname says aarch64): the pointer size tells them apart.
+check_runtime_exists() {
+    "$PYTHON" -c 'import platform, struct, sys
+arm32 = platform.machine().startswith("arm") or (platform.machine() == "aarch64" and struct.calcsize("P") == 4)
+sys.exit(1 if arm32 and sys.version_info >= (3, 12) else 0)' || die \
+        "$("$PYTHON" --version) on 32-bit ARM: no TFLite runtime exists (ai-edge-litert has no 32-bit ARM" \
+        "wheels; tflite-runtime 2.14 stops at Python 3.11): use the 64-bit Raspberry Pi OS"
+}
+
 install_all() {
     [ -f "$SRC/systemd/edgedet.service" ] || die "$SRC/systemd/edgedet.service not found: run from a checkout"
+    check_runtime_exists
 
     if [ -z "$ROOT" ]; then
         for group in $DEVICE_GROUPS; do
@@ -92,6 +128,7 @@ install_all() {
     fi
 
     mkdir -p "$OPT/models" "$OPT/docs" "$ETC" "$UNITS"
+    write_constraints
 
     # The venv sees the system site packages: apt's python3-picamera2 and libcamera are not on PyPI.
     if [ ! -x "$OPT/venv/bin/python" ]; then
@@ -103,7 +140,7 @@ install_all() {
     fi
     if [ "$SKIP_PIP" != 1 ]; then
         # shellcheck disable=SC2086 # EDGEDET_PIP_ARGS is a list of arguments
-        "$OPT/venv/bin/python" -m pip install --upgrade ${EDGEDET_PIP_ARGS:-} "$SRC"
+        "$OPT/venv/bin/python" -m pip install --upgrade --constraint "$OPT/constraints.txt" ${EDGEDET_PIP_ARGS:-} "$SRC"
     fi
 
     if [ -d "$MODELS_SRC" ]; then

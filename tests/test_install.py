@@ -45,6 +45,7 @@ def test_install_makes_the_expected_tree(tmp_path: Path, models: Path) -> None:
         "etc/edgedet/config.yaml",
         "etc/systemd/system/edgedet.service",
         "opt/edgedet/config.yaml.example",
+        "opt/edgedet/constraints.txt",
         "opt/edgedet/install-actions.txt",
         f"opt/edgedet/models/{MODEL_NAME}",
         "opt/edgedet/models/labels.txt",
@@ -70,6 +71,41 @@ def test_install_makes_the_expected_tree(tmp_path: Path, models: Path) -> None:
         f"chgrp edgedet {root}/etc/edgedet/config.yaml",
         "systemctl daemon-reload", "systemctl enable edgedet.service",
     ]
+
+
+def os_release(tmp_path: Path, codename: str) -> Path:
+    path = tmp_path / "os-release"
+    # As Raspberry Pi OS writes it (64-bit: ID=debian), some values quoted.
+    path.write_text(f'PRETTY_NAME="Debian GNU/Linux {codename}"\nID=debian\nVERSION_CODENAME={codename}\n')
+    return path
+
+
+@pytest.mark.parametrize(("codename", "pin"), [("bookworm", "numpy<2"), ("trixie", "numpy>=2")])
+def test_the_venv_keeps_the_numpy_major_of_the_release(tmp_path: Path, models: Path, codename: str,
+                                                       pin: str) -> None:
+    """apt's picamera2/simplejpeg are built against apt's NumPy (1.24 on bookworm, 2.2 on trixie): the pip
+    constraints file pins the venv to that major version."""
+    root = tmp_path / "root"
+    result = run(root, "--models", str(models), env={"EDGEDET_OS_RELEASE": str(os_release(tmp_path, codename))})
+    assert result.returncode == 0, result.stderr
+    lines = (root / "opt/edgedet/constraints.txt").read_text().splitlines()
+    assert [line for line in lines if not line.startswith("#")] == [pin]
+    assert f"{codename}: apt's python3-numpy is" in result.stdout
+    assert f"the venv keeps {pin}" in result.stdout
+
+
+def test_an_unknown_release_gets_no_numpy_pin(tmp_path: Path, models: Path) -> None:
+    root = tmp_path / "root"
+    result = run(root, "--models", str(models), env={"EDGEDET_OS_RELEASE": str(os_release(tmp_path, "forky"))})
+    assert result.returncode == 0, result.stderr
+    lines = (root / "opt/edgedet/constraints.txt").read_text().splitlines()
+    assert [line for line in lines if not line.startswith("#")] == []
+    assert "forky (not bookworm or trixie): NumPy left to pip" in result.stdout
+    # Without a readable os-release file the release is unknown too, and the install still completes.
+    root2 = tmp_path / "root2"
+    result = run(root2, "--models", str(models), env={"EDGEDET_OS_RELEASE": str(tmp_path / "missing")})
+    assert result.returncode == 0, result.stderr
+    assert "unknown release (not bookworm or trixie)" in result.stdout
 
 
 def test_installed_config_validates(tmp_path: Path, models: Path) -> None:
