@@ -75,9 +75,11 @@ def ha(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest)
         instance.close()
         broker.stop()
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"Home Assistant {'.'.join(map(str, hass.ha_version()))} tests: "
-                            f"{time.monotonic() - started:.1f} s (first start {first_start_s:.1f} s)")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # printed in CI's log, not swallowed by output capture
+            reporter.write_line(f"Home Assistant {'.'.join(map(str, hass.ha_version()))} tests: "
+                                f"{time.monotonic() - started:.1f} s (first start {first_start_s:.1f} s)")
 
 
 def frames(daemon: Daemon) -> list[tuple[float, str, float]]:
