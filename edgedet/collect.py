@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from edgedet.errors import EXIT_USAGE, ConfigError, EdgedetError, ModelError
+from edgedet.errors import EXIT_USAGE, ConfigError, ModelError
 from edgedet.model.preprocess import Preprocessor
 from edgedet.publish.uncertain import RAW_PIXELS, label_folder, save_png
 
@@ -145,8 +145,5 @@ def collect(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return collect(args)
-    except EdgedetError as exc:
-        print(f"edgedet: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    """``edgedet collect``; an EdgedetError is reported by the command line (cli.run_command), like every command's."""
+    return collect(args)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Optional
 
 import yaml
 
-from edgedet.errors import ConfigError, EdgedetError, ModelError
+from edgedet.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from edgedet.model.config import ModelConfig
@@ -279,10 +279,7 @@ def _validate(text: str, config_path: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        return install(args)
-    except EdgedetError as exc:
-        print(f"edgedet: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return install(args)  # an EdgedetError is reported by the command line (cli.run_command)
     except OSError as exc:
         print(f"edgedet: error: models install: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)
