@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -65,34 +66,39 @@ def mqtt_cfg(port: int, path: Path, **extra: Any) -> MqttConfig:
 
 @needs_broker
 def test_stop_keeps_the_undelivered_and_hand_over_delivers_them_in_order(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker")  # port reserved, not started yet: the broker is down
-    path = tmp_path / "outbox.db"
-    first = MqttPublisher(mqtt_cfg(broker.port, path), "cam1")
-    first.start()
-    for i in range(20):
-        first.publish(first.topic("detection"), f"a{i}".encode())
-    first.stop(flush_timeout_s=0.1)
-    assert [p for _, p in rows(path)] == [f"a{i}".encode() for i in range(20)]
+    # The old settings point at a port that refuses every connection (bound, never listening), the new ones
+    # at a running broker: a reload that changes mqtt.port. Nothing can be acknowledged before the hand-over,
+    # so the count is exact whatever the machine's speed.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead_port = int(dead.getsockname()[1])
+        path = tmp_path / "outbox.db"
+        first = MqttPublisher(mqtt_cfg(dead_port, path), "cam1")
+        first.start()
+        for i in range(20):
+            first.publish(first.topic("detection"), f"a{i}".encode())
+        first.stop(flush_timeout_s=0.1)
+        assert [p for _, p in rows(path)] == [f"a{i}".encode() for i in range(20)]
 
-    # The next start delivers them first; a reload that changes the MQTT settings hands the same file over.
-    second = MqttPublisher(mqtt_cfg(broker.port, path), "cam1")
-    second.start()
-    for i in range(10):
-        second.publish(second.topic("detection"), lambda i=i: f"b{i}".encode())
-    assert wait_until(lambda: len(rows(path)) == 30, 10), rows(path)
-    broker.start()
-    try:
-        sub = Collector(broker, "edgedet/cam1/detection", client_id="handover-sub", persistent=True)
-        third = MqttPublisher(mqtt_cfg(broker.port, path, keepalive_s=10), "cam1")
-        assert second.hand_over(third) == 30
-        third.start()
-        expected = [f"a{i}".encode() for i in range(20)] + [f"b{i}".encode() for i in range(10)]
-        assert wait_until(lambda: sub.payloads("/detection") == expected, 15), sub.payloads("/detection")
-        third.stop()
-        assert rows(path) == []  # delivered: the file is emptied
-        sub.close()
-    finally:
-        broker.stop()
+        # The next start delivers them first; a reload that changes the MQTT settings hands the same file over.
+        second = MqttPublisher(mqtt_cfg(dead_port, path), "cam1")
+        second.start()
+        for i in range(10):
+            second.publish(second.topic("detection"), lambda i=i: f"b{i}".encode())
+        assert wait_until(lambda: len(rows(path)) == 30, 10), rows(path)
+        broker = Mosquitto(tmp_path / "broker").start()
+        try:
+            sub = Collector(broker, "edgedet/cam1/detection", client_id="handover-sub", persistent=True)
+            third = MqttPublisher(mqtt_cfg(broker.port, path, keepalive_s=10), "cam1")
+            assert second.hand_over(third) == 30
+            third.start()
+            expected = [f"a{i}".encode() for i in range(20)] + [f"b{i}".encode() for i in range(10)]
+            assert wait_until(lambda: sub.payloads("/detection") == expected, 15), sub.payloads("/detection")
+            third.stop()
+            assert rows(path) == []  # delivered: the file is emptied
+            sub.close()
+        finally:
+            broker.stop()
 
 
 # ------------------------------------------------------------------------------------------------------ daemon
