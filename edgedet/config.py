@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from edgedet.errors import ConfigError
 from edgedet.frames.config import SourceConfig
 from edgedet.http.config import HttpConfig
 from edgedet.model.config import ModelConfig, Strict, default_model_path
-from edgedet.publish.config import HomeAssistantConfig, MqttConfig, PublishConfig
+from edgedet.publish.config import ConsensusConfig, HomeAssistantConfig, MqttConfig, PublishConfig, Threshold
 
 CONFIG_ENV = "EDGEDET_CONFIG"
 SYSTEM_CONFIG = Path("/etc/edgedet/config.yaml")
@@ -46,9 +46,44 @@ def clean_device_id(raw: str) -> str:
     return _NOT_TOPIC_LEVEL.sub("_", raw) or "edgedet"
 
 
+# What a classifier of ``models:`` may set of ``publish:`` for itself (unset: the ``publish:`` section's value).
+CLASSIFIER_PUBLISH_KEYS = ("mode", "min_score", "debounce_frames", "thresholds", "consensus", "republish_s")
+
+
+class ClassifierPublishConfig(Strict):
+    mode: Optional[Literal["every_frame", "on_change"]] = None
+    min_score: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    debounce_frames: Optional[int] = Field(default=None, ge=1)
+    thresholds: Optional[dict[str, float]] = None
+    consensus: Optional[ConsensusConfig] = None
+    republish_s: Optional[float] = Field(default=None, ge=0)
+
+
+class ClassifierConfig(ModelConfig):
+    """One entry of ``models:``: a model section plus its name, its schedule and its own publishing."""
+
+    name: str
+    # Classify every n-th frame the camera delivers (1 = every frame) and at most once per interval_s.
+    every_n_frames: int = Field(default=1, ge=1)
+    interval_s: float = Field(default=0.0, ge=0)
+    publish: ClassifierPublishConfig = Field(default_factory=ClassifierPublishConfig)
+    # Home Assistant binary sensors of this classifier (label: threshold), as homeassistant.binary_sensors.
+    binary_sensors: dict[str, Threshold] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _topic_level(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError("must be 1 to 64 characters of A-Z a-z 0-9 _ - (it becomes an MQTT topic level), "
+                             "e.g. door")
+        return value
+
+
 class EdgedetConfig(Strict):
     device_id: Optional[str] = None  # Optional, not `|`: pydantic evaluates it at runtime, also on 3.9
     model: ModelConfig = Field(default_factory=ModelConfig)
+    # Several named classifiers on the one camera, each on its own region; None = the one ``model:``.
+    models: Optional[list[ClassifierConfig]] = None
     source: SourceConfig = Field(default_factory=SourceConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -60,6 +95,60 @@ class EdgedetConfig(Strict):
     def resolved_device_id(self) -> str:
         """``device_id``, else the host name, through ``clean_device_id``."""
         return clean_device_id(self.device_id or socket.gethostname())
+
+    @model_validator(mode="after")
+    def _model_or_models(self) -> EdgedetConfig:
+        if self.models is None:
+            return self
+        if "model" in self.model_fields_set:
+            raise ValueError("set model: (one classifier) or models: (a list of named classifiers), not both")
+        if not self.models:
+            raise ValueError("models: must list at least one classifier (or leave it out and use model:)")
+        names = [entry.name for entry in self.models]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"models: the name {twice[0]!r} is given twice; each classifier needs its own name")
+        if self.homeassistant.binary_sensors and len(self.models) > 1:
+            raise ValueError("homeassistant.binary_sensors: with several classifiers, set binary_sensors in "
+                             "each models: entry instead")
+        for index, entry in enumerate(self.models):
+            try:
+                self.publish_for(entry)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(p) for p in error["loc"])
+                raise ValueError(f"models[{index}].publish{'.' + where if where else ''}: "
+                                 f"{error['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    def classifiers(self) -> list[ClassifierConfig]:
+        """Every classifier to run, in order: ``models:``, or the one ``model:`` (name "", topics as ever)."""
+        if self.models is not None:
+            return list(self.models)
+        single = ClassifierConfig.model_construct(**dict(self.model), name="", every_n_frames=1, interval_s=0.0,
+                                                  publish=ClassifierPublishConfig(),
+                                                  binary_sensors=dict(self.homeassistant.binary_sensors))
+        return [single]
+
+    def classifier(self, name: str) -> ClassifierConfig:
+        """The classifier called ``name`` ("" or the only one's name: the only one)."""
+        entries = self.classifiers()
+        for entry in entries:
+            if entry.name == name:
+                return entry
+        if len(entries) == 1 and not name:
+            return entries[0]
+        known = ", ".join(e.name for e in entries if e.name) or "(one classifier, model:)"
+        raise ConfigError(f"no classifier named {name!r} in models:", fix=f"use one of {known}")
+
+    def publish_for(self, entry: ClassifierConfig) -> PublishConfig:
+        """``publish:`` with what the classifier sets for itself in place (validated as ``publish:`` is)."""
+        own = {key: getattr(entry.publish, key) for key in CLASSIFIER_PUBLISH_KEYS
+               if getattr(entry.publish, key) is not None}
+        if not own:
+            return self.publish
+        return PublishConfig.model_validate({**self.publish.model_dump(), **{
+            key: value.model_dump() if isinstance(value, BaseModel) else value for key, value in own.items()}})
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -255,8 +344,9 @@ def _describe(errors: list[Any], model: type[BaseModel]) -> str:
             forms.append(form)
     value = first.get("input")
     if isinstance(value, dict) and first["type"] == "value_error":
-        # A check across keys of one section (e.g. reconnect_max_s >= reconnect_min_s) names its values.
-        return f"{dotted}: {' or '.join(forms)}"
+        # A check across keys of one section (e.g. reconnect_max_s >= reconnect_min_s) names its values; a
+        # check across sections names its keys itself.
+        return f"{dotted}: {' or '.join(forms)}" if dotted else " or ".join(forms)
     got = repr(value)
     if len(got) > 60:
         got = got[:57] + "..."
@@ -295,11 +385,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     _resolve_relative_paths(config, base)
     if config.model.path is None:
         config.model.path = default_model_path()  # the embedded default: the bundled model
+    for entry in config.models or []:
+        if entry.path is None:
+            entry.path = default_model_path()
     if check_files:
         _check_files(config, source)
     return config, found
 
 
+_MODEL_PATHS = ("path", "labels", "cpu_model")
 _RELATIVE_PATHS = (
     ("model", "path"), ("model", "labels"), ("model", "cpu_model"),
     ("mqtt", "password_file"), ("mqtt.tls", "ca_file"), ("mqtt.tls", "cert_file"), ("mqtt.tls", "key_file"),
@@ -315,8 +409,9 @@ def _section(config: EdgedetConfig, dotted: str) -> Any:
 
 def _resolve_relative_paths(config: EdgedetConfig, base: Path) -> None:
     """Paths in a config file are relative to that file, so a unit's WorkingDirectory does not matter."""
-    for section, key in _RELATIVE_PATHS:
-        obj = _section(config, section)
+    pairs: list[tuple[Any, str]] = [(_section(config, section), key) for section, key in _RELATIVE_PATHS]
+    pairs += [(entry, key) for entry in config.models or [] for key in _MODEL_PATHS]
+    for obj, key in pairs:
         value = getattr(obj, key)
         if value is not None and not Path(value).is_absolute():
             setattr(obj, key, (base / value))
@@ -345,9 +440,11 @@ def _require_file(value: Path | None, key: str, source: str, fix: str) -> None:
 
 def _check_files(config: EdgedetConfig, source: str) -> None:
     model_fix = "check the path (relative paths are relative to the config file)"
-    _require_file(config.model.path, "model.path", source, model_fix)
-    _require_file(config.model.labels, "model.labels", source, model_fix)
-    _require_file(config.model.cpu_model, "model.cpu_model", source, model_fix)
+    sections: list[tuple[str, ModelConfig]] = [("model", config.model)] if config.models is None else [
+        (f"models[{index}]", entry) for index, entry in enumerate(config.models)]
+    for where, model in sections:
+        for key in _MODEL_PATHS:
+            _require_file(getattr(model, key), f"{where}.{key}", source, model_fix)
     if config.mqtt.tls.enabled:
         for key in ("ca_file", "cert_file", "key_file"):
             _require_file(getattr(config.mqtt.tls, key), f"mqtt.tls.{key}", source, "check the path")

@@ -10,6 +10,7 @@ interpreter nothing else competes with ``invoke()`` (README, "The frame loop", h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 
 from edgedet.errors import SourceError
 from edgedet.frames.base import Frame, FrameSource
+from edgedet.lanes import Lane
 from edgedet.model.classifier import Classifier, Inference, Prepared
 from edgedet.model.preprocess import FrameError
 from edgedet.model.runtime import cpu_count
@@ -120,11 +122,7 @@ class RollingStats:
                 self.samples[stage].append(value)
 
     def _rate(self, stamps: list[float], now: float) -> float:
-        recent = [t for t in stamps if now - t <= self.fps_window_s]
-        if len(recent) < 2:
-            return 0.0
-        span = max(now - recent[0], recent[-1] - recent[0])
-        return (len(recent) - 1) / span if span > 0 else 0.0
+        return rate(stamps, now, self.fps_window_s)
 
     def snapshot(self, frames_dropped: int) -> LoopStats:
         """The statistics now. Only copying happens under the lock the frame loop takes at every frame; the
@@ -141,6 +139,15 @@ class RollingStats:
             fps_out=round(self._rate(processed_at, now), 2), uptime_s=round(now - self.started_mono, 3),
             source_errors=errors, source_reopens=reopens, sink_errors=sink_errors,
             latency_ms={stage: percentiles(values, (50, 90, 99)) for stage, values in samples.items()})
+
+
+def rate(stamps: list[float], now: float, window_s: float) -> float:
+    """Events per second over the last ``window_s`` of ``stamps`` (monotonic times, oldest first)."""
+    recent = [t for t in stamps if now - t <= window_s]
+    if len(recent) < 2:
+        return 0.0
+    span = max(now - recent[0], recent[-1] - recent[0])
+    return (len(recent) - 1) / span if span > 0 else 0.0
 
 
 def percentiles(values: list[float], qs: tuple[int, ...]) -> dict[str, Optional[float]]:
@@ -367,8 +374,12 @@ class FrameLoop:
                  duration_s: float = 0.0, timeout_s: float = 5.0, max_retries: int = 0,
                  on_frame: Optional[Callable[[FrameResult], None]] = None,
                  between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False,
-                 overlap: Optional[bool] = None, invoke_timeout_s: float = 0.0) -> None:
-        self.classifier, self.sinks = classifier, sinks
+                 overlap: Optional[bool] = None, invoke_timeout_s: float = 0.0,
+                 lanes: Optional[list[Lane]] = None) -> None:
+        # Every classifier that runs on the frames (``models:``); one unnamed lane for the one ``model:``.
+        self.lanes = lanes or [Lane("", classifier)]
+        self.sinks = sinks
+        self._frames_read = 0
         self.stop = stop or threading.Event()
         self.max_fps, self.max_frames, self.duration_s = max_fps, max_frames, duration_s
         self.timeout_s, self.max_retries = timeout_s, max_retries
@@ -415,8 +426,22 @@ class FrameLoop:
                 log.warning("capture thread did not stop within %.1f s; leaving it (daemon thread)", join_s)
         self.slot.take(0)  # a frame of the old source is not classified after the switch
 
+    @property
+    def classifier(self) -> Classifier:
+        """The first lane's classifier (the only one unless ``models:`` names several)."""
+        return self.lanes[0].classifier
+
+    @classifier.setter
+    def classifier(self, classifier: Classifier) -> None:
+        self.lanes[0].classifier = classifier
+
     def snapshot(self) -> LoopStats:
-        return self.stats.snapshot(self.slot.replaced)
+        stats = self.stats.snapshot(self.slot.replaced)
+        if any(lane.name for lane in self.lanes):
+            now = time.monotonic()
+            lanes = {lane.name: lane.snapshot(now, self.stats.fps_window_s) for lane in self.lanes}
+            stats = dataclasses.replace(stats, classifiers=lanes)
+        return stats
 
     def run(self) -> LoopStats:
         """Blocks until done; returns the final statistics. Raises SourceError for a source that cannot start.
@@ -427,7 +452,8 @@ class FrameLoop:
         monitor = HangMonitor(self._watched, lambda: self.invoke_timeout_s, lambda: self.timeout_s)
         monitor.start()
         try:
-            if self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free:
+            single = len(self.lanes) == 1 and self.lanes[0].every_frame
+            if single and (self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free):
                 return self._run_overlapped()
             return self._run_serial()
         finally:
@@ -472,17 +498,21 @@ class FrameLoop:
                         break
                     continue
                 taken = time.perf_counter()
-                classifier = self.classifier  # read per frame: a reload may swap it between two frames
-                classifier.stage_clock = self.clock
-                self.clock.enter("preprocess")
-                try:
-                    inference = classifier.infer(item.frame.image)
-                except FrameError as exc:
-                    self._invalid(exc)
-                    continue
-                finally:
-                    self.clock.idle()
-                self._finish(item, inference, (taken - waited) * 1e3, classifier.name)
+                lanes = self.lanes  # read per frame: a reload may swap them (or a classifier) between two frames
+                if len(lanes) == 1 and lanes[0].every_frame:
+                    classifier = lanes[0].classifier
+                    classifier.stage_clock = self.clock
+                    self.clock.enter("preprocess")
+                    try:
+                        inference = classifier.infer(item.frame.image)
+                    except FrameError as exc:
+                        self._invalid(exc)
+                        continue
+                    finally:
+                        self.clock.idle()
+                    self._finish(item, inference, (taken - waited) * 1e3, classifier.name, lanes[0])
+                else:
+                    self._run_lanes(lanes, item, (taken - waited) * 1e3)
         finally:
             self._running = False
             sys.setswitchinterval(previous_switch)
@@ -494,20 +524,56 @@ class FrameLoop:
         if self.stats.frames_invalid == 1:
             log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
 
-    def _finish(self, item: Captured, inference: Inference, capture_wait_ms: float, model: str) -> None:
+    def _run_lanes(self, lanes: list[Lane], item: Captured, capture_wait_ms: float) -> None:
+        """Several classifiers on one frame: each lane that is due classifies its own region of it, one after
+        the other; the loop's statistics count the frame once, with the lanes' stage times added up."""
+        frame_number, self._frames_read = self._frames_read, self._frames_read + 1
+        now = time.monotonic()
+        total: Optional[dict[str, float]] = None
+        for lane in lanes:
+            if not lane.due(frame_number, now):
+                continue
+            lane.start(now)
+            classifier = lane.classifier
+            classifier.stage_clock = self.clock
+            self.clock.enter("preprocess")
+            try:
+                inference = classifier.infer(item.frame.image)
+            except FrameError as exc:  # the frame itself is unusable: for every lane
+                self._invalid(exc)
+                return
+            finally:
+                self.clock.idle()
+            stages = self._finish(item, inference, capture_wait_ms, classifier.name, lane, count=False)
+            if total is None:
+                total = dict(stages)
+            else:
+                for stage in ("preprocess", "inference", "postprocess", "total"):
+                    total[stage] += stages[stage]
+                total["frame_age"] = stages["frame_age"]
+            capture_wait_ms = 0.0  # the frame was waited for once
+        if total is not None:
+            self.stats.processed(total)
+
+    def _finish(self, item: Captured, inference: Inference, capture_wait_ms: float, model: str, lane: Lane,
+                count: bool = True) -> dict[str, float]:
         age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3
         stages = inference.latency_ms
         stages["total"] = stages["preprocess"] + stages["inference"] + stages["postprocess"]
         stages["capture_wait"] = capture_wait_ms
         stages["frame_age"] = age_ms
         result = FrameResult(item.frame_id, item.frame.captured_wall, item.frame.captured_mono, inference.top_k,
-                             stages, age_ms, model)
-        self.stats.processed(stages)
+                             stages, age_ms, model, lane.name)
+        if count:
+            self.stats.processed(stages)
+        if lane.name:
+            lane.ran(time.monotonic(), stages)
         self._deliver(result, item.frame)
         if self.on_frame is not None:
             self.clock.enter("on_frame")
             self.on_frame(result)
         self.clock.idle()
+        return stages
 
     def _run_overlapped(self) -> LoopStats:
         """Invoke frame N on this thread while a Preparer thread captures and preprocesses frame N+1, in
@@ -536,6 +602,15 @@ class FrameLoop:
                     if delay > 0 and self.stop.wait(delay):
                         break
                     next_due = max(next_due + 1.0 / self.max_fps, time.monotonic())
+                lanes = self.lanes
+                if len(lanes) != 1 or not lanes[0].every_frame:
+                    # A reload added classifiers: their frames go in series (the Preparer stays idle, since
+                    # its staging shares the first classifier's preprocessing buffers).
+                    self._run_lanes(lanes, item, capture_wait_ms)
+                    if self.between_frames is not None:
+                        self.between_frames()
+                    pending = preparer.prepare(self.classifier, 0.0)
+                    continue
                 # the next frame is wanted when this invoke ends, so it is no older than it must be
                 preparer.request(classifier, time.perf_counter() + preparer.lead_s())
                 classifier.stage_clock = self.clock
@@ -544,7 +619,7 @@ class FrameLoop:
                 finally:
                     self.clock.idle()
                 preparer.invoked(inference.latency_ms["inference"] / 1e3)
-                self._finish(item, inference, capture_wait_ms, classifier.name)
+                self._finish(item, inference, capture_wait_ms, classifier.name, self.lanes[0])
                 pending = preparer.result()
                 if self.between_frames is not None:
                     source = self.source

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from edgedet import __version__
-from edgedet.config import EdgedetConfig
+from edgedet.config import ClassifierConfig, EdgedetConfig
 from edgedet.errors import EdgedetError
 from edgedet.frames import open_source
 from edgedet.frames.base import FrameSource
+from edgedet.lanes import Lane
 from edgedet.loop import FrameLoop, auto_threads
 from edgedet.model.classifier import Classifier
 from edgedet.publish import messages
@@ -32,12 +33,15 @@ from edgedet.results import FrameResult, LoopStats, Sink
 
 if TYPE_CHECKING:  # paho is imported only when MQTT is on, the HTTP server only when it is enabled
     from edgedet.http.server import HttpSink
-    from edgedet.publish.sink import MqttSink
+    from edgedet.publish.sink import ChannelSpec, MqttSink
 
 log = logging.getLogger("edgedet.pipeline")
 
 # The config sections, and what a change in each one rebuilds (see Pipeline.reload).
-SECTIONS = ("device_id", "model", "source", "loop", "publish", "mqtt", "homeassistant", "logging", "http")
+SECTIONS = ("device_id", "model", "models", "source", "loop", "publish", "mqtt", "homeassistant", "logging",
+            "http")
+# What a classifier can change without a new interpreter: the classes reported, its schedule, its publishing.
+LIGHT_KEYS = ("top_k", "every_n_frames", "interval_s", "publish", "binary_sensors", "name")
 
 
 @dataclass(frozen=True)
@@ -66,36 +70,43 @@ def changed_sections(old: EdgedetConfig, new: EdgedetConfig) -> list[str]:
     return [name for name in SECTIONS if before.get(name) != after.get(name)]
 
 
-def _only_top_k_differs(old: EdgedetConfig, new: EdgedetConfig) -> bool:
-    before, after = old.model.model_dump(), new.model.model_dump()
-    before.pop("top_k"), after.pop("top_k")
-    return before == after
+def _interpreter_part(entry: ClassifierConfig) -> dict[str, Any]:
+    """The settings that need a new classifier (model file, runtime, delegate, preprocessing) when they change."""
+    dump = entry.model_dump()
+    for key in LIGHT_KEYS:
+        dump.pop(key, None)
+    return dump
+
+
+def lane_name(config: EdgedetConfig, entry: ClassifierConfig) -> str:
+    """A lane's name: the classifier's in ``models:``, "" for the one ``model:``."""
+    return entry.name if config.models is not None else ""
 
 
 class Pipeline:
     """Owns its parts; see the module docstring. Not thread-safe: ``reload`` runs on the loop's thread (from
     ``between_frames``) or while the loop is not running."""
 
-    def __init__(self, config: EdgedetConfig, run_id: str, classifier: Classifier, source: FrameSource,
+    def __init__(self, config: EdgedetConfig, run_id: str, lanes: list[Lane], source: FrameSource,
                  *, stop: Optional[threading.Event] = None) -> None:
         self.config = config
         self.run_id = run_id
-        self.classifier = classifier
         self.source = source
         self.started_wall = time.time()
-        self._model_stamp = ModelStamp.of(classifier.model_file.path)
+        self._model_stamps = {lane.name: ModelStamp.of(lane.classifier.model_file.path) for lane in lanes}
         self.stop = stop or threading.Event()
         self.console: Optional[ConsoleSink] = None
         self.jsonl: Optional[JsonlSink] = None
         self.uncertain: Optional[UncertainSink] = None
         self.mqtt: Optional[MqttSink] = None
         self.http: Optional[HttpSink] = None
-        self._mqtt_seq = 0  # the seq reached by an MQTT sink that a reload turned off, for the next one
+        # The seqs reached by an MQTT sink that a reload turned off, for the next one (by classifier).
+        self._mqtt_seqs: dict[str, int] = {}
         self.source_opens = 1
-        self.loop = FrameLoop(classifier, source, [], stop=self.stop, source_opened=True,
+        self.loop = FrameLoop(lanes[0].classifier, source, [], stop=self.stop, source_opened=True,
                               max_fps=config.loop.max_fps, timeout_s=config.source.timeout_s,
                               max_retries=config.source.max_retries,
-                              invoke_timeout_s=config.model.invoke_timeout_s)
+                              invoke_timeout_s=_invoke_timeout(config), lanes=lanes)
         self._stats_done: Optional[threading.Event] = None
         self._closed_counters: dict[str, Any] = {}
 
@@ -105,10 +116,10 @@ class Pipeline:
     def build(cls, config: EdgedetConfig, run_id: str, *, stop: Optional[threading.Event] = None) -> Pipeline:
         """Load the model, open the source (fail fast: an empty folder or a missing camera is a start-up error)
         and start the sinks. Raises EdgedetError with nothing left open."""
-        classifier = Classifier.from_config(config.model, auto_threads=auto_threads())
-        _check_binary_sensors(config, classifier)  # before the camera is opened: a config error, one line
-        source = _open(config, classifier)
-        pipeline = cls(config, run_id, classifier, source, stop=stop)
+        lanes = [_new_lane(config, entry) for entry in config.classifiers()]
+        _check_binary_sensors(config, lanes)  # before the camera is opened: a config error, one line
+        source = _open(config, lanes)
+        pipeline = cls(config, run_id, lanes, source, stop=stop)
         try:
             pipeline._build_local_sinks(config)
             pipeline._build_mqtt(config)
@@ -132,6 +143,19 @@ class Pipeline:
         self.loop.reader.close()
 
     @property
+    def lanes(self) -> list[Lane]:
+        """Every classifier that runs (one unless ``models:`` names several)."""
+        return self.loop.lanes
+
+    @property
+    def classifier(self) -> Classifier:
+        """The first (usually the only) classifier."""
+        return self.loop.lanes[0].classifier
+
+    def lane(self, name: str) -> Lane:
+        return next((lane for lane in self.lanes if lane.name == name), self.lanes[0])
+
+    @property
     def sinks(self) -> list[Sink]:
         return [s for s in (self.console, self.jsonl, self.uncertain, self.mqtt, self.http) if s is not None]
 
@@ -142,7 +166,8 @@ class Pipeline:
         self.console = ConsoleSink() if config.publish.console else None
         self.jsonl = JsonlSink(config.publish.jsonl_path) if config.publish.jsonl_path is not None else None
         saving = config.publish.save_uncertain
-        self.uncertain = UncertainSink(saving, lambda: self.classifier.preprocessor) if saving is not None else None
+        self.uncertain = UncertainSink(saving, lambda name: self.lane(name).classifier.preprocessor) \
+            if saving is not None else None
         self._sync_sinks()
 
     def _build_mqtt(self, config: EdgedetConfig) -> None:
@@ -153,8 +178,11 @@ class Pipeline:
         from edgedet.publish.sink import MqttSink
 
         sink = MqttSink.from_config(config, model_name=self.classifier.name, run_id=self.run_id,
-                                    info=self._info_sections(), start=False, labels=self.classifier.labels)
-        sink.seq = self._mqtt_seq
+                                    info=self._info_sections(), start=False, labels=self.classifier.labels,
+                                    channels=self._channel_specs(config))
+        for name, seq in self._mqtt_seqs.items():
+            if name in sink.channels:
+                sink.channels[name].seq = seq
         sink.publisher.start()
         self.mqtt = sink
         self._sync_sinks()
@@ -172,14 +200,44 @@ class Pipeline:
 
     # ------------------------------------------------------------------ info
 
+    def _channel_specs(self, config: EdgedetConfig) -> list[ChannelSpec]:
+        """One MQTT channel per classifier; with one classifier its topics are the one-model topics."""
+        from edgedet.publish.sink import ChannelSpec
+
+        named = len(self.lanes) > 1
+        return [ChannelSpec(lane.name if named else "", lane.classifier.name, list(lane.classifier.labels),
+                            config.publish_for(entry), dict(entry.binary_sensors))
+                for lane, entry in zip(self.lanes, config.classifiers())]
+
+    def _classifier_sections(self) -> Optional[list[dict[str, Any]]]:
+        """``info.classifiers``: every classifier of ``models:`` (None for the one ``model:``)."""
+        if self.config.models is None:
+            return None
+        base = f"{self.config.mqtt.topic_prefix}/{self.config.resolved_device_id()}"
+        named = len(self.lanes) > 1
+        sections = []
+        for lane in self.lanes:
+            info = lane.classifier.info
+            roi = lane.classifier.preprocessor.roi
+            sections.append({"name": lane.name, "detection_topic": f"{base}/{lane.name}/detection" if named
+                             else f"{base}/detection", "roi": list(roi) if roi is not None else None,
+                             "every_n_frames": lane.every_n_frames, "interval_s": lane.interval_s,
+                             "model": info["model"], "delegate": info["delegate"]})
+        return sections
+
     def _info_sections(self) -> dict[str, Any]:
         info = self.classifier.info
         return {"model": info["model"], "runtime": info["runtime"], "delegate": info["delegate"],
-                "source": self.source.describe(), "started_wall": self.started_wall}
+                "source": self.source.describe(), "started_wall": self.started_wall,
+                "classifiers": self._classifier_sections()}
 
     def info(self) -> dict[str, Any]:
-        return {"edgedet_version": __version__, "device_id": self.config.resolved_device_id(),
+        info = {"edgedet_version": __version__, "device_id": self.config.resolved_device_id(),
                 "run_id": self.run_id, **self.classifier.info, "source": self.source.describe()}
+        classifiers = self._classifier_sections()
+        if classifiers is not None:
+            info["classifiers"] = classifiers
+        return info
 
     def info_message(self) -> dict[str, Any]:
         """The ``info`` message (docs/schemas/info.json) as MQTT publishes it."""
@@ -254,39 +312,59 @@ class Pipeline:
     def reload(self, new: EdgedetConfig) -> list[str]:
         """Apply ``new``: rebuild only what changed; returns what was rebuilt (empty: nothing changed).
 
-        Everything new is built before anything old is let go, so a config that validates but cannot be
-        built (a model that does not load, a folder with no images) raises EdgedetError and leaves the
-        running pipeline as it was."""
+        Classifiers are matched by name: one whose model settings (or model file) changed gets a new
+        interpreter, the others run on untouched (their ``seq``, counters and rates go on). Everything new is
+        built before anything old is let go, so a config that validates but cannot be built (a model that does
+        not load, a folder with no images) raises EdgedetError and leaves the running pipeline as it was."""
         old = self.config
         sections = changed_sections(old, new)
-        stamp = ModelStamp.of(new.model.path)
-        model_file_changed = "model" not in sections and stamp != self._model_stamp
-        rebuild_model = ("model" in sections and not _only_top_k_differs(old, new)) or model_file_changed
         done: list[str] = []
-
-        classifier = self.classifier
-        if rebuild_model:
-            classifier = Classifier.from_config(new.model, auto_threads=auto_threads())
-            done.append("model" if not model_file_changed else "model (file replaced)")
-        # A picamera2 source is sized to the model's input: a new input size means a new source.
-        input_changed = classifier.preprocessor.frame_size_hint() != self.classifier.preprocessor.frame_size_hint()
+        running = {lane.name: lane for lane in self.lanes}
+        before = {lane_name(old, entry): entry for entry in old.classifiers()}
+        plan: list[tuple[str, ClassifierConfig, Classifier, Optional[ModelStamp]]] = []
+        for entry in new.classifiers():
+            name = lane_name(new, entry)
+            key = f"models.{name}" if name else "model"
+            stamp = ModelStamp.of(entry.path)
+            lane, previous = running.get(name), before.get(name)
+            classifier: Optional[Classifier] = None
+            if lane is not None and previous is not None and _interpreter_part(previous) == _interpreter_part(entry):
+                if stamp == self._model_stamps.get(name):
+                    classifier = lane.classifier
+                else:
+                    done.append(f"{key} (file replaced)")
+            else:
+                done.append(key)
+            if classifier is None:
+                classifier = Classifier.from_config(entry, auto_threads=auto_threads())
+            elif previous is not None and previous.top_k != entry.top_k:
+                done.append(f"{key}.top_k")
+            plan.append((name, entry, classifier, stamp))
+        removed = [name for name in running if name not in {name for name, *_ in plan}]
+        done += [f"models.{name} (removed)" for name in removed]
+        models_changed = any(n not in running or c is not running[n].classifier for n, _, c, _ in plan) \
+            or bool(removed)
+        # A picamera2 source is sized to the models' inputs: a new input size means a new source.
+        input_changed = _frame_hint([c for _, _, c, _ in plan]) != _frame_hint([lane.classifier for lane in self.lanes])
         new_source: Optional[FrameSource] = None
         if "source" in sections or input_changed:
-            new_source = self._switch_source(new, classifier)
+            new_source = self._switch_source(new, [c for _, _, c, _ in plan])
             done.append("source")
 
-        _check_binary_sensors(new, classifier)
         # Nothing below can fail for a valid config: the parts are swapped in.
-        if classifier is not self.classifier:
-            self.classifier = classifier
-            self.loop.classifier = classifier
-            self._model_stamp = stamp
-        elif "model" in sections:  # only top_k
-            self.classifier.top_k = new.model.top_k
-            done.append("model.top_k")
+        lanes: list[Lane] = []
+        for name, entry, classifier, stamp in plan:
+            lane = running.get(name) or Lane(name, classifier)
+            lane.classifier = classifier
+            classifier.top_k = entry.top_k
+            lane.every_n_frames, lane.interval_s = entry.every_n_frames, entry.interval_s
+            self._model_stamps[name] = stamp
+            lanes.append(lane)
+        _check_binary_sensors(new, lanes)
+        self.loop.lanes = lanes  # between two frames: the loop reads its lanes once per frame
         if new_source is not None:
             self.source = new_source
-        self.loop.invoke_timeout_s = new.model.invoke_timeout_s
+        self.loop.invoke_timeout_s = _invoke_timeout(new)
         if "loop" in sections or "source" in sections:
             self.loop.max_fps = new.loop.max_fps
             self.loop.timeout_s, self.loop.max_retries = new.source.timeout_s, new.source.max_retries
@@ -300,7 +378,7 @@ class Pipeline:
             self._build_local_sinks(new)
             done.append("publish")
         self.config = new
-        done += self._reload_mqtt(old, new, sections, info_changed=rebuild_model or new_source is not None)
+        done += self._reload_mqtt(old, new, sections, info_changed=models_changed or new_source is not None)
         if "logging" in sections:
             from edgedet.logsetup import setup_logging
 
@@ -323,9 +401,9 @@ class Pipeline:
             log.error("HTTP endpoint not restarted: %s", exc)
         return ["http"]
 
-    def _switch_source(self, new: EdgedetConfig, classifier: Classifier) -> FrameSource:
+    def _switch_source(self, new: EdgedetConfig, classifiers: list[Classifier]) -> FrameSource:
         """Open the new source in place of the running one; on failure the running one is reopened."""
-        source = open_source(new.source, classifier.preprocessor.frame_size_hint())
+        source = open_source(new.source, _frame_hint(classifiers))
         self.loop.replace_source(_ClosedSource(), opened=True)  # releases the camera the new one may need
         try:
             source.open()
@@ -347,7 +425,7 @@ class Pipeline:
                 return ["mqtt"]
             return []
         if not new.mqtt.enabled:
-            self._mqtt_seq = sink.seq
+            self._mqtt_seqs = sink.seqs()
             sink.close()
             self.mqtt = None
             self._sync_sinks()
@@ -361,10 +439,11 @@ class Pipeline:
             log.info("MQTT settings changed: %d queued message(s) moved to %s:%d", moved, new.mqtt.host,
                      new.mqtt.port)
             done.append("mqtt")
-        if "publish" in sections:
-            sink.reconfigure(new.publish)
+        if "publish" in sections or "models" in sections or info_changed:
+            # Names, models, labels and publish settings per classifier; each name keeps its seq.
+            sink.cfg = new.publish
+            sink.set_channels(self._channel_specs(new))
         if info_changed:
-            sink.set_model(self.classifier.name, self.classifier.labels)
             sink.publish_info(**self._info_sections())
         if "homeassistant" in sections:
             sink.set_homeassistant(new.homeassistant)
@@ -389,16 +468,36 @@ class _ClosedSource(FrameSource):
         return True
 
 
-def _check_binary_sensors(config: EdgedetConfig, classifier: Classifier) -> None:
-    """``homeassistant.binary_sensors`` must name classes of the model that will run."""
+def _new_lane(config: EdgedetConfig, entry: ClassifierConfig) -> Lane:
+    classifier = Classifier.from_config(entry, auto_threads=auto_threads())
+    return Lane(lane_name(config, entry), classifier, entry.every_n_frames, entry.interval_s)
+
+
+def _invoke_timeout(config: EdgedetConfig) -> float:
+    """The hang bound of the frame loop: the most lenient classifier's (0 = off wins)."""
+    bounds = [entry.invoke_timeout_s for entry in config.classifiers()]
+    return 0.0 if 0 in bounds else max(bounds)
+
+
+def _frame_hint(classifiers: list[Classifier]) -> tuple[int, int]:
+    """The frame size a source that scales for the model should deliver: big enough for every classifier's
+    region at its input size."""
+    hints = [c.preprocessor.frame_size_hint() for c in classifiers]
+    return max(w for w, _ in hints), max(h for _, h in hints)
+
+
+def _check_binary_sensors(config: EdgedetConfig, lanes: list[Lane]) -> None:
+    """The binary sensors must name classes of the model that will run (each classifier its own)."""
     if config.mqtt.enabled and config.homeassistant.enabled:
         from edgedet.publish.hastate import check_binary_sensors
 
-        check_binary_sensors(config.homeassistant, classifier.labels)
+        for index, (lane, entry) in enumerate(zip(lanes, config.classifiers())):
+            key = f"models[{index}].binary_sensors" if config.models is not None else "homeassistant.binary_sensors"
+            check_binary_sensors(entry.binary_sensors, lane.classifier.labels, key)
 
 
-def _open(config: EdgedetConfig, classifier: Classifier) -> FrameSource:
-    source = open_source(config.source, classifier.preprocessor.frame_size_hint())
+def _open(config: EdgedetConfig, lanes: list[Lane]) -> FrameSource:
+    source = open_source(config.source, _frame_hint([lane.classifier for lane in lanes]))
     source.open()
     log.info("source opened: %s", source.describe())
     return source

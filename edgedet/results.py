@@ -29,6 +29,7 @@ class FrameResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     frame_age_ms: float = 0.0  # capture -> result ready
     model: str = ""
+    classifier: str = ""  # the classifier's name in ``models:`` ("" for the one ``model:``)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,14 @@ class LoopStats:
     source_reopens: int
     sink_errors: int
     latency_ms: dict[str, dict[str, Optional[float]]]  # stage -> {"p50", "p90", "p99"}
+    # With ``models:``: each classifier's own count, rate and latencies, by name (absent for one ``model:``).
+    classifiers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.classifiers:
+            del data["classifiers"]
+        return data
 
 
 class Sink(Protocol):

@@ -140,7 +140,7 @@ def _disk_bytes(root: Path) -> int:
 
 def test_save_uncertain_keeps_hard_examples_by_predicted_label(tmp_path: Path) -> None:
     pre = Preprocessor(96, 96, _raw(), roi=(0.5, 0.0, 1.0, 1.0))
-    sink = UncertainSink(SaveUncertainConfig(dir=tmp_path, below=0.6), lambda: pre, queue_size=100)
+    sink = UncertainSink(SaveUncertainConfig(dir=tmp_path, below=0.6), lambda name: pre, queue_size=100)
     frame = np.random.default_rng(1).integers(0, 256, (120, 160, 3), np.uint8)
     rows = [("cat", 0.9), ("cat", 0.5), ("cat", 0.95), ("dog", 0.99), ("dog", 0.99), ("dog", 0.3)]
     for i, (label, score) in enumerate(rows):
@@ -192,7 +192,7 @@ def test_save_uncertain_encodes_and_writes_only_on_its_own_thread(tmp_path: Path
 
     monkeypatch.setattr(uncertain, "save_png", spy)
     pre = Preprocessor(96, 96, _raw())
-    sink = UncertainSink(SaveUncertainConfig(dir=tmp_path, below=1.0), lambda: pre, queue_size=2)
+    sink = UncertainSink(SaveUncertainConfig(dir=tmp_path, below=1.0), lambda name: pre, queue_size=2)
     frame = np.zeros((120, 160, 3), np.uint8)
     for i in range(50):
         sink.handle(_result(i, "cat", 0.1), frame)

@@ -352,10 +352,12 @@ def test_binary_sensor_for_a_class_the_model_does_not_have_is_one_clear_error() 
 
     cfg = HomeAssistantConfig(binary_sensors={"pikachoo": 0.5})
     with pytest.raises(ConfigError) as err:
-        check_binary_sensors(cfg, LABELS)
+        check_binary_sensors(cfg.binary_sensors, LABELS)
     assert str(err.value) == ("homeassistant.binary_sensors: 'pikachoo' is not a label of the model; "
                               "use one of 'no-pikachu', 'pikachu'")
-    check_binary_sensors(HomeAssistantConfig(binary_sensors={"pikachu": 0.5}), LABELS)
+    check_binary_sensors(HomeAssistantConfig(binary_sensors={"pikachu": 0.5}).binary_sensors, LABELS)
+    with pytest.raises(ConfigError, match=r"^models\[1\]\.binary_sensors: 'door' is not a label"):
+        check_binary_sensors({"door": 0.5}, LABELS, "models[1].binary_sensors")
 
 
 # ---------------------------------------------------------------- config, password, errors, snapshot

@@ -53,8 +53,10 @@ class PipelineView(Protocol):
     """What the endpoint reads from the running pipeline (edgedet.pipeline.Pipeline)."""
 
     config: Any
-    classifier: Classifier
     source: FrameSource
+
+    @property
+    def classifier(self) -> Classifier: ...
 
     def loop_stats(self) -> LoopStats: ...
 
@@ -276,7 +278,7 @@ class HttpSink:
         roi = None
         if latest is not None and latest[1] is not None:
             height, width = np.shape(latest[1])[:2]
-            roi = roi_fractions(view.config.model.preprocess, (int(width), int(height)))
+            roi = roi_fractions(view.config.classifiers()[0].preprocess, (int(width), int(height)))
         return render_page(info=self.info(), stats=view.loop_stats(), latest=latest[0] if latest else None,
                            frame_size=tuple(np.shape(latest[1])[1::-1]) if latest and latest[1] is not None
                            else None, roi=roi, history=self.history.points(), stages=CHART_STAGES,

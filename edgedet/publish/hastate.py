@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from edgedet.errors import ConfigError
@@ -29,27 +29,28 @@ from edgedet.results import FrameResult, LoopStats
 MIN_CHANGE_INTERVAL_S = 0.25  # a flickering top class reaches Home Assistant at most 4 times a second
 
 
-def check_binary_sensors(cfg: HomeAssistantConfig, labels: Sequence[str]) -> None:
-    """Every class named in ``homeassistant.binary_sensors`` must be a label of the model."""
+def check_binary_sensors(binary_sensors: Mapping[str, float], labels: Sequence[str],
+                         key: str = "homeassistant.binary_sensors") -> None:
+    """Every class named in ``binary_sensors`` (the config's ``key``) must be a label of the model."""
     if not labels:
         return
     known = set(labels)
-    for name in cfg.binary_sensors:
+    for name in binary_sensors:
         if name not in known:
             shown = ", ".join(repr(label) for label in list(labels)[:10])
             more = f" and {len(labels) - 10} more" if len(labels) > 10 else ""
-            raise ConfigError(f"homeassistant.binary_sensors: {name!r} is not a label of the model",
-                              fix=f"use one of {shown}{more}")
+            raise ConfigError(f"{key}: {name!r} is not a label of the model", fix=f"use one of {shown}{more}")
 
 
 class HaState:
     def __init__(self, publisher: MqttPublisher, cfg: HomeAssistantConfig, *, run_id: str,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], topic: str | None = None,
+                 binary_sensors: Mapping[str, float] | None = None) -> None:
         self.publisher = publisher
-        self.topic = publisher.topic("state")
+        self.topic = topic or publisher.topic("state")
         self.run_id = run_id
         self._interval_s = cfg.state_interval_s
-        self._binary = tuple(cfg.binary_sensors.items())
+        self._binary = tuple((cfg.binary_sensors if binary_sensors is None else binary_sensors).items())
         self._clock = clock
         self._last_key: tuple[Any, ...] | None = None
         self._last_sent = -math.inf
@@ -79,8 +80,9 @@ class HaState:
                                qos=1, retain=True)
         self.sent += 1
 
-    def stats(self, stats: LoopStats) -> None:
-        self._fps = float(stats.fps_out)
+    def stats(self, stats: LoopStats, fps: float | None = None) -> None:
+        """The loop's statistics; ``fps``: this classifier's own rate, when several share the frames."""
+        self._fps = float(stats.fps_out) if fps is None else fps
 
     def request_republish(self) -> None:
         """Home Assistant (re)started: send the state with the next frame."""

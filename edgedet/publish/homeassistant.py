@@ -107,9 +107,12 @@ def _slug(text: str) -> str:
 def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "homeassistant",
                       model_name: str | None = None, labels: Sequence[str] = (),
                       binary_sensors: dict[str, float] | None = None, enum_max_labels: int = 100,
-                      expire_after_s: int = 0, snapshot: bool = False,
+                      expire_after_s: int = 0, snapshot: bool = False, classifier: str = "",
                       version: str = __version__) -> list[tuple[str, dict[str, Any]]]:
-    """``(config topic, payload)`` for every entity. ``base_topic`` is ``<topic_prefix>/<device_id>``."""
+    """``(config topic, payload)`` for every entity. ``base_topic`` is ``<topic_prefix>/<device_id>``.
+
+    ``classifier``: one of several classifiers (``models:``): its entities read ``<base_topic>/<classifier>/``
+    and are named after it (``door Label``), on the same device as the others'."""
     node_id = f"edgedet_{device_id}"
     prefix = ha_prefix
     device: dict[str, Any] = {
@@ -120,12 +123,15 @@ def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "home
         "sw_version": version,
     }
     origin = {"name": ORIGIN_NAME, "sw_version": version, "support_url": SUPPORT_URL}
-    state_topic = f"{base_topic}/state"
+    own_topic = f"{base_topic}/{classifier}" if classifier else base_topic
+    state_topic = f"{own_topic}/state"
     # What Home Assistant names the entity (device name + entity name, slugified) is also its default id.
     entity_base = _slug(device["name"])
 
     def entity(component: str, object_id: str, name: str, fields: dict[str, Any],
                expire: bool = True) -> tuple[str, dict[str, Any]]:
+        if classifier:
+            object_id, name = f"{classifier}_{object_id}", f"{classifier} {name}"
         payload: dict[str, Any] = {
             "name": name,
             "unique_id": f"{node_id}_{object_id}",
@@ -173,7 +179,7 @@ def discovery_configs(*, device_id: str, base_topic: str, ha_prefix: str = "home
         }))
     if snapshot:
         configs.append(entity("image", "snapshot", "Snapshot", {
-            "image_topic": f"{base_topic}/snapshot",
+            "image_topic": f"{own_topic}/snapshot",
             "content_type": "image/jpeg",
         }, expire=False))  # image entities have no expire_after
     return configs

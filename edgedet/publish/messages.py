@@ -29,7 +29,7 @@ def _ms(value: Any) -> float:
 def detection_payload(result: FrameResult, run_id: str, seq: int, model_name: str) -> dict[str, Any]:
     """One ``detection`` message. ``seq`` counts detection messages of this run: 1, 2, 3 ..."""
     top = result.top_k[0] if result.top_k else None
-    return {
+    payload = {
         "run_id": run_id,
         "seq": seq,
         "frame_id": result.frame_id,
@@ -42,6 +42,9 @@ def detection_payload(result: FrameResult, run_id: str, seq: int, model_name: st
         "frame_age_ms": _ms(result.frame_age_ms),
         "model": model_name or result.model,
     }
+    if result.classifier:
+        payload["classifier"] = result.classifier  # one of several (models:); its topic says it too
+    return payload
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,22 @@ class SourceSection:
 
 
 @dataclass(frozen=True)
+class ClassifierSection:
+    """One classifier of ``models:`` in the ``info`` message: what runs, on which region, how often."""
+
+    name: str
+    detection_topic: str
+    roi: Optional[list[float]]
+    every_n_frames: int
+    interval_s: float
+    model: ModelSection
+    delegate: DelegateSection
+
+
+@dataclass(frozen=True)
 class InfoMessage:
-    """The retained ``info`` message (docs/schemas/info.json)."""
+    """The retained ``info`` message (docs/schemas/info.json). ``model``, ``runtime`` and ``delegate`` are the
+    first classifier's; ``classifiers`` lists every one when ``models:`` names them (absent otherwise)."""
 
     edgedet_version: str
     device_id: str
@@ -86,9 +103,13 @@ class InfoMessage:
     runtime: RuntimeSection
     delegate: DelegateSection
     source: SourceSection
+    classifiers: Optional[list[ClassifierSection]] = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.classifiers is None:
+            del data["classifiers"]
+        return data
 
 
 def _section(cls: type[T], values: dict[str, Any] | None) -> T:
@@ -99,12 +120,18 @@ def _section(cls: type[T], values: dict[str, Any] | None) -> T:
 
 def info_payload(*, device_id: str, run_id: str, started_wall: float, model: dict[str, Any],
                  runtime: dict[str, Any], delegate: dict[str, Any], source: dict[str, Any],
-                 version: str = __version__) -> dict[str, Any]:
-    """The ``info`` message's JSON from the classifier's and the source's descriptions."""
+                 classifiers: Optional[list[dict[str, Any]]] = None, version: str = __version__) -> dict[str, Any]:
+    """The ``info`` message's JSON from the classifier's and the source's descriptions; ``classifiers``: one
+    dict per classifier of ``models:`` (name, detection_topic, roi, every_n_frames, interval_s, model,
+    delegate)."""
+    lanes = None if classifiers is None else [ClassifierSection(
+        name=c["name"], detection_topic=c["detection_topic"], roi=c.get("roi"), every_n_frames=c["every_n_frames"],
+        interval_s=c["interval_s"], model=_section(ModelSection, c["model"]),
+        delegate=_section(DelegateSection, c["delegate"])) for c in classifiers]
     return InfoMessage(edgedet_version=version, device_id=device_id, run_id=run_id, started=iso_utc(started_wall),
                        model=_section(ModelSection, model), runtime=_section(RuntimeSection, runtime),
                        delegate=_section(DelegateSection, delegate),
-                       source=_section(SourceSection, source)).to_json()
+                       source=_section(SourceSection, source), classifiers=lanes).to_json()
 
 
 def cpu_temp_c(path: Path = THERMAL_ZONE) -> float | None:

@@ -18,8 +18,8 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -56,9 +56,9 @@ class QueuedDetection:
     freed at once, as with MQTT off (README, performance: the broker-down benchmark).
     """
 
-    __slots__ = ("labels", "model", "packed", "run_id", "seq")
+    __slots__ = ("classifier", "labels", "model", "packed", "run_id", "seq")
 
-    def __init__(self, result: FrameResult, seq: int, run_id: str, model: str) -> None:
+    def __init__(self, result: FrameResult, seq: int, run_id: str, model: str, classifier: str = "") -> None:
         # Runs in the frame loop at every frame: one struct.pack, no per-field loops.
         latency = result.latency_ms.get
         ids, scores, labels = zip(*result.top_k) if result.top_k else ((), (), ())
@@ -67,6 +67,7 @@ class QueuedDetection:
             latency("inference", 0.0), latency("postprocess", 0.0), latency("total", 0.0), *ids, *scores)
         self.labels = labels
         self.seq, self.run_id, self.model = seq, run_id, model  # run_id and model: shared strings
+        self.classifier = classifier
 
     def result(self) -> FrameResult:
         count = len(self.labels)
@@ -77,7 +78,7 @@ class QueuedDetection:
         return FrameResult(frame_id=frame_id, captured_wall=captured_wall, captured_mono=0.0,
                            top_k=[Class(*fields) for fields in zip(ids, scores, self.labels)],
                            latency_ms=dict(zip(messages.LATENCY_KEYS, numbers[3:latency_end])),
-                           frame_age_ms=frame_age_ms, model=self.model)
+                           frame_age_ms=frame_age_ms, model=self.model, classifier=self.classifier)
 
     def __call__(self) -> bytes:
         return _dumps(messages.detection_payload(self.result(), self.run_id, self.seq, self.model))
@@ -131,47 +132,125 @@ class SnapshotJob:
         return jpeg
 
 
-class MqttSink:
-    """The MQTT ``Sink``: publish policy, payloads and a non-blocking publisher.
+class ChannelSpec(NamedTuple):
+    """What one classifier publishes under: its name ("" = the topics of a one-model setup), its model's name
+    and labels, its publish settings and its Home Assistant binary sensors."""
 
-    It outlives reloads: ``seq`` counts on, and a reload hands it a new publisher (``replace_publisher``), new
-    publish settings (``reconfigure``) or a new model (``set_model``)."""
+    name: str
+    model_name: str
+    labels: Sequence[str]
+    publish: PublishConfig
+    binary_sensors: Mapping[str, float]
+
+
+class Channel:
+    """One classifier's detections: topics, publish policy, ``seq`` and Home Assistant state."""
+
+    def __init__(self, spec: ChannelSpec, publisher: MqttPublisher, *, seq: int = 0) -> None:
+        self.spec = spec
+        self.seq = seq
+        self.policy = PublishPolicy(spec.publish.mode, min_score=spec.publish.min_score,
+                                    debounce_frames=spec.publish.debounce_frames,
+                                    republish_s=spec.publish.republish_s, thresholds=spec.publish.thresholds,
+                                    consensus=(spec.publish.consensus.frames, spec.publish.consensus.of)
+                                    if spec.publish.consensus is not None else None)
+        self.state_result: FrameResult | None = None
+        self.snapshot_label: str | None = None
+        self.snapshot: SnapshotJob | None = None
+        self.ha_state: HaState | None = None
+        self.attach(publisher)
+
+    def topic(self, kind: str) -> str:
+        return self.publisher.topic(f"{self.spec.name}/{kind}" if self.spec.name else kind)
+
+    def attach(self, publisher: MqttPublisher) -> None:
+        self.publisher = publisher
+        self.detection_topic = self.topic("detection")
+        self.snapshot_topic = self.topic("snapshot")
+
+
+class MqttSink:
+    """The MQTT ``Sink``: publish policy, payloads and a non-blocking publisher, one ``Channel`` per classifier.
+
+    It outlives reloads: each classifier's ``seq`` counts on, and a reload hands it a new publisher
+    (``replace_publisher``), new publish settings (``reconfigure``), a new model (``set_model``) or a new set of
+    classifiers (``set_channels``)."""
 
     def __init__(self, publisher: MqttPublisher, publish_cfg: PublishConfig, *, model_name: str = "",
                  run_id: str | None = None, ha_cfg: HomeAssistantConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic, labels: Sequence[str] = ()) -> None:
+                 clock: Callable[[], float] = time.monotonic, labels: Sequence[str] = (),
+                 channels: Sequence[ChannelSpec] | None = None) -> None:
         self.publisher = publisher
-        self.model_name = model_name
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._clock = clock
-        self.seq = 0
         self._ha_lock = threading.Lock()
         self._ha_sent_at: float | None = None
         self._ha_skipped = 0
         self._info: dict[str, Any] | None = None
-        self._snapshot: SnapshotJob | None = None
-        self.labels = list(labels)
-        self.ha_cfg: HomeAssistantConfig | None = None
-        self.ha_state: HaState | None = None
-        self.reconfigure(publish_cfg)
+        self.cfg = publish_cfg
+        self.ha_cfg: HomeAssistantConfig | None = ha_cfg
+        self._subscribed = False
+        self.channels: dict[str, Channel] = {}
+        binary = dict(ha_cfg.binary_sensors) if ha_cfg is not None else {}
+        self._set_channels(list(channels) if channels is not None else
+                           [ChannelSpec("", model_name, list(labels), publish_cfg, binary)])
         self._topics()
         self.set_homeassistant(ha_cfg)
 
     def _topics(self) -> None:
-        self.detection_topic = self.publisher.topic("detection")
         self.stats_topic = self.publisher.topic("stats")
         self.info_topic = self.publisher.topic("info")
-        self.snapshot_topic = self.publisher.topic("snapshot")
+
+    @property
+    def _only(self) -> Channel:
+        return next(iter(self.channels.values()))
+
+    # The one-classifier view, as before ``models:``: the first (only) channel's.
+    @property
+    def seq(self) -> int:
+        return self._only.seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self._only.seq = value
+
+    @property
+    def model_name(self) -> str:
+        return self._only.spec.model_name
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._only.spec.labels)
+
+    @property
+    def detection_topic(self) -> str:
+        return self._only.detection_topic
+
+    @property
+    def snapshot_topic(self) -> str:
+        return self._only.snapshot_topic
+
+    @property
+    def policy(self) -> PublishPolicy:
+        return self._only.policy
+
+    @property
+    def ha_state(self) -> HaState | None:
+        return self._only.ha_state
+
+    def seqs(self) -> dict[str, int]:
+        return {name: channel.seq for name, channel in self.channels.items()}
 
     @classmethod
     def from_config(cls, cfg: Any, *, model_name: str = "", info: dict[str, Any] | None = None,
-                    run_id: str | None = None, start: bool = True, labels: Sequence[str] = ()) -> MqttSink:
+                    run_id: str | None = None, start: bool = True, labels: Sequence[str] = (),
+                    channels: Sequence[ChannelSpec] | None = None) -> MqttSink:
         """Build from an ``EdgedetConfig``; ``info`` = keyword arguments of ``messages.info_payload``
         except device_id/run_id (model, runtime, delegate, source, started_wall); ``labels``: the model's
-        (Home Assistant's enum options and binary sensors)."""
+        (Home Assistant's enum options and binary sensors); ``channels``: one per classifier of ``models:``."""
         publisher = MqttPublisher(cfg.mqtt, cfg.resolved_device_id())
         sink = cls(publisher, cfg.publish, model_name=model_name, run_id=run_id, ha_cfg=cfg.homeassistant,
-                   labels=labels)
+                   labels=labels, channels=channels)
         if info is not None:
             sink.publish_info(**info)
         if start:
@@ -179,38 +258,79 @@ class MqttSink:
         return sink
 
     # -- what a reload changes --------------------------------------------------------------------------
+    def _set_channels(self, specs: list[ChannelSpec], seqs: Mapping[str, int] | None = None) -> None:
+        old = self.channels
+        known = dict(seqs or {})
+        self.channels = {}
+        for spec in specs:
+            before = old.get(spec.name)
+            self.channels[spec.name] = Channel(spec, self.publisher,
+                                               seq=known.get(spec.name, before.seq if before is not None else 0))
+
+    def set_channels(self, specs: Sequence[ChannelSpec], seqs: Mapping[str, int] | None = None) -> None:
+        """A new set of classifiers (a reload of ``models:``): each name keeps its ``seq``; a channel whose
+        spec is unchanged keeps its policy state too."""
+        if self.ha_cfg is not None and self.ha_cfg.enabled:
+            for spec in specs:
+                check_binary_sensors(spec.binary_sensors, list(spec.labels), self._sensor_key(spec, specs))
+        old = self.channels
+        self._set_channels(list(specs), seqs)
+        for name, channel in self.channels.items():
+            before = old.get(name)
+            if before is not None and before.spec == channel.spec:
+                channel.policy, channel.state_result = before.policy, before.state_result
+                channel.snapshot_label, channel.snapshot = before.snapshot_label, before.snapshot
+        self._attach_ha()
+        self._send_discovery()
+
+    @staticmethod
+    def _sensor_key(spec: ChannelSpec, specs: Sequence[ChannelSpec]) -> str:
+        return f"models[{[s.name for s in specs].index(spec.name)}].binary_sensors" if spec.name \
+            else "homeassistant.binary_sensors"
+
     def reconfigure(self, publish_cfg: PublishConfig) -> None:
-        """New publish settings: a new policy (its state starts afresh), the same seq."""
+        """New publish settings (one classifier): a new policy (its state starts afresh), the same seq."""
         self.cfg = publish_cfg
-        self.policy = PublishPolicy(publish_cfg.mode, min_score=publish_cfg.min_score,
-                                    debounce_frames=publish_cfg.debounce_frames,
-                                    republish_s=publish_cfg.republish_s, thresholds=publish_cfg.thresholds,
-                                    consensus=(publish_cfg.consensus.frames, publish_cfg.consensus.of)
-                                    if publish_cfg.consensus is not None else None)
-        self._state_result: FrameResult | None = None
-        self._snapshot_label: str | None = None
+        self._set_channels([spec._replace(publish=publish_cfg) for spec in (c.spec for c in self.channels.values())])
+        self._attach_ha()
 
     def set_model(self, model_name: str, labels: Sequence[str]) -> None:
-        """A new model: its name in the payloads, its labels in Home Assistant (checked like at start)."""
+        """A new model (one classifier): its name in the payloads, its labels in Home Assistant (checked like at
+        start)."""
+        channel = self._only
+        spec = channel.spec._replace(model_name=model_name, labels=list(labels))
         if self.ha_cfg is not None and self.ha_cfg.enabled:
-            check_binary_sensors(self.ha_cfg, list(labels))
-        self.model_name = model_name
-        self.labels = list(labels)
+            check_binary_sensors(spec.binary_sensors, list(labels))
+        channel.spec = spec
         self._send_discovery()
 
     def set_homeassistant(self, ha_cfg: HomeAssistantConfig | None) -> None:
         self.ha_cfg = ha_cfg
-        self.ha_state = None
         if ha_cfg is not None and ha_cfg.enabled:
-            check_binary_sensors(ha_cfg, self.labels)
-            self.ha_state = HaState(self.publisher, ha_cfg, run_id=self.run_id, clock=self._clock)
+            if len(self.channels) == 1 and not self._only.spec.name:
+                self._only.spec = self._only.spec._replace(binary_sensors=dict(ha_cfg.binary_sensors))
+            specs = [c.spec for c in self.channels.values()]
+            for spec in specs:
+                check_binary_sensors(spec.binary_sensors, list(spec.labels), self._sensor_key(spec, specs))
+        self._attach_ha()
+        if ha_cfg is not None and ha_cfg.enabled:
             self._send_discovery()
             self.publisher.subscribe(homeassistant.status_topic(ha_cfg.prefix), self._on_ha_status)
+
+    def _attach_ha(self) -> None:
+        enabled = self.ha_cfg is not None and self.ha_cfg.enabled
+        for channel in self.channels.values():
+            channel.ha_state = HaState(self.publisher, self.ha_cfg, run_id=self.run_id, clock=self._clock,
+                                       topic=channel.topic("state"),
+                                       binary_sensors=channel.spec.binary_sensors) \
+                if enabled and self.ha_cfg is not None else None
 
     def replace_publisher(self, publisher: MqttPublisher, timeout_s: float = 1.0) -> int:
         """Move to a new connection (new MQTT settings): the queued messages go with it. Returns how many."""
         old, self.publisher = self.publisher, publisher
         self._topics()
+        for channel in self.channels.values():
+            channel.attach(publisher)
         if self._info is not None:
             self.publish_info(**self._info)
         self.set_homeassistant(self.ha_cfg)
@@ -220,34 +340,42 @@ class MqttSink:
 
     # -- Sink protocol ------------------------------------------------------------------------------
     def handle(self, result: FrameResult, frame: Any = None) -> None:
-        if self.ha_state is not None:
-            self.ha_state.frame(result)  # every frame, whatever publish.mode decides for the detections
+        channel = self.channels.get(result.classifier)
+        if channel is None:
+            if len(self.channels) != 1:
+                return  # a classifier a reload just removed: its last frame is not published
+            channel = self._only
+        if channel.ha_state is not None:
+            channel.ha_state.frame(result)  # every frame, whatever publish.mode decides for the detections
         top = result.top_k[0] if result.top_k else None
-        decision = self.policy.decide(top.label if top else None, float(top.score) if top else 0.0,
-                                      self._clock())
-        if top is not None and top.label == self.policy.state:
-            self._state_result = result  # the newest frame that agrees with the published state
+        decision = channel.policy.decide(top.label if top else None, float(top.score) if top else 0.0,
+                                         self._clock())
+        if top is not None and top.label == channel.policy.state:
+            channel.state_result = result  # the newest frame that agrees with the published state
         if not decision.publish:
             return
-        republish = decision.reason == "republish" and self._state_result is not None
-        to_send = self._state_result if republish else result
+        republish = decision.reason == "republish" and channel.state_result is not None
+        to_send = channel.state_result if republish else result
         assert to_send is not None
-        self.seq += 1
+        channel.seq += 1
         # Encoded by the sender thread (the frame loop only appends): see MqttPublisher.publish.
-        queued = QueuedDetection(to_send, self.seq, self.run_id, self.model_name or to_send.model)
-        self.publisher.publish(self.detection_topic, queued)
-        if self.cfg.snapshot and frame is not None and decision.label != self._snapshot_label:
-            self._snapshot_label = decision.label
+        queued = QueuedDetection(to_send, channel.seq, self.run_id, channel.spec.model_name or to_send.model,
+                                 channel.spec.name)
+        self.publisher.publish(channel.detection_topic, queued)
+        if self.cfg.snapshot and frame is not None and decision.label != channel.snapshot_label:
+            channel.snapshot_label = decision.label
             # The frame is only valid during this call: copy it (a memcpy); the JPEG is encoded by the sender.
             image = np.array(frame, copy=True)
-            if self._snapshot is None or not self._snapshot.replace(image):
-                self._snapshot = SnapshotJob(image, self.cfg.snapshot_max_bytes)
+            if channel.snapshot is None or not channel.snapshot.replace(image):
+                channel.snapshot = SnapshotJob(image, self.cfg.snapshot_max_bytes)
                 # Retained: Home Assistant's image entity shows the last one after a restart.
-                self.publisher.publish(self.snapshot_topic, self._snapshot, retain=True)
+                self.publisher.publish(channel.snapshot_topic, channel.snapshot, retain=True)
 
     def on_stats(self, stats: LoopStats) -> None:
-        if self.ha_state is not None:
-            self.ha_state.stats(stats)
+        for name, channel in self.channels.items():
+            if channel.ha_state is not None:
+                own = stats.classifiers.get(name) if name else None
+                channel.ha_state.stats(stats, None if own is None else float(own["fps_out"]))
         payload = messages.stats_payload(stats, self.publisher.stats(), device_id=self.publisher.device_id,
                                          run_id=self.run_id, wall=time.time())
         self.publisher.publish(self.stats_topic, _dumps(payload))
@@ -261,25 +389,30 @@ class MqttSink:
 
     # -- other messages -----------------------------------------------------------------------------
     def publish_info(self, *, model: dict[str, Any], runtime: dict[str, Any], delegate: dict[str, Any],
-                     source: dict[str, Any], started_wall: float | None = None) -> None:
-        """The retained ``info`` message (re-published by a reload that changes the model or the source)."""
+                     source: dict[str, Any], started_wall: float | None = None,
+                     classifiers: list[dict[str, Any]] | None = None) -> None:
+        """The retained ``info`` message (re-published by a reload that changes a model or the source)."""
         started = time.time() if started_wall is None else started_wall
         self._info = {"model": model, "runtime": runtime, "delegate": delegate, "source": source,
-                      "started_wall": started}
+                      "started_wall": started, "classifiers": classifiers}
         payload = messages.info_payload(device_id=self.publisher.device_id, run_id=self.run_id,
                                         started_wall=started, model=model, runtime=runtime, delegate=delegate,
-                                        source=source)
+                                        source=source, classifiers=classifiers)
         self.publisher.publish_retained(self.info_topic, _dumps(payload))
 
     def _send_discovery(self) -> None:
         if self.ha_cfg is None or not self.ha_cfg.enabled:
             return
-        for config_topic, payload in homeassistant.discovery_configs(
-                device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
-                ha_prefix=self.ha_cfg.prefix, model_name=self.model_name or None, labels=self.labels,
-                binary_sensors=self.ha_cfg.binary_sensors, enum_max_labels=self.ha_cfg.enum_max_labels,
-                expire_after_s=self.ha_cfg.expire_after_s, snapshot=self.cfg.snapshot):
-            self.publisher.publish_retained(config_topic, _dumps(payload))
+        names = list(dict.fromkeys(c.spec.model_name for c in self.channels.values() if c.spec.model_name))
+        device_model = ", ".join(names) or None  # the same in every entity's config: one device
+        for channel in self.channels.values():
+            for config_topic, payload in homeassistant.discovery_configs(
+                    device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
+                    ha_prefix=self.ha_cfg.prefix, model_name=device_model, labels=channel.spec.labels,
+                    binary_sensors=dict(channel.spec.binary_sensors), enum_max_labels=self.ha_cfg.enum_max_labels,
+                    expire_after_s=self.ha_cfg.expire_after_s, snapshot=self.cfg.snapshot,
+                    classifier=channel.spec.name):
+                self.publisher.publish_retained(config_topic, _dumps(payload))
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip() != b"online":
@@ -299,5 +432,6 @@ class MqttSink:
             return
         log.info("Home Assistant is online again: re-sending discovery and the state")
         self._send_discovery()
-        if self.ha_state is not None:
-            self.ha_state.request_republish()
+        for channel in self.channels.values():
+            if channel.ha_state is not None:
+                channel.ha_state.request_republish()

@@ -59,6 +59,7 @@ def save_png(path: Path, rgb: np.ndarray) -> int:
 
 
 class _Job(NamedTuple):
+    classifier: str
     label: str
     frame_id: int
     wall: float
@@ -72,7 +73,7 @@ class DiskBudget:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root, self.max_bytes = root, max_bytes
         found = []
-        for path in root.glob("*/*.png"):
+        for path in [*root.glob("*/*.png"), *root.glob("*/*/*.png")]:  # label/ or classifier/label/
             try:
                 st = path.stat()
             except OSError:
@@ -99,10 +100,11 @@ class DiskBudget:
 
 
 class UncertainSink:
-    """Implements the Sink protocol (edgedet/results.py). ``preprocessor`` returns the running classifier's
-    preprocessor (a reload may change the model, and with it the view)."""
+    """Implements the Sink protocol (edgedet/results.py). ``preprocessor`` returns the preprocessor of the
+    running classifier of that name (a reload may change the model, and with it the view). The frames of one
+    of several classifiers (``models:``) go to ``dir/<classifier>/<label>/``."""
 
-    def __init__(self, cfg: SaveUncertainConfig, preprocessor: Callable[[], Preprocessor],
+    def __init__(self, cfg: SaveUncertainConfig, preprocessor: Callable[[str], Preprocessor],
                  *, queue_size: int = QUEUE_SIZE) -> None:
         self.cfg = cfg
         self.root = Path(cfg.dir)
@@ -118,7 +120,7 @@ class UncertainSink:
         self._preprocessor = preprocessor
         self._views: dict[tuple[Any, ...], Preprocessor] = {}  # the view's parameters -> this thread's copy
         self._queue: queue.Queue[Optional[_Job]] = queue.Queue(maxsize=queue_size)
-        self._previous: Optional[str] = None
+        self._previous: dict[str, Optional[str]] = {}  # by classifier
         self.saved = self.skipped = self.errors = 0
         self.saved_bytes = 0  # every byte written, including files deleted since
         self._thread = threading.Thread(target=self._work, name="edgedet-save-uncertain", daemon=True)
@@ -129,16 +131,17 @@ class UncertainSink:
     def handle(self, result: FrameResult, frame: Any = None) -> None:
         top = result.top_k[0] if result.top_k else None
         label = top.label if top is not None else None
-        flipped = self._previous is not None and label != self._previous
-        self._previous = label
+        previous = self._previous.get(result.classifier)
+        flipped = previous is not None and label != previous
+        self._previous[result.classifier] = label
         if top is None or frame is None or not (top.score < self.cfg.below or flipped):
             return
         if self._queue.full():
             self.skipped += 1
             return
         # The frame is valid only during this call; the copy is the one cost on this thread.
-        job = _Job(top.label, result.frame_id, result.captured_wall, np.array(frame, copy=True),
-                   self._preprocessor())
+        job = _Job(result.classifier, top.label, result.frame_id, result.captured_wall, np.array(frame, copy=True),
+                   self._preprocessor(result.classifier))
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -172,7 +175,9 @@ class UncertainSink:
         view = self._views.get(key)
         if view is None:
             view = view_preprocessor(template)
-            self._views = {key: view}  # one model at a time
+            if len(self._views) >= 8:  # reloads leave views of models no longer running
+                self._views.clear()
+            self._views[key] = view
         return view
 
     def _work(self) -> None:
@@ -185,8 +190,9 @@ class UncertainSink:
                     log.error("save_uncertain: cannot save frame %d: %s", job.frame_id, exc)
 
     def _save(self, job: _Job) -> None:
-        folder = self.root / label_folder(job.label)
-        folder.mkdir(exist_ok=True)
+        folder = self.root / label_folder(job.classifier) / label_folder(job.label) if job.classifier \
+            else self.root / label_folder(job.label)
+        folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(job.wall)) + f"{job.wall % 1:.3f}"[1:]
         path = folder / f"{stamp}_{job.frame_id:08d}.png"
         size = save_png(path, self._view(job.preprocessor).view(job.frame))
