@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=100, metavar="N",
                    help="stop after N frames (default 100; 0 = until the source ends or Ctrl-C)")
     p.add_argument("--full", action="store_true", help=f"also save the whole frame, in DIR/{FULL_FOLDER}/NAME/")
+    p.add_argument("--model", dest="classifier", metavar="NAME",
+                   help="with models: in the config, the classifier whose region and input size to save")
     p.add_argument("--config", metavar="FILE", help="config file (as for run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.preprocess.roi=[0.5,0,1,1] (repeatable)")
@@ -98,7 +100,13 @@ def collect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--label {args.label!r}: use letters, digits, '-', '_' and '.' only (a folder name)",
                           fix=f"e.g. --label {name}")
     config, _ = load_config(args.config, args.overrides)
-    view = _preprocessor(config.model)
+    chosen = getattr(args, "classifier", None)
+    if chosen is None and config.models is not None and len(config.models) > 1:
+        raise ConfigError(f"the config runs {len(config.models)} classifiers (models:); say whose view to save",
+                          fix=f"pass --model NAME, one of {', '.join(e.name for e in config.models)}")
+    if chosen is not None and config.models is None:
+        raise ConfigError(f"--model {chosen}: the config has no models: list (one model:)", fix="leave out --model")
+    view = _preprocessor(config.classifier(chosen or ""))
     folder = args.dir / name
     full_folder = args.dir / FULL_FOLDER / name
     try:

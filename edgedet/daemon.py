@@ -58,6 +58,11 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
         log.info("edgedet %s (run %s): model %s (%s %s, %d threads, delegate %s), source %s", __version__,
                  run_id, classifier.name, classifier.runtime.name, classifier.runtime.version, classifier.num_threads,
                  classifier.delegate_info["active"], pipeline.source.describe().get("type"))
+        for lane in pipeline.lanes if config.models is not None else []:
+            log.info("classifier %s: model %s, delegate %s, region %s, every %d frame(s)%s", lane.name,
+                     lane.classifier.name, lane.classifier.delegate_info["active"],
+                     list(lane.classifier.preprocessor.roi or (0, 0, 1, 1)), lane.every_n_frames,
+                     f", at most every {lane.interval_s:g} s" if lane.interval_s else "")
 
         def on_frame(result: FrameResult) -> None:
             if not ready.is_set():

@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     target.add_argument("--pid", type=int, metavar="PID", help="the running daemon's process id (SIGHUP)")
     target.add_argument("--pid-file", type=Path, metavar="F", help="a file holding the daemon's process id")
     p.add_argument("--dry-run", action="store_true", help="check the model and show what would be done")
+    p.add_argument("--as", dest="classifier", metavar="NAME",
+                   help="with models: in the config, the classifier whose model this replaces (the others run on)")
     p.set_defaults(handler=main)
 
 
@@ -75,18 +77,45 @@ def set_model_path(text: str, value: str) -> str:
             return _splice(text, node.start_mark.index, node.end_mark.index, f"\n  path: {scalar}")
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError("model: must be a section", fix="fix the config file")
-        for sub_key, sub_node in node.value:
-            if sub_key.value == "path":
-                return _splice(text, sub_node.start_mark.index, sub_node.end_mark.index, scalar)
-        if node.flow_style:
-            return _splice(text, node.end_mark.index - 1, node.end_mark.index - 1,
-                           f"{', ' if node.value else ''}path: {scalar}")
-        first = node.value[0][0].start_mark if node.value else None
-        indent = " " * (first.column if first is not None else 2)
-        line_start = text.rfind("\n", 0, first.index) + 1 if first is not None else key.end_mark.index
-        return _splice(text, line_start, line_start, f"{indent}path: {scalar}\n")
+        return _set_path_in(text, node, key.end_mark.index, scalar)
     sep = "" if text.endswith("\n") else "\n"
     return f"{text}{sep}model:\n  path: {scalar}\n"
+
+
+def set_classifier_path(text: str, name: str, value: str) -> str:
+    """``text`` with the ``path`` of the ``models:`` entry called ``name`` set to ``value``; the rest is kept."""
+    scalar = json.dumps(value)
+    root = yaml.compose(text) if text.strip() else None
+    if isinstance(root, yaml.MappingNode):
+        for key, node in root.value:
+            if key.value != "models" or not isinstance(node, yaml.SequenceNode):
+                continue
+            for item in node.value:
+                if not isinstance(item, yaml.MappingNode):
+                    continue
+                names = [v.value for k, v in item.value if k.value == "name" and isinstance(v, yaml.ScalarNode)]
+                if names == [name]:
+                    return _set_path_in(text, item, item.start_mark.index, scalar)
+    raise ConfigError(f"no classifier named {name!r} under models: in the config", fix="check --as NAME")
+
+
+def _set_path_in(text: str, node: yaml.MappingNode, after: int, scalar: str) -> str:
+    """Set ``path`` in the mapping ``node`` (a block mapping starting after index ``after``, or a flow one)."""
+    for sub_key, sub_node in node.value:
+        if sub_key.value == "path":
+            return _splice(text, sub_node.start_mark.index, sub_node.end_mark.index, scalar)
+    if node.flow_style:
+        return _splice(text, node.end_mark.index - 1, node.end_mark.index - 1,
+                       f"{', ' if node.value else ''}path: {scalar}")
+    first = node.value[0][0].start_mark if node.value else None
+    indent = " " * (first.column if first is not None else 2)
+    line_start = text.rfind("\n", 0, first.index) + 1 if first is not None else after
+    if first is not None and text[line_start:first.index].strip() == "-":
+        # the entry's first key shares its line with the "- ": the new key goes on the next line
+        end = text.find("\n", first.index)
+        end = len(text) if end < 0 else end + 1
+        return _splice(text, end, end, f"{indent}path: {scalar}\n")
+    return _splice(text, line_start, line_start, f"{indent}path: {scalar}\n")
 
 
 def _splice(text: str, start: int, end: int, new: str) -> str:
@@ -218,10 +247,22 @@ def install(args: argparse.Namespace) -> int:
                           fix="pass --config FILE (e.g. /etc/edgedet/config.yaml)")
     config, _ = load_config(config_path, check_files=False)
     read_yaml(config_path)  # readable and a mapping, before anything is done
-    folder: Path = args.dir or (config.model.path.parent if config.model.path is not None else config_path.parent)
-    if read_tflite(source).is_edgetpu and config.model.delegate != "edgetpu":
-        raise ModelError("refused: compiled for the Edge TPU, and the config runs model.delegate: cpu",
-                         where=source, fix=f"set model.delegate: edgetpu in {config_path} (with a Coral), or "
+    chosen = getattr(args, "classifier", None)
+    if config.models is not None and chosen is None:
+        if len(config.models) > 1:
+            raise ConfigError(f"the config runs {len(config.models)} classifiers (models:); say which one this "
+                              "model replaces", where=config_path,
+                              fix=f"pass --as NAME, one of {', '.join(e.name for e in config.models)}")
+        chosen = config.models[0].name
+    if chosen is not None and config.models is None:
+        raise ConfigError(f"--as {chosen}: the config has no models: list (one model:)", where=config_path,
+                          fix="leave out --as")
+    model = config.classifier(chosen) if chosen is not None else config.model
+    key = f"models[{[e.name for e in config.models or []].index(chosen)}]" if chosen is not None else "model"
+    folder: Path = args.dir or (model.path.parent if model.path is not None else config_path.parent)
+    if read_tflite(source).is_edgetpu and model.delegate != "edgetpu":
+        raise ModelError(f"refused: compiled for the Edge TPU, and the config runs {key}.delegate: cpu",
+                         where=source, fix=f"set {key}.delegate: edgetpu in {config_path} (with a Coral), or "
                          "install the CPU build of the model")
     target = folder.resolve() / source.name
     target_sidecar = target.with_suffix(".json")
@@ -234,16 +275,17 @@ def install(args: argparse.Namespace) -> int:
         shutil.copyfile(source, staged)
         if sidecar is not None:
             shutil.copyfile(sidecar, staged.with_suffix(".json"))
-        check_cfg = config.model.model_copy(update={"path": staged, "cpu_model": None, "fallback": "fail"})
+        check_cfg = model.model_copy(update={"path": staged, "cpu_model": None, "fallback": "fail"})
         name = check_model(check_cfg, args.images)
         text = config_path.read_text(encoding="utf-8")
-        new_text = set_model_path(text, str(target))
+        new_text = set_classifier_path(text, chosen, str(target)) if chosen is not None \
+            else set_model_path(text, str(target))
         _validate(new_text, config_path)
         plan, pid = reload_plan(args)
         steps = [f"copy {source} -> {target}"]
         if sidecar is not None:
             steps.append(f"copy {sidecar} -> {target_sidecar}")
-        steps += [f"set model.path in {config_path}: {config.model.path} -> {target}", plan]
+        steps += [f"set {key}.path in {config_path}: {model.path} -> {target}", plan]
         if args.dry_run:
             print("dry run, nothing changed; would:")
             for step in steps:

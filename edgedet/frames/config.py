@@ -24,4 +24,4 @@ class SourceConfig(Strict):
     max_retries: int = Field(default=0, ge=0)  # 0 = retry forever
     # synthetic: scenes = drawn scenes with and without the creature the bundled model knows; gradient = a
     # colour field (cheap, content-free, for benchmarks)
-    pattern: Literal["scenes", "gradient"] = "scenes"
+    pattern: Literal["scenes", "halves", "gradient"] = "scenes"

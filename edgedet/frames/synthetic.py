@@ -56,12 +56,34 @@ def make_scenes(width: int, height: int, seed: int, count: int = DEFAULT_CYCLE) 
     return frames
 
 
+def make_halves(width: int, height: int, seed: int, count: int = DEFAULT_CYCLE) -> list[np.ndarray]:
+    """Two scenes side by side in every frame: the creature in the left half, a scene without it in the right
+    (each drawn square and stretched to its half), for several classifiers each on one region."""
+    from PIL import Image
+
+    from edgedet.frames.scenes import make_image
+
+    rng = np.random.default_rng([seed, 2025])
+    count = max(1, min(count, MAX_CYCLE_BYTES // max(1, width * height * 3)))
+    left_w = width // 2
+    frames = []
+    for _ in range(count):
+        left = make_image(rng, SCENE_SIDE, positive=True).resize((left_w, height), Image.Resampling.BILINEAR)
+        right = make_image(rng, SCENE_SIDE, positive=False).resize((width - left_w, height),
+                                                                   Image.Resampling.BILINEAR)
+        frame = np.concatenate([np.asarray(left), np.asarray(right)], axis=1)
+        frame.flags.writeable = False
+        frames.append(frame)
+    return frames
+
+
 class SyntheticSource(FrameSource):
     """``source.width`` x ``source.height`` frames at ``source.fps`` (0 = as fast as possible).
 
     Frame ``n`` is always the same image for the same seed and size, cycled over a few precomputed frames
     (read-only views). ``pattern``: ``scenes`` (default in config) alternates drawn scenes with and without
-    the creature the bundled model knows; ``gradient`` is a colour field shifted diagonally by ``n``.
+    the creature the bundled model knows; ``halves`` shows the creature in the left half and a scene without
+    it in the right; ``gradient`` is a colour field shifted diagonally by ``n``.
     """
 
     def __init__(self, width: int, height: int, fps: float, *, seed: int = 0,
@@ -78,8 +100,9 @@ class SyntheticSource(FrameSource):
         self._closed.clear()
         self._pacer.reset()
         self._next_frame_id = 0
-        if self.pattern == "scenes":
-            self._frames = make_scenes(self.width, self.height, self.seed)
+        if self.pattern in ("scenes", "halves"):
+            make = make_scenes if self.pattern == "scenes" else make_halves
+            self._frames = make(self.width, self.height, self.seed)
             # a scene stays in view for about a second, like something passing in front of a camera
             self._hold = max(1, round(self.fps))
             return

@@ -15,19 +15,20 @@ log = logging.getLogger("edgedet.results")
 class ConsoleSink:
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self._last_label: str | None = None
-        self._last_time = 0.0
+        self._last: dict[str, tuple[str | None, float]] = {}  # by classifier: the label and time last shown
 
     def handle(self, result: FrameResult, frame: object = None) -> None:
         best = result.top_k[0]
         now = time.monotonic()
-        since = now - self._last_time
+        last_label, last_time = self._last.get(result.classifier, (None, 0.0))
+        since = now - last_time
         # at most one line per interval, or a label change (but never more than 4 lines a second)
-        if since < self.interval_s and (best.label == self._last_label or since < 0.25):
+        if since < self.interval_s and (best.label == last_label or since < 0.25):
             return
-        self._last_label, self._last_time = best.label, now
-        log.info("frame %d: %s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, printable(best.label),
-                 best.score, result.latency_ms.get("inference", 0.0), result.frame_age_ms)
+        self._last[result.classifier] = (best.label, now)
+        who = f"{result.classifier}: " if result.classifier else ""
+        log.info("frame %d: %s%s %.3f · inference %.1f ms · age %.1f ms", result.frame_id, who,
+                 printable(best.label), best.score, result.latency_ms.get("inference", 0.0), result.frame_age_ms)
 
     def on_stats(self, stats: LoopStats) -> None:
         pass  # the console shows detections; statistics go to the journal's STATUS= line

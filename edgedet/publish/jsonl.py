@@ -19,7 +19,7 @@ log = logging.getLogger("edgedet.jsonl")
 
 def result_record(result: FrameResult) -> dict:
     best = result.top_k[0]
-    return {
+    record = {
         "frame_id": result.frame_id,
         "ts": iso_utc(result.captured_wall),
         "label": best.label, "class_id": best.id, "score": round(best.score, 6),
@@ -27,6 +27,9 @@ def result_record(result: FrameResult) -> dict:
         "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
         "frame_age_ms": round(result.frame_age_ms, 3), "model": result.model,
     }
+    if result.classifier:
+        record["classifier"] = result.classifier  # one of models:
+    return record
 
 
 class JsonlSink:
