@@ -86,6 +86,8 @@ class Daemon:
                      "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
             "logging": {"format": "plain"},
         }
+        if "models" in (config or {}):
+            del base["model"]  # several classifiers: models: replaces model:
         self.config_path = self.folder / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(merge(base, config or {})))
         args = [sys.executable, "-m", "edgedet", "run", "--config", str(self.config_path),

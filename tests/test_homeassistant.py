@@ -22,7 +22,7 @@ from hass import HomeAssistant, wait_for
 from mosquitto import Collector, Mosquitto
 from mosquitto import available as mosquitto_available
 from PIL import Image
-from test_daemon_mqtt import LABELS, Daemon, terminate
+from test_daemon_mqtt import LABELS, MODEL, Daemon, terminate
 
 from edgedet import __version__
 
@@ -320,3 +320,31 @@ def test_reload_with_an_unchanged_config_changes_nothing_in_home_assistant(ha: H
         # float that may round a microsecond either way); a change after the reload would be a second entry.
         assert len(history) == 1 and history[0][1] <= sent + 1e-3, (entity_id, history)
     assert histories[ids["label"]][0][0] == label
+
+
+def test_two_classifiers_are_two_label_entities_of_one_device(ha: HomeAssistant, tmp_path: Path) -> None:
+    """models: with two classifiers, each on one half of the synthetic frame (the creature on the left)."""
+    config = {"source": {"pattern": "halves"},
+              "models": [{"name": "left", "path": str(MODEL), "preprocess": {"roi": [0, 0, 0.5, 1]},
+                          "binary_sensors": {"pikachu": THRESHOLD}},
+                         {"name": "right", "path": str(MODEL), "preprocess": {"roi": [0.5, 0, 1, 1]}}],
+              "homeassistant": {"enabled": True, "state_interval_s": 0.5, "expire_after_s": 30},
+              "publish": {"stats_interval_s": 0.5}}
+    daemon = Daemon(tmp_path, ha.broker.port, "ha_two", fps=20, config=config)
+    left, right = "sensor.edgedet_ha_two_left_label", "sensor.edgedet_ha_two_right_label"
+    try:
+        wait_for(lambda: real_state(ha, left) == "pikachu", 60, f"{left}\n{daemon.stderr()[-2000:]}")
+        wait_for(lambda: real_state(ha, right) == "no-pikachu", 60, right)
+        wait_for(lambda: real_state(ha, "binary_sensor.edgedet_ha_two_left_pikachu") == "on", 60,
+                 "the left classifier's binary sensor")
+        wait_for(lambda: float(real_state(ha, "sensor.edgedet_ha_two_right_frames_per_second") or 0) > 0, 30,
+                 "the right classifier's fps")
+        device = ha.device(left)
+    finally:
+        code, _ = terminate(daemon, 10)
+        daemon.kill()
+    assert code == 0, daemon.stderr()[-3000:]
+    assert ha.device(right)["id"] == device["id"] and device["name"] == "edgedet ha_two"
+    assert {left, right, "binary_sensor.edgedet_ha_two_left_pikachu"} <= set(device["entities"])
+    assert not any(e.startswith("sensor.edgedet_ha_two_label") for e in device["entities"])  # no one-model set
+    assert ha.errors() == []
