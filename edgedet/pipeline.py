@@ -118,6 +118,7 @@ class Pipeline:
         and start the sinks. Raises EdgedetError with nothing left open."""
         lanes = [_new_lane(config, entry) for entry in config.classifiers()]
         _check_binary_sensors(config, lanes)  # before the camera is opened: a config error, one line
+        _warn_shared_edgetpu(config, lanes)
         source = _open(config, lanes)
         pipeline = cls(config, run_id, lanes, source, stop=stop)
         try:
@@ -471,6 +472,21 @@ class _ClosedSource(FrameSource):
 def _new_lane(config: EdgedetConfig, entry: ClassifierConfig) -> Lane:
     classifier = Classifier.from_config(entry, auto_threads=auto_threads())
     return Lane(lane_name(config, entry), classifier, entry.every_n_frames, entry.interval_s)
+
+
+def _warn_shared_edgetpu(config: EdgedetConfig, lanes: list[Lane]) -> None:
+    """Several classifiers on one Edge TPU run one after the other on it; its on-chip RAM caches one model's
+    parameters at a time unless the models were compiled together, so each switch reloads them."""
+    by_device: dict[str, list[str]] = {}
+    for lane, entry in zip(lanes, config.classifiers()):
+        if lane.classifier.delegate_info.get("active") == "edgetpu":
+            by_device.setdefault(entry.edgetpu_device, []).append(lane.name)
+    for device, names in by_device.items():
+        if len(names) > 1:
+            log.warning("classifiers %s share the Edge TPU %s: they run one after the other on it, and unless "
+                        "their models were compiled together (edgetpu_compiler %s) each switch reloads the "
+                        "model's parameters into the TPU (README, Edge TPU)", ", ".join(names), device,
+                        " ".join(f"{n}.tflite" for n in names))
 
 
 def _invoke_timeout(config: EdgedetConfig) -> float:
