@@ -67,12 +67,18 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 def top_indices(values: np.ndarray, k: int) -> list[int]:
     """Indices of the k largest values, largest first, ties by lower index."""
     k = max(1, min(k, values.size))
-    # A stable sort of the negated scores keeps tied classes in index order: argpartition alone picks among
-    # ties arbitrarily (a two-class int8 model ties at 128/128 on a borderline frame), and an 8-bit model's
-    # scores are mostly tied at zero. One numpy sort of ~1000 values costs microseconds.
-    keys = values.astype(np.float64 if values.dtype.kind == "f" else np.int64)
+    if k < values.size:
+        # Every value tied with the k-th largest is a candidate: argpartition alone picks among ties
+        # arbitrarily, and a two-class int8 model ties at 128/128 on a borderline frame.
+        kth = values[np.argpartition(values, values.size - k)[values.size - k]]
+        candidates = np.flatnonzero(values >= kth)
+    else:
+        candidates = np.arange(values.size)
+    # A stable numpy sort of the negated candidates keeps ties in index order; an 8-bit model's scores are
+    # mostly tied at zero, so there may be a thousand candidates: no Python-level sort over them.
+    keys = values[candidates].astype(np.float64 if values.dtype.kind == "f" else np.int64)
     np.negative(keys, out=keys)
-    return [int(i) for i in np.argsort(keys, kind="stable")[:k]]
+    return [int(i) for i in candidates[np.argsort(keys, kind="stable")[:k]]]
 
 
 def preprocess_settings(pre: PreprocessConfig, model_file: TfliteFile) -> tuple[str, str, str, dict[str, str]]:
