@@ -261,3 +261,24 @@ def test_install_as_replaces_one_classifiers_model_in_the_config(tmp_path: Path)
     assert edited["models"][1] == {"name": "right", "path": str(tmp_path / "m" / "door_v2.tflite")}
     assert path.read_text().startswith("# two regions\nmodels:\n  - name: left\n")
     assert (tmp_path / "m" / "door_v2.tflite").read_bytes() == MODEL.read_bytes()
+
+
+def test_a_reload_that_drops_a_classifier_deletes_its_home_assistant_entities() -> None:
+    from edgedet.publish.config import HomeAssistantConfig, MqttConfig, PublishConfig
+    from edgedet.publish.mqtt import MqttPublisher
+    from edgedet.publish.sink import ChannelSpec, MqttSink
+
+    publisher = MqttPublisher(MqttConfig(enabled=True), "cam")  # never started: what it would send is kept
+    labels = ["no-pikachu", "pikachu"]
+    left = ChannelSpec("left", "m", labels, PublishConfig(), {"pikachu": 0.8})
+    right = ChannelSpec("right", "m", labels, PublishConfig(), {})
+    sink = MqttSink(publisher, PublishConfig(), ha_cfg=HomeAssistantConfig(enabled=True), channels=[left, right])
+    right_topics = {t for t in publisher._retained if "/edgedet_cam/right_" in t}
+    assert "homeassistant/sensor/edgedet_cam/right_label/config" in right_topics
+    sink.channels["left"].seq = 7
+    sink.set_channels([left._replace(binary_sensors={})])
+    emptied = {t for t, (payload, _) in publisher._retained.items() if payload == b""}
+    assert emptied == right_topics | {"homeassistant/binary_sensor/edgedet_cam/left_class_pikachu/config"}
+    assert json.loads(publisher._retained["homeassistant/sensor/edgedet_cam/left_label/config"][0])["name"] == \
+        "left Label"
+    assert sink.seqs() == {"left": 7}  # the name kept its seq

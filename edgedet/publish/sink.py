@@ -189,7 +189,7 @@ class MqttSink:
         self._info: dict[str, Any] | None = None
         self.cfg = publish_cfg
         self.ha_cfg: HomeAssistantConfig | None = ha_cfg
-        self._subscribed = False
+        self._discovery_topics: set[str] = set()  # the config topics sent last (a reload may drop some)
         self.channels: dict[str, Channel] = {}
         binary = dict(ha_cfg.binary_sensors) if ha_cfg is not None else {}
         self._set_channels(list(channels) if channels is not None else
@@ -405,6 +405,7 @@ class MqttSink:
             return
         names = list(dict.fromkeys(c.spec.model_name for c in self.channels.values() if c.spec.model_name))
         device_model = ", ".join(names) or None  # the same in every entity's config: one device
+        sent: set[str] = set()
         for channel in self.channels.values():
             for config_topic, payload in homeassistant.discovery_configs(
                     device_id=self.publisher.device_id, base_topic=self.publisher.base_topic,
@@ -413,6 +414,11 @@ class MqttSink:
                     expire_after_s=self.ha_cfg.expire_after_s, snapshot=self.cfg.snapshot,
                     classifier=channel.spec.name):
                 self.publisher.publish_retained(config_topic, _dumps(payload))
+                sent.add(config_topic)
+        # An entity a reload removed (a classifier, a binary sensor): an empty retained config deletes it.
+        for gone in sorted(self._discovery_topics - sent):
+            self.publisher.publish_retained(gone, b"")
+        self._discovery_topics = sent
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip() != b"online":
