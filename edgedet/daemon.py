@@ -91,7 +91,7 @@ def run_daemon(config: EdgedetConfig, options: RunOptions) -> int:
         duration = options.duration_s if options.duration_s is not None else cfg.loop.duration_s
         try:
             pipeline.run(max_frames=max_frames, duration_s=duration, on_frame=on_frame,
-                         between_frames=between_frames)
+                         between_frames=between_frames, between_frames_due=signals.reload.is_set)
         finally:
             notifier.stopping()
             # SIGTERM must exit within 2 s: flush what can still be published for at most STOP_FLUSH_S.

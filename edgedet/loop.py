@@ -25,7 +25,7 @@ import numpy as np
 from edgedet.errors import SourceError
 from edgedet.frames.base import Frame, FrameSource
 from edgedet.lanes import Lane
-from edgedet.model.classifier import Classifier, Inference, Prepared
+from edgedet.model.classifier import Classifier, Inference, Invoked, Prepared
 from edgedet.model.preprocess import FrameError
 from edgedet.model.runtime import cpu_count
 from edgedet.results import FrameResult, LoopStats, Sink
@@ -362,12 +362,65 @@ class Preparer(threading.Thread):
         self.join(timeout=CAPTURE_JOIN_S)
 
 
+class Finisher(threading.Thread):
+    """The overlapped loop's third thread: ranks an invoked frame's scores and hands the result to the
+    statistics, the sinks and ``on_frame``, in order, while the next frame is being inferred, so only the copy
+    in, the invoke and the copy out stay between two invokes."""
+
+    def __init__(self, loop: FrameLoop) -> None:
+        super().__init__(name="edgedet-finish", daemon=True)
+        self.loop = loop
+        self._tasks: queue.SimpleQueue[Optional[tuple[Captured, Invoked, float, Classifier, Lane]]] = \
+            queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._error: Optional[BaseException] = None
+        self.clock = StageClock("finish")
+
+    def put(self, item: Captured, invoked: Invoked, capture_wait_ms: float, classifier: Classifier,
+            lane: Lane) -> None:
+        if self._error is not None:
+            raise self._error
+        with self._cond:
+            self._pending += 1
+        self._tasks.put((item, invoked, capture_wait_ms, classifier, lane))
+
+    def drain(self) -> None:
+        """Wait until every frame handed over is finished (before a reload may swap sinks or classifiers)."""
+        with self._cond:
+            while self._pending:
+                self._cond.wait()
+        if self._error is not None:
+            raise self._error
+
+    def run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            item, invoked, capture_wait_ms, classifier, lane = task
+            try:
+                if self._error is None:
+                    self.clock.enter("postprocess")
+                    inference = classifier.rank(invoked)
+                    self.loop._finish(item, inference, capture_wait_ms, classifier.name, lane, clock=self.clock)
+            except BaseException as exc:  # handed to the loop's thread, which raises it
+                self._error = exc
+            finally:
+                self.clock.idle()
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        self._tasks.put(None)
+        self.join(timeout=CAPTURE_JOIN_S)
+
+
 class FrameLoop:
     """Runs capture and classification until stopped, exhausted or bounded by frames/duration.
 
     ``between_frames`` runs on the loop's thread before each frame: a reload done there may swap the classifier
     (``classifier``), the sinks (``sinks``) or the source (``replace_source``) between two frames, and the
-    statistics go on counting."""
+    statistics go on counting. ``between_frames_due``, when given, says whether it has anything to do now:
+    the overlapped loop then waits for the frames in flight only when it does."""
 
     def __init__(self, classifier: Classifier, source: FrameSource, sinks: list[Sink], *,
                  stop: Optional[threading.Event] = None, max_fps: float = 0.0, max_frames: int = 0,
@@ -375,7 +428,8 @@ class FrameLoop:
                  on_frame: Optional[Callable[[FrameResult], None]] = None,
                  between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False,
                  overlap: Optional[bool] = None, invoke_timeout_s: float = 0.0,
-                 lanes: Optional[list[Lane]] = None) -> None:
+                 lanes: Optional[list[Lane]] = None,
+                 between_frames_due: Optional[Callable[[], bool]] = None) -> None:
         # Every classifier that runs on the frames (``models:``); one unnamed lane for the one ``model:``.
         self.lanes = lanes or [Lane("", classifier)]
         self.sinks = sinks
@@ -385,6 +439,7 @@ class FrameLoop:
         self.timeout_s, self.max_retries = timeout_s, max_retries
         self.on_frame = on_frame
         self.between_frames = between_frames
+        self.between_frames_due = between_frames_due
         self.overlap = overlap  # None: when the classifier's invoke leaves the CPU free (see run)
         self.stats = RollingStats()
         self.slot = LatestSlot()
@@ -394,6 +449,7 @@ class FrameLoop:
         self.invoke_timeout_s = invoke_timeout_s
         self.clock = StageClock("loop")
         self._preparer_clock: Optional[StageClock] = None
+        self._finisher_clock: Optional[StageClock] = None
         self._attach(source, source_opened)
 
     def _attach(self, source: FrameSource, opened: bool) -> None:
@@ -464,8 +520,9 @@ class FrameLoop:
         clocks = [self.clock]
         if not self.inline:
             clocks.append(self.reader.clock)
-        if self._preparer_clock is not None:
-            clocks.append(self._preparer_clock)
+        for extra in (self._preparer_clock, self._finisher_clock):
+            if extra is not None:
+                clocks.append(extra)
         return clocks
 
     def _run_serial(self) -> LoopStats:
@@ -556,7 +613,8 @@ class FrameLoop:
             self.stats.processed(total)
 
     def _finish(self, item: Captured, inference: Inference, capture_wait_ms: float, model: str, lane: Lane,
-                count: bool = True) -> dict[str, float]:
+                count: bool = True, clock: Optional[StageClock] = None) -> dict[str, float]:
+        clock = clock or self.clock
         age_ms = (time.monotonic() - item.frame.captured_mono) * 1e3
         stages = inference.latency_ms
         stages["total"] = stages["preprocess"] + stages["inference"] + stages["postprocess"]
@@ -568,11 +626,11 @@ class FrameLoop:
             self.stats.processed(stages)
         if lane.name:
             lane.ran(time.monotonic(), stages)
-        self._deliver(result, item.frame)
+        self._deliver(result, item.frame, clock)
         if self.on_frame is not None:
-            self.clock.enter("on_frame")
+            clock.enter("on_frame")
             self.on_frame(result)
-        self.clock.idle()
+        clock.idle()
         return stages
 
     def _run_overlapped(self) -> LoopStats:
@@ -589,10 +647,23 @@ class FrameLoop:
         preparer = Preparer(self)
         self._preparer_clock = preparer.clock
         preparer.start()
+        finisher = Finisher(self)
+        self._finisher_clock = finisher.clock
+        finisher.start()
+        invoked_frames = 0  # the finisher may not have counted the last ones yet
+        # The frame invoked last, handed to the finisher when the next invoke starts (see invoke_staged).
+        unfinished: Optional[tuple[Captured, Invoked, float, Classifier, Lane]] = None
+
+        def hand_over() -> None:
+            nonlocal unfinished
+            if unfinished is not None:
+                finisher.put(*unfinished)
+                unfinished = None
+
         try:
             pending = preparer.prepare(self.classifier, 0.0)
             while pending is not None and not self.stop.is_set():
-                if self.max_frames and self.stats.frames_processed >= self.max_frames:
+                if self.max_frames and invoked_frames >= self.max_frames:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -606,7 +677,10 @@ class FrameLoop:
                 if len(lanes) != 1 or not lanes[0].every_frame:
                     # A reload added classifiers: their frames go in series (the Preparer stays idle, since
                     # its staging shares the first classifier's preprocessing buffers).
+                    hand_over()
+                    finisher.drain()
                     self._run_lanes(lanes, item, capture_wait_ms)
+                    invoked_frames += 1
                     if self.between_frames is not None:
                         self.between_frames()
                     pending = preparer.prepare(self.classifier, 0.0)
@@ -615,13 +689,17 @@ class FrameLoop:
                 preparer.request(classifier, time.perf_counter() + preparer.lead_s())
                 classifier.stage_clock = self.clock
                 try:
-                    inference = classifier.invoke_prepared(prepared)
+                    invoked = classifier.invoke_staged(prepared, hand_over)
                 finally:
                     self.clock.idle()
-                preparer.invoked(inference.latency_ms["inference"] / 1e3)
-                self._finish(item, inference, capture_wait_ms, classifier.name, self.lanes[0])
+                invoked_frames += 1
+                preparer.invoked(invoked.inference_ms / 1e3)
+                unfinished = (item, invoked, capture_wait_ms, classifier, self.lanes[0])
                 pending = preparer.result()
-                if self.between_frames is not None:
+                if self.between_frames is not None and (self.between_frames_due is None
+                                                        or self.between_frames_due()):
+                    hand_over()
+                    finisher.drain()  # the frames in flight reach the sinks they were classified for
                     source = self.source
                     self.between_frames()  # the Preparer is idle here: a reload may swap anything
                     if self.source is not source:
@@ -630,8 +708,12 @@ class FrameLoop:
                         pending = preparer.reprepare(pending, self.classifier)
             if pending is None and self.reader.fatal is not None:
                 raise self.reader.fatal
+            hand_over()
+            finisher.drain()
         finally:
-            self._preparer_clock = None
+            hand_over()
+            finisher.close()
+            self._preparer_clock = self._finisher_clock = None
             preparer.close()
             self._running = False
             sys.setswitchinterval(previous_switch)
@@ -645,9 +727,9 @@ class FrameLoop:
             return self.reader.next_frame()
         return self.slot.take(0.1)
 
-    def _deliver(self, result: FrameResult, frame: Frame) -> None:
+    def _deliver(self, result: FrameResult, frame: Frame, clock: StageClock) -> None:
         for sink in self.sinks:
-            self.clock.enter(f"sink {type(sink).__name__}")
+            clock.enter(f"sink {type(sink).__name__}")
             try:
                 sink.handle(result, frame.image)
             except Exception as exc:  # one failed publish never stops the loop

@@ -261,12 +261,13 @@ class Pipeline:
 
     def run(self, *, max_frames: int = 0, duration_s: float = 0.0,
             on_frame: Optional[Callable[[FrameResult], None]] = None,
-            between_frames: Optional[Callable[[], None]] = None) -> dict[str, Any]:
+            between_frames: Optional[Callable[[], None]] = None,
+            between_frames_due: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
         """Run the frame loop until stopped, exhausted or bounded; returns the final statistics (the loop's,
         with every sink's counters). Stats go to the sinks every ``publish.stats_interval_s`` and at the end."""
         loop = self.loop
         loop.max_frames, loop.duration_s = max_frames, duration_s
-        loop.on_frame, loop.between_frames = on_frame, between_frames
+        loop.on_frame, loop.between_frames, loop.between_frames_due = on_frame, between_frames, between_frames_due
         self._start_stats()
         try:
             loop.run()

@@ -46,6 +46,14 @@ class Prepared(NamedTuple):
     preprocess_ms: float
 
 
+class Invoked(NamedTuple):
+    """A frame invoked by :meth:`Classifier.invoke_staged`: a copy of its raw scores, not yet ranked."""
+
+    scores: np.ndarray  # the output tensor as it was (quantized), copied: the next invoke overwrites it
+    preprocess_ms: float
+    inference_ms: float
+
+
 def cpu_twin(model_path: Path, explicit: Optional[Path] = None) -> Optional[Path]:
     """The CPU build of an Edge TPU model: ``model.cpu_model``, else ``foo_edgetpu.tflite`` -> ``foo.tflite``."""
     if explicit is not None:
@@ -290,10 +298,12 @@ class Classifier:
         raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         return dequantize(raw, self._out_scale, self._out_zero)
 
-    def _top_classes(self, top_k: Optional[int]) -> list[Class]:
+    def _top_classes(self, top_k: Optional[int], raw: Optional[np.ndarray] = None) -> list[Class]:
         """Ranks the raw (quantized) scores and dequantizes only the k it returns: dequantization is monotonic
-        (scale > 0), so the per-frame cost stays tiny."""
-        raw = self._output_view().reshape(-1)  # read in place; raw[order] below copies the k it keeps
+        (scale > 0), so the per-frame cost stays tiny. ``raw``: scores copied out earlier (else the output
+        tensor, read in place)."""
+        if raw is None:
+            raw = self._output_view().reshape(-1)  # raw[order] below copies the k it keeps
         order = top_indices(raw, top_k or self.top_k)
         scores = dequantize(raw[order], self._out_scale, self._out_zero)
         labels = self.labels
@@ -356,6 +366,28 @@ class Classifier:
     def invoke_prepared(self, prepared: Prepared, top_k: Optional[int] = None) -> Inference:
         """Copy a prepared frame into the input tensor, invoke, rank: the second half of :meth:`infer`."""
         return self._invoke_and_rank(prepared.preprocess_ms, top_k, prepared.tensor)
+
+    def invoke_staged(self, prepared: Prepared, before_invoke: Optional[Callable[[], None]] = None) -> Invoked:
+        """Copy a prepared frame into the input tensor, invoke, copy the raw scores out: ranking them
+        (:meth:`rank`) can then run on another thread during the next invoke. ``before_invoke`` runs with the
+        input in place, just before invoke(): work it hands to another thread starts while this invoke runs."""
+        t1 = time.perf_counter()
+        clock = self.stage_clock
+        if clock is not None:
+            clock.enter("inference")
+        np.copyto(self._input_view()[0], prepared.tensor)
+        if before_invoke is not None:
+            before_invoke()
+        self._interpreter.invoke()
+        t2 = time.perf_counter()
+        return Invoked(self._output_view().reshape(-1).copy(), prepared.preprocess_ms, (t2 - t1) * 1e3)
+
+    def rank(self, invoked: Invoked, top_k: Optional[int] = None) -> Inference:
+        """The top classes of an :class:`Invoked` frame (the postprocess stage of :meth:`infer`)."""
+        t2 = time.perf_counter()
+        classes = self._top_classes(top_k, invoked.scores)
+        return Inference(classes, {"preprocess": invoked.preprocess_ms, "inference": invoked.inference_ms,
+                                   "postprocess": (time.perf_counter() - t2) * 1e3})
 
 
 def _as_list(value: Any) -> list[float]:
