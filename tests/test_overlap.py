@@ -8,6 +8,7 @@ given, so a frame classified from the wrong staging buffer shows up as a wrong r
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -132,3 +133,56 @@ def test_max_frames_bound_is_exact_in_the_overlapped_loop(shared_models, photos)
     stats = FrameLoop(classifier, ListSource(photos, 100), [], overlap=True, max_frames=7,
                       on_frame=results.append).run()
     assert stats.frames_processed == 7 and [r.frame_id for r in results] == list(range(7))
+
+
+class ListSink:
+    """Records the frames it got; ``handle`` takes longer than an invoke, and a close while a frame is being handled (a
+    reload racing the finisher thread) is recorded."""
+
+    def __init__(self) -> None:
+        self.frame_ids: list[int] = []
+        self.busy = self.closed = False
+        self.closed_while_busy = self.handled_after_close = 0
+
+    def handle(self, result: FrameResult, frame: Any = None) -> None:
+        self.handled_after_close += self.closed
+        self.busy = True
+        time.sleep(0.005)  # longer than an invoke: the finisher falls behind the loop
+        self.frame_ids.append(result.frame_id)
+        self.busy = False
+
+    def on_stats(self, stats: Any) -> None:
+        pass
+
+    def counters(self) -> dict[str, Any]:
+        return {}
+
+    def close(self, flush_timeout_s: Optional[float] = None) -> None:
+        self.closed_while_busy += self.busy
+        self.closed = True
+
+
+def test_a_reload_in_the_overlapped_loop_waits_for_the_frames_in_flight(shared_models, photos):
+    """Ranking and delivery run on a thread of their own during the next invoke: a reload that closes the sinks
+    between two frames finds none of them in use, and every frame reaches exactly one sink, in order."""
+    count = 60
+    sinks = [ListSink()]
+    reloads = [10, 25, 26, 40]
+
+    def due() -> bool:
+        return bool(reloads) and loop.stats.frames_processed >= reloads[0]
+
+    def between_frames() -> None:
+        if due():
+            reloads.pop(0)
+            loop.sinks[0].close()
+            sinks.append(ListSink())
+            loop.sinks = [sinks[-1]]
+
+    loop = FrameLoop(standin(shared_models, 0.003), ListSource(photos, count), [sinks[0]], overlap=True,
+                     between_frames=between_frames, between_frames_due=due)
+    stats = loop.run()
+    assert stats.frames_processed == count and not reloads and len(sinks) == 5
+    assert [f for sink in sinks for f in sink.frame_ids] == list(range(count))
+    assert [(s.closed_while_busy, s.handled_after_close) for s in sinks] == [(0, 0)] * 5
+    assert {t.name for t in threading.enumerate()} & {"edgedet-finish", "edgedet-prepare"} == set()
