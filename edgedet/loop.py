@@ -555,21 +555,8 @@ class FrameLoop:
                         break
                     continue
                 taken = time.perf_counter()
-                lanes = self.lanes  # read per frame: a reload may swap them (or a classifier) between two frames
-                if len(lanes) == 1 and lanes[0].every_frame:
-                    classifier = lanes[0].classifier
-                    classifier.stage_clock = self.clock
-                    self.clock.enter("preprocess")
-                    try:
-                        inference = classifier.infer(item.frame.image)
-                    except FrameError as exc:
-                        self._invalid(exc)
-                        continue
-                    finally:
-                        self.clock.idle()
-                    self._finish(item, inference, (taken - waited) * 1e3, classifier.name, lanes[0])
-                else:
-                    self._run_lanes(lanes, item, (taken - waited) * 1e3)
+                # The lanes are read per frame: a reload may swap them (or a classifier) between two frames.
+                self._run_lanes(self.lanes, item, (taken - waited) * 1e3)
         finally:
             self._running = False
             sys.setswitchinterval(previous_switch)
@@ -582,10 +569,11 @@ class FrameLoop:
             log.warning("dropping a frame that cannot be used (%s); further ones are only counted", exc)
 
     def _run_lanes(self, lanes: list[Lane], item: Captured, capture_wait_ms: float) -> None:
-        """Several classifiers on one frame: each lane that is due classifies its own region of it, one after
-        the other; the loop's statistics count the frame once, with the lanes' stage times added up."""
+        """Every lane that is due classifies its own region of the frame, one after the other; the loop's
+        statistics count the frame once, with the lanes' stage times added up (one lane: its own)."""
         frame_number, self._frames_read = self._frames_read, self._frames_read + 1
         now = time.monotonic()
+        single = len(lanes) == 1
         total: Optional[dict[str, float]] = None
         for lane in lanes:
             if not lane.due(frame_number, now):
@@ -601,7 +589,9 @@ class FrameLoop:
                 return
             finally:
                 self.clock.idle()
-            stages = self._finish(item, inference, capture_wait_ms, classifier.name, lane, count=False)
+            stages = self._finish(item, inference, capture_wait_ms, classifier.name, lane, count=single)
+            if single:
+                return
             if total is None:
                 total = dict(stages)
             else:
