@@ -118,15 +118,17 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=SHARED)
     args = parser.parse_args()
     models = [BUNDLED, args.models / "mobilenet_v2_1.0_224_quant.tflite"]
+    load_before = os.getloadavg()
     print("| model | polling | off fps (median) | on+polled fps (median) | on/off, median of pairs | range | "
-          "CPU per frame on/off, median of pairs | requests/s | pairs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "CPU per frame on/off, median of pairs | CPU ms per frame off / on (medians) | requests/s | pairs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model in models:
         if not model.is_file():
             print(f"skip {model.name}: not found")
             continue
         for interval in args.interval or [0.0, 1.0]:
             off, on, ratios, rates, cpu_ratios = [], [], [], [], []
+            cpu_off, cpu_on = [], []
             for i in range(args.pairs):
                 order = [False, True] if i % 2 == 0 else [True, False]
                 fps: dict[bool, float] = {}
@@ -139,10 +141,16 @@ def main() -> int:
                 on.append(fps[True])
                 ratios.append(fps[True] / fps[False])
                 cpu_ratios.append(cpu[True] / cpu[False])
+                cpu_off.append(cpu[False] * 1e3)
+                cpu_on.append(cpu[True] * 1e3)
             polling = "back to back" if interval == 0 else f"every {interval:g} s"
             print(f"| {model.stem} | {polling} | {statistics.median(off):.1f} | {statistics.median(on):.1f} | "
                   f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
-                  f"{statistics.median(cpu_ratios):.3f} | {statistics.median(rates):.0f} | {args.pairs} |", flush=True)
+                  f"{statistics.median(cpu_ratios):.3f} | {statistics.median(cpu_off):.3f} / "
+                  f"{statistics.median(cpu_on):.3f} | {statistics.median(rates):.0f} | {args.pairs} |", flush=True)
+    load_after = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
+          f"{' '.join(f'{v:.2f}' for v in load_after)} after")
     return 0
 
 

@@ -234,6 +234,28 @@ def test_handle_only_keeps_references(monkeypatch: pytest.MonkeyPatch) -> None:
         pipeline.close()
 
 
+def test_every_handled_frame_is_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """handle only queues; the HTTP thread (or the frame loop, past FOLD_AT) counts: exactly one count per frame."""
+    monkeypatch.setattr(server, "FOLD_AT", 50)
+    port = free_port()
+    pipeline = Pipeline.build(config_for(port), "run-counted")
+    sink = pipeline.http
+    assert sink is not None
+    try:
+        latency = {"preprocess": 0.2, "inference": 1.0, "postprocess": 0.1, "total": 1.3, "capture_wait": 0.0,
+                   "frame_age": 1.5}
+        for i in range(1000):
+            sink.handle(FrameResult(i, 1000.0 + i / 100, 0.0, [], dict(latency)), None)
+            assert len(sink._queue) <= 51
+        text = get(port, "/metrics")[2].decode()
+        (family,) = [f for f in text_string_to_metric_families(text) if f.name == "edgedet_stage_latency_seconds"]
+        counts = {s.labels["stage"]: s.value for s in family.samples if s.name.endswith("_count")}
+        assert counts == dict.fromkeys(STAGES, 1000)
+        assert [second for second, _ in sink.history.points()] == list(range(1000, 1009))  # 1009: still open
+    finally:
+        pipeline.close()
+
+
 # ------------------------------------------------------------------------------------------------ parts
 def test_stage_histogram_is_cumulative_in_seconds() -> None:
     histogram = StageHistogram(("inference",))
@@ -279,3 +301,28 @@ def test_config_yaml_documents_every_http_key() -> None:
     assert config.http == HttpConfig()
     section = yaml.safe_load(text)["http"]
     assert set(section) == set(HttpConfig.model_fields)
+
+
+def test_batched_counts_are_the_per_frame_counts() -> None:
+    rng = np.random.default_rng(3)
+    latencies = [dict(zip(STAGES, rng.choice([0.5, 1.0, 2.0, 12_000.0, 3.3], len(STAGES)).tolist()))
+                 for _ in range(500)]
+    one, batched = StageHistogram(), StageHistogram()
+    for latency in [*latencies, {"inference": 1.0}]:
+        one.observe(latency)
+    batched.observe_many(latencies[:123])
+    batched.observe_many(latencies[123:])
+    batched.observe_many([{"inference": 1.0}])  # a stage missing: counted one by one
+    samples = [[(s.name, s.labels, s.value) for s in h.family().samples] for h in (one, batched)]
+    assert [s[:2] for s in samples[0]] == [s[:2] for s in samples[1]]
+    assert [s[2] for s in samples[0]] == pytest.approx([s[2] for s in samples[1]])
+
+    results = [FrameResult(i, 100.0 + i * 0.01 + (3 if i > 300 else 0), 0.0, [], latency)
+               for i, latency in enumerate(latencies)]
+    each, runs = server.LatencyHistory(), server.LatencyHistory()
+    for result in results:
+        each.add(result.captured_wall, result.latency_ms)
+    for start in range(0, len(results), 77):
+        runs.add_many(results[start:start + 77])
+    assert [s for s, _ in each.points()] == [s for s, _ in runs.points()] == [100, 101, 102, 103, 106]  # 107: open
+    assert [v for _, v in each.points()] == [pytest.approx(v) for _, v in runs.points()]
