@@ -282,3 +282,23 @@ def test_a_reload_that_drops_a_classifier_deletes_its_home_assistant_entities() 
     assert json.loads(publisher._retained["homeassistant/sensor/edgedet_cam/left_label/config"][0])["name"] == \
         "left Label"
     assert sink.seqs() == {"left": 7}  # the name kept its seq
+
+
+def test_prometheus_metrics_name_each_classifier() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgedet.http.metrics import PipelineCollector, StageHistogram
+
+    lanes = [Lane("door", classifier("door", LEFT)), Lane("drive", classifier("drive", RIGHT), every_n_frames=10)]
+    loop = FrameLoop(lanes[0].classifier, CountingSource(160, 120, 0, pattern="halves"), [], max_frames=20,
+                     lanes=lanes)
+    loop.run()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(loop.snapshot, dict, lambda: {}, StageHistogram()))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    counts = {s.labels["classifier"]: s.value for s in families["edgedet_classifier_frames_processed"].samples
+              if s.name.endswith("_total")}
+    assert counts == {"door": 20, "drive": 2}
+    assert {s.labels["classifier"] for s in families["edgedet_classifier_inference_ms_p50"].samples} == \
+        {"door", "drive"}

@@ -124,6 +124,19 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily("edgedet_fps_out", "Frames classified per second (last 30 s)", value=stats.fps_out)
         yield GaugeMetricFamily("edgedet_uptime_seconds", "Seconds since the frame loop started",
                                 value=stats.uptime_s)
+        if stats.classifiers:  # models: each classifier's own count, rate and inference latency
+            processed = CounterMetricFamily("edgedet_classifier_frames_processed",
+                                            "Frames each classifier of models: classified", labels=["classifier"])
+            rate = GaugeMetricFamily("edgedet_classifier_fps_out", "Frames each classifier classified per second "
+                                     "(last 30 s)", labels=["classifier"])
+            latency = GaugeMetricFamily("edgedet_classifier_inference_ms_p50", "Median inference time of each "
+                                        "classifier (last 1024 frames)", labels=["classifier"])
+            for name, own in stats.classifiers.items():
+                processed.add_metric([name], own["frames_processed"])
+                rate.add_metric([name], own["fps_out"])
+                p50 = own["latency_ms"]["inference"]["p50"]
+                latency.add_metric([name], float("nan") if p50 is None else p50)
+            yield from (processed, rate, latency)
         mqtt = self._mqtt()
         yield GaugeMetricFamily("edgedet_mqtt_connected", "1 while connected to the broker (0 also when MQTT is "
                                 "off)", value=1.0 if mqtt.get("connected") else 0.0)
