@@ -41,6 +41,7 @@ def worker(args: argparse.Namespace) -> int:
              for i in range(args.per_proc)]
     for sink in sinks:
         sink.publisher.start()
+    up_once: set[int] = set()  # connected at least once: a later disconnect is the broker restart
     down_seen: set[int] = set()
     back: dict[int, float] = {}
 
@@ -48,9 +49,11 @@ def worker(args: argparse.Namespace) -> int:
         while not stop.is_set():
             for i, sink in enumerate(sinks):
                 connected = sink.publisher.connected
-                if not connected:
+                if connected:
+                    up_once.add(i)
+                if not connected and i in up_once:
                     down_seen.add(i)
-                elif i in down_seen and i not in back:
+                elif connected and i in down_seen and i not in back:
                     back[i] = time.time()
             stop.wait(0.005)
 

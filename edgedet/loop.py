@@ -10,6 +10,7 @@ interpreter nothing else competes with ``invoke()`` (README, "The frame loop", h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -362,6 +364,31 @@ class Preparer(threading.Thread):
         self.join(timeout=CAPTURE_JOIN_S)
 
 
+class _Bounds:
+    """When a run ends (``max_frames``, ``duration_s``) and when the next frame is due under ``max_fps`` (read at
+    every frame: a reload may change it)."""
+
+    def __init__(self, loop: FrameLoop) -> None:
+        self.loop = loop
+        self.next_due = time.monotonic()
+        self.deadline = time.monotonic() + loop.duration_s if loop.duration_s > 0 else None
+
+    def reached(self, frames: int) -> bool:
+        if self.loop.max_frames and frames >= self.loop.max_frames:
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def throttle(self) -> bool:
+        """Wait for the next frame's turn; True when the loop was stopped meanwhile."""
+        max_fps = self.loop.max_fps
+        if max_fps > 0:
+            delay = self.next_due - time.monotonic()
+            if delay > 0 and self.loop.stop.wait(delay):
+                return True
+            self.next_due = max(self.next_due + 1.0 / max_fps, time.monotonic())
+        return False
+
+
 class Finisher(threading.Thread):
     """The overlapped loop's third thread: ranks an invoked frame's scores and hands the result to the
     statistics, the sinks and ``on_frame``, in order, while the next frame is being inferred, so only the copy
@@ -525,27 +552,30 @@ class FrameLoop:
                 clocks.append(extra)
         return clocks
 
-    def _run_serial(self) -> LoopStats:
-        next_due = time.monotonic()
-        deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
+    @contextlib.contextmanager
+    def _running_loop(self) -> Iterator[_Bounds]:
+        """The frame loop's set-up and tear-down, shared by the serial and the overlapped loop."""
         previous_switch = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_S))
         self._running = True
         if self.capture is not None:
             self.capture.start()
         try:
+            yield _Bounds(self)
+        finally:
+            self._running = False
+            sys.setswitchinterval(previous_switch)
+            self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)
+
+    def _run_serial(self) -> LoopStats:
+        with self._running_loop() as bounds:
             while not self.stop.is_set():
-                if self.max_frames and self.stats.frames_processed >= self.max_frames:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
+                if bounds.reached(self.stats.frames_processed):
                     break
                 if self.between_frames is not None:
                     self.between_frames()
-                if self.max_fps > 0:
-                    delay = next_due - time.monotonic()
-                    if delay > 0 and self.stop.wait(delay):
-                        break
-                    next_due = max(next_due + 1.0 / self.max_fps, time.monotonic())
+                if bounds.throttle():
+                    break
                 waited = time.perf_counter()
                 item = self._next_item()
                 if item is None:
@@ -557,10 +587,6 @@ class FrameLoop:
                 taken = time.perf_counter()
                 # The lanes are read per frame: a reload may swap them (or a classifier) between two frames.
                 self._run_lanes(self.lanes, item, (taken - waited) * 1e3)
-        finally:
-            self._running = False
-            sys.setswitchinterval(previous_switch)
-            self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)
         return self.snapshot()
 
     def _invalid(self, exc: FrameError) -> None:
@@ -626,14 +652,13 @@ class FrameLoop:
     def _run_overlapped(self) -> LoopStats:
         """Invoke frame N on this thread while a Preparer thread captures and preprocesses frame N+1, in
         lockstep: every frame taken is classified once, in order, and the two never touch the interpreter at
-        the same time (the Preparer writes a staging buffer, :meth:`Classifier.prepare`)."""
-        next_due = time.monotonic()
-        deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
-        previous_switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous_switch, SWITCH_INTERVAL_S))
-        self._running = True
-        if self.capture is not None:
-            self.capture.start()
+        the same time (the Preparer writes a staging buffer, :meth:`Classifier.prepare`); a Finisher thread
+        ranks and delivers frame N during the invoke of frame N+1."""
+        with self._running_loop() as bounds:
+            self._overlapped(bounds)
+        return self.snapshot()
+
+    def _overlapped(self, bounds: _Bounds) -> None:
         preparer = Preparer(self)
         self._preparer_clock = preparer.clock
         preparer.start()
@@ -653,16 +678,11 @@ class FrameLoop:
         try:
             pending = preparer.prepare(self.classifier, 0.0)
             while pending is not None and not self.stop.is_set():
-                if self.max_frames and invoked_frames >= self.max_frames:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
+                if bounds.reached(invoked_frames):
                     break
                 item, prepared, capture_wait_ms, classifier = pending
-                if self.max_fps > 0:
-                    delay = next_due - time.monotonic()
-                    if delay > 0 and self.stop.wait(delay):
-                        break
-                    next_due = max(next_due + 1.0 / self.max_fps, time.monotonic())
+                if bounds.throttle():
+                    break
                 lanes = self.lanes
                 if len(lanes) != 1 or not lanes[0].every_frame:
                     # A reload added classifiers: their frames go in series (the Preparer stays idle, since
@@ -705,10 +725,6 @@ class FrameLoop:
             finisher.close()
             self._preparer_clock = self._finisher_clock = None
             preparer.close()
-            self._running = False
-            sys.setswitchinterval(previous_switch)
-            self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)
-        return self.snapshot()
 
     def _next_item(self) -> Optional[Captured]:
         if self.inline:

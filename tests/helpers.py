@@ -54,3 +54,15 @@ def read_all(source, limit: int = 50, timeout_s: float = 1.0) -> list:
             break
         frames.append(frame)
     return frames
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGTERM, and SIGKILL if it is still running after ``timeout_s``; waits for the exit either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

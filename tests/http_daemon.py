@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from helpers import stop_process
 from mosquitto import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,13 +80,7 @@ class HttpDaemon:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._stderr.close()
 
     @property

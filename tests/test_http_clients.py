@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import yaml
+from helpers import stop_process
 from http_daemon import LABELS, MODEL, HttpDaemon
 from mosquitto import free_port
 from PIL import Image
@@ -62,12 +63,7 @@ class Prometheus:
         return list(body["data"]["result"])
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
