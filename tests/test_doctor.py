@@ -345,3 +345,17 @@ def test_with_the_service_running_doctor_leaves_its_camera_alone(tmp_path: Path)
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_each_classifier_of_models_gets_its_own_model_checks(tmp_path: Path) -> None:
+    bundled = REPO / "models" / "pikachu_mobilenet_v2_0.35_96_int8.tflite"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"source:\n  type: synthetic\nmodels:\n  - {{name: door, path: {bundled}}}\n"
+                      f"  - {{name: drive, path: {tmp_path / 'missing.tflite'}}}\n")
+    run = run_cli("doctor", "--config", str(config), "--json")
+    data = json.loads(run.out)
+    jsonschema.validate(data, SCHEMA)
+    model = {i["name"]: i for i in data["items"] if i["group"] == "model"}
+    assert model["door: file"]["status"] == "ok" and model["door: input"]["status"] == "ok"
+    assert model["drive: file"]["status"] == "fail" and "models[1].path" in model["drive: file"]["fact"]
+    assert run.code == 1

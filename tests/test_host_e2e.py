@@ -264,3 +264,25 @@ def test_local_weights_file_is_loaded_and_base_frozen(tmp_path: Path) -> None:
     assert len(base_layers) == len(donor.layers)
     assert [layer.trainable for layer in base_layers] == [False] * (len(base_layers) - 3) + [True] * 3
     assert model.get_layer("head").trainable
+
+
+def test_a_garbage_collection_before_convert_does_not_delete_the_models_variables(tmp_path: Path) -> None:
+    """A concrete function holds its variables weakly: the converter must keep the Keras model alive until
+    convert() (this once failed at random in CI: "Called a function referencing variables which have been
+    deleted")."""
+    import gc
+
+    import keras
+
+    from edgedet.host import convert as host_convert
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    model.save(tmp_path / "tiny.keras")
+    del model
+    options = host_convert.ConvertOptions(model=tmp_path / "tiny.keras", out=tmp_path / "tiny.tflite",
+                                          quantization="dynamic")
+    converter, size, keep_alive = host_convert._converter_for("keras", options)
+    gc.collect()
+    assert size == (32, 32) and keep_alive is not None
+    assert converter.convert()[4:8] == b"TFL3"

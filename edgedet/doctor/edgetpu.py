@@ -124,7 +124,9 @@ if sys.argv[3]:
 def check(ctx: Context) -> list[Item]:
     from edgedet.model.runtime import installed_libedgetpu
 
-    cfg = ctx.config.model
+    entries = ctx.config.classifiers()
+    # The delegate is tried with the first classifier that asks for the Edge TPU (else the first one).
+    cfg = next((entry for entry in entries if entry.delegate == "edgetpu"), entries[0])
     wanted = cfg.delegate == "edgetpu"
     usb = usb_devices()
     apex = sorted(Path("/dev").glob("apex_*"))

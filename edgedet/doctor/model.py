@@ -3,6 +3,9 @@ CPU twin. The file is read, not loaded into an interpreter: a running service ma
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from edgedet.doctor import Context, Item
 from edgedet.doctor.edgetpu import libedgetpu_problem
 
@@ -10,20 +13,36 @@ G = "model"
 
 
 def check(ctx: Context) -> list[Item]:
+    """Each classifier's model (``models:``: the items are named after the classifier)."""
+    config = ctx.config
+    if config.models is None:
+        return _check_one(ctx, config.model, "model", "")
+    items: list[Item] = []
+    for index, entry in enumerate(config.models):
+        for item in _check_one(ctx, entry, f"models[{index}]", f"{entry.name}: "):
+            items.append(item)
+    return items
+
+
+def _check_one(ctx: Context, cfg: Any, key: str, prefix: str) -> list[Item]:
+    items = _check_model(ctx, cfg, key)
+    return [dataclasses.replace(item, name=prefix + item.name) for item in items] if prefix else items
+
+
+def _check_model(ctx: Context, cfg: Any, key: str) -> list[Item]:
     from edgedet.errors import EdgedetError
     from edgedet.model.classifier import cpu_twin
     from edgedet.model.config import default_model_path
     from edgedet.model.labels import load_labels, sidecar_label_files
     from edgedet.model.tflite_file import read_tflite
 
-    cfg = ctx.config.model
     path = cfg.path or default_model_path()
     if path is None:
-        return [Item(G, "file", "fail", "model.path is not set and the bundled model was not found",
-                     "set model.path in config.yaml, or reinstall edgedet (scripts/install.sh)")]
+        return [Item(G, "file", "fail", f"{key}.path is not set and the bundled model was not found",
+                     f"set {key}.path in config.yaml, or reinstall edgedet (scripts/install.sh)")]
     if not path.is_file():
-        return [Item(G, "file", "fail", f"model.path {path}: file not found",
-                     "fix model.path, or fetch one: edgedet models pull NAME")]
+        return [Item(G, "file", "fail", f"{key}.path {path}: file not found",
+                     f"fix {key}.path, or fetch one: edgedet models pull NAME")]
     try:
         model = read_tflite(path)
         model.validate_classifier()
@@ -45,11 +64,11 @@ def check(ctx: Context) -> list[Item]:
         else:
             labels, where = [], ""
     except EdgedetError as exc:
-        items.append(Item(G, "labels", "fail", str(exc), exc.fix or "fix model.labels"))
+        items.append(Item(G, "labels", "fail", str(exc), exc.fix or f"fix {key}.labels"))
     else:
         if not labels:
             items.append(Item(G, "labels", "warn", f"no labels: classes are shown as numbers (0..{classes - 1})",
-                              "set model.labels to the model's labels file"))
+                              f"set {key}.labels to the model's labels file"))
         elif abs(len(labels) - classes) > 1:  # an off-by-one background class is common and handled
             items.append(Item(G, "labels", "warn", f"{len(labels)} labels ({where}) for {classes} classes",
                               "use the labels file that belongs to this model"))
@@ -59,10 +78,10 @@ def check(ctx: Context) -> list[Item]:
     if not model.is_edgetpu:
         items.append(Item(G, "edgetpu build", "ok", "a CPU model (no edgetpu-custom-op)"))
         return items
-    twin_text = f"CPU twin {twin}" if twin else "no CPU twin (model.cpu_model, or the file without _edgetpu)"
+    twin_text = f"CPU twin {twin}" if twin else f"no CPU twin ({key}.cpu_model, or the file without _edgetpu)"
     if cfg.delegate != "edgetpu":
-        items.append(Item(G, "edgetpu build", "fail", f"an _edgetpu build with model.delegate cpu; {twin_text}",
-                          "set model.delegate: edgetpu, or point model.path at the CPU build"))
+        items.append(Item(G, "edgetpu build", "fail", f"an _edgetpu build with {key}.delegate cpu; {twin_text}",
+                          f"set {key}.delegate: edgetpu, or point {key}.path at the CPU build"))
         return items
     problem = libedgetpu_problem(ctx)
     if problem is None:
@@ -72,6 +91,6 @@ def check(ctx: Context) -> list[Item]:
                           f"back to the {twin_text}", "install libedgetpu1-std and plug in the Coral (see edgetpu)"))
     else:
         items.append(Item(G, "edgetpu build", "fail", f"an _edgetpu build but {problem}; {twin_text}",
-                          "install libedgetpu1-std (docs/troubleshooting.md), or set model.cpu_model and "
-                          "model.fallback: cpu"))
+                          "install libedgetpu1-std (docs/troubleshooting.md), or set "
+                          f"{key}.cpu_model and {key}.fallback: cpu"))
     return items

@@ -167,8 +167,10 @@ def _concrete_function_for_keras(model: Any, size: tuple[int, int]) -> Any:
     return serve.get_concrete_function()
 
 
-def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, int]]:
-    """A TFLiteConverter with a static batch of 1, and the model's (height, width)."""
+def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, int], Any]:
+    """A TFLiteConverter with a static batch of 1, the model's (height, width), and what must stay referenced
+    until ``convert()`` returns: a concrete function holds its variables weakly, and a garbage collection in
+    between deletes them ("Called a function referencing variables which have been deleted")."""
     import tensorflow as tf
 
     path = options.model
@@ -186,7 +188,7 @@ def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, 
                 raise EdgedetError("the model has no fixed input size", where=path, fix="pass --size S")
             height = width = options.size
         function = _concrete_function_for_keras(model, (height, width))
-        return tf.lite.TFLiteConverter.from_concrete_functions([function]), (height, width)
+        return tf.lite.TFLiteConverter.from_concrete_functions([function]), (height, width), model
     if kind == "saved_model":
         loaded = tf.saved_model.load(str(path))
         signature = loaded.signatures.get("serving_default")
@@ -212,7 +214,7 @@ def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, 
             return signature(**{input_name: images})[output_name]
 
         function = serve.get_concrete_function()
-        return tf.lite.TFLiteConverter.from_concrete_functions([function], loaded), (height, width)
+        return tf.lite.TFLiteConverter.from_concrete_functions([function], loaded), (height, width), loaded
     # Frozen GraphDef, the TOCO-era format: the v1 converter still reads it; shapes are pinned explicitly.
     graph_def = tf.compat.v1.GraphDef()
     try:
@@ -240,7 +242,7 @@ def _converter_for(kind: str, options: ConvertOptions) -> tuple[Any, tuple[int, 
     converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
         str(path), options.input_arrays, options.output_arrays,
         input_shapes={name: [1, height, width, channels] for name in input_arrays})
-    return converter, (height, width)
+    return converter, (height, width), None
 
 
 def _configure(converter: Any, options: ConvertOptions, io_dtype: str, size: tuple[int, int],
@@ -316,13 +318,15 @@ def convert(options: ConvertOptions, log: Callable[[str], None] = print) -> Conv
 
     import tensorflow as tf
 
-    converter, size = _converter_for(kind, options)
+    converter, size, keep_alive = _converter_for(kind, options)
     _configure(converter, options, io_dtype, size, normalization, spec, log)
     try:
         flatbuffer = converter.convert()
     except Exception as err:  # the converter reports MLIR errors as ConverterError with a long log
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EdgedetError(f"conversion failed: {first}", where=options.model) from None
+    finally:
+        del keep_alive
     try:
         options.out.write_bytes(flatbuffer)
     except OSError as err:
