@@ -173,8 +173,7 @@ class MqttSink:
     """The MQTT ``Sink``: publish policy, payloads and a non-blocking publisher, one ``Channel`` per classifier.
 
     It outlives reloads: each classifier's ``seq`` counts on, and a reload hands it a new publisher
-    (``replace_publisher``), new publish settings (``reconfigure``), a new model (``set_model``) or a new set of
-    classifiers (``set_channels``)."""
+    (``replace_publisher``) or new classifiers, models and publish settings (``set_channels``)."""
 
     def __init__(self, publisher: MqttPublisher, publish_cfg: PublishConfig, *, model_name: str = "",
                  run_id: str | None = None, ha_cfg: HomeAssistantConfig | None = None,
@@ -214,30 +213,6 @@ class MqttSink:
     def seq(self, value: int) -> None:
         self._only.seq = value
 
-    @property
-    def model_name(self) -> str:
-        return self._only.spec.model_name
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self._only.spec.labels)
-
-    @property
-    def detection_topic(self) -> str:
-        return self._only.detection_topic
-
-    @property
-    def snapshot_topic(self) -> str:
-        return self._only.snapshot_topic
-
-    @property
-    def policy(self) -> PublishPolicy:
-        return self._only.policy
-
-    @property
-    def ha_state(self) -> HaState | None:
-        return self._only.ha_state
-
     def seqs(self) -> dict[str, int]:
         return {name: channel.seq for name, channel in self.channels.items()}
 
@@ -258,28 +233,22 @@ class MqttSink:
         return sink
 
     # -- what a reload changes --------------------------------------------------------------------------
-    def _set_channels(self, specs: list[ChannelSpec], seqs: Mapping[str, int] | None = None) -> None:
-        old = self.channels
-        known = dict(seqs or {})
-        self.channels = {}
+    def _set_channels(self, specs: list[ChannelSpec]) -> None:
+        old, self.channels = self.channels, {}
         for spec in specs:
             before = old.get(spec.name)
-            self.channels[spec.name] = Channel(spec, self.publisher,
-                                               seq=known.get(spec.name, before.seq if before is not None else 0))
+            if before is not None and before.spec == spec:
+                self.channels[spec.name] = before  # unchanged: its policy state and snapshot go on
+            else:
+                self.channels[spec.name] = Channel(spec, self.publisher, seq=before.seq if before is not None else 0)
 
-    def set_channels(self, specs: Sequence[ChannelSpec], seqs: Mapping[str, int] | None = None) -> None:
+    def set_channels(self, specs: Sequence[ChannelSpec]) -> None:
         """A new set of classifiers (a reload of ``models:``): each name keeps its ``seq``; a channel whose
         spec is unchanged keeps its policy state too."""
         if self.ha_cfg is not None and self.ha_cfg.enabled:
             for spec in specs:
                 check_binary_sensors(spec.binary_sensors, list(spec.labels), self._sensor_key(spec, specs))
-        old = self.channels
-        self._set_channels(list(specs), seqs)
-        for name, channel in self.channels.items():
-            before = old.get(name)
-            if before is not None and before.spec == channel.spec:
-                channel.policy, channel.state_result = before.policy, before.state_result
-                channel.snapshot_label, channel.snapshot = before.snapshot_label, before.snapshot
+        self._set_channels(list(specs))
         self._attach_ha()
         self._send_discovery()
 
@@ -287,22 +256,6 @@ class MqttSink:
     def _sensor_key(spec: ChannelSpec, specs: Sequence[ChannelSpec]) -> str:
         return f"models[{[s.name for s in specs].index(spec.name)}].binary_sensors" if spec.name \
             else "homeassistant.binary_sensors"
-
-    def reconfigure(self, publish_cfg: PublishConfig) -> None:
-        """New publish settings (one classifier): a new policy (its state starts afresh), the same seq."""
-        self.cfg = publish_cfg
-        self._set_channels([spec._replace(publish=publish_cfg) for spec in (c.spec for c in self.channels.values())])
-        self._attach_ha()
-
-    def set_model(self, model_name: str, labels: Sequence[str]) -> None:
-        """A new model (one classifier): its name in the payloads, its labels in Home Assistant (checked like at
-        start)."""
-        channel = self._only
-        spec = channel.spec._replace(model_name=model_name, labels=list(labels))
-        if self.ha_cfg is not None and self.ha_cfg.enabled:
-            check_binary_sensors(spec.binary_sensors, list(labels))
-        channel.spec = spec
-        self._send_discovery()
 
     def set_homeassistant(self, ha_cfg: HomeAssistantConfig | None) -> None:
         self.ha_cfg = ha_cfg
