@@ -93,7 +93,9 @@ class Pipeline:
         self.run_id = run_id
         self.source = source
         self.started_wall = time.time()
-        self._model_stamps = {lane.name: ModelStamp.of(lane.classifier.model_file.path) for lane in lanes}
+        # The configured files (an Edge TPU model that fell back runs its CPU twin, but a reload compares paths
+        # as configured).
+        self._model_stamps = {lane_name(config, entry): ModelStamp.of(entry.path) for entry in config.classifiers()}
         self.stop = stop or threading.Event()
         self.console: Optional[ConsoleSink] = None
         self.jsonl: Optional[JsonlSink] = None
@@ -117,7 +119,7 @@ class Pipeline:
         """Load the model, open the source (fail fast: an empty folder or a missing camera is a start-up error)
         and start the sinks. Raises EdgedetError with nothing left open."""
         lanes = [_new_lane(config, entry) for entry in config.classifiers()]
-        _check_binary_sensors(config, lanes)  # before the camera is opened: a config error, one line
+        _check_binary_sensors(config, [lane.classifier for lane in lanes])  # before the camera: one line
         _warn_shared_edgetpu(config, lanes)
         source = _open(config, lanes)
         pipeline = cls(config, run_id, lanes, source, stop=stop)
@@ -346,6 +348,7 @@ class Pipeline:
         done += [f"models.{name} (removed)" for name in removed]
         models_changed = any(n not in running or c is not running[n].classifier for n, _, c, _ in plan) \
             or bool(removed)
+        _check_binary_sensors(new, [c for _, _, c, _ in plan])  # before anything running is touched
         # A picamera2 source is sized to the models' inputs: a new input size means a new source.
         input_changed = _frame_hint([c for _, _, c, _ in plan]) != _frame_hint([lane.classifier for lane in self.lanes])
         new_source: Optional[FrameSource] = None
@@ -362,7 +365,6 @@ class Pipeline:
             lane.every_n_frames, lane.interval_s = entry.every_n_frames, entry.interval_s
             self._model_stamps[name] = stamp
             lanes.append(lane)
-        _check_binary_sensors(new, lanes)
         self.loop.lanes = lanes  # between two frames: the loop reads its lanes once per frame
         if new_source is not None:
             self.source = new_source
@@ -503,14 +505,14 @@ def _frame_hint(classifiers: list[Classifier]) -> tuple[int, int]:
     return max(w for w, _ in hints), max(h for _, h in hints)
 
 
-def _check_binary_sensors(config: EdgedetConfig, lanes: list[Lane]) -> None:
+def _check_binary_sensors(config: EdgedetConfig, classifiers: list[Classifier]) -> None:
     """The binary sensors must name classes of the model that will run (each classifier its own)."""
     if config.mqtt.enabled and config.homeassistant.enabled:
         from edgedet.publish.hastate import check_binary_sensors
 
-        for index, (lane, entry) in enumerate(zip(lanes, config.classifiers())):
+        for index, (classifier, entry) in enumerate(zip(classifiers, config.classifiers())):
             key = f"models[{index}].binary_sensors" if config.models is not None else "homeassistant.binary_sensors"
-            check_binary_sensors(entry.binary_sensors, lane.classifier.labels, key)
+            check_binary_sensors(entry.binary_sensors, classifier.labels, key)
 
 
 def _open(config: EdgedetConfig, lanes: list[Lane]) -> FrameSource:

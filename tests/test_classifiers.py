@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
@@ -302,3 +303,39 @@ def test_prometheus_metrics_name_each_classifier() -> None:
     assert counts == {"door": 20, "drive": 2}
     assert {s.labels["classifier"] for s in families["edgedet_classifier_inference_ms_p50"].samples} == \
         {"door", "drive"}
+
+
+def test_a_reload_refused_for_a_binary_sensor_leaves_every_classifier_running(tmp_path: Path) -> None:
+    other = tmp_path / "other_model.tflite"
+    shutil.copy(MODEL, other)
+    shutil.copy(MODEL.with_suffix(".json"), other.with_suffix(".json"))  # its labels
+    with socket.socket() as dead:  # MQTT on (the check needs it), to a port that refuses: nothing is sent
+        dead.bind(("127.0.0.1", 0))
+        base = {**two_halves(), "homeassistant": {"enabled": True},
+                "mqtt": {"enabled": True, "host": "127.0.0.1", "port": dead.getsockname()[1]}}
+        pipeline = Pipeline.build(build_config(base, "test"), "refusedrun01")
+        try:
+            running = [(lane, lane.classifier) for lane in pipeline.lanes]
+            bad = json.loads(json.dumps(base))
+            bad["models"][1].update(path=str(other), binary_sensors={"nope": 0.5})
+            with pytest.raises(ConfigError, match=r"models\[1\]\.binary_sensors: 'nope' is not a label"):
+                pipeline.reload(build_config(bad, "test"))
+            assert [(lane, lane.classifier) for lane in pipeline.lanes] == running
+            assert pipeline.reload(build_config(base, "test")) == []  # and the running config is still in force
+        finally:
+            pipeline.close(flush_timeout_s=0.0)
+
+
+def test_an_unchanged_reload_of_an_edgetpu_model_that_fell_back_rebuilds_nothing(shared_models: Path) -> None:
+    config = build_config({"source": {"type": "synthetic", "fps": 0, "width": 160, "height": 120},
+                           "publish": {"console": False},
+                           "model": {"path": str(shared_models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"),
+                                     "delegate": "edgetpu", "fallback": "cpu"}}, "test")
+    pipeline = Pipeline.build(config, "fallbackrun1")
+    try:
+        if pipeline.classifier.delegate_info["active"] == "edgetpu":
+            pytest.skip("an Edge TPU is present here: nothing fell back")
+        assert pipeline.classifier.model_file.path.name == "mobilenet_v1_0.25_128_quant.tflite"  # the CPU twin
+        assert pipeline.reload(config) == []
+    finally:
+        pipeline.close(flush_timeout_s=0.0)
