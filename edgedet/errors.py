@@ -53,5 +53,4 @@ class UsageError(EdgedetError):
     """A command-line argument is wrong: argparse's message and where to read the usage."""
 
     def __init__(self, message: str, *, prog: str) -> None:
-        self.prog = prog
         super().__init__(f"{message} (see {prog} --help)")

@@ -232,7 +232,7 @@ def _reload(plan: str, pid: Optional[int]) -> None:
 
 
 def install(args: argparse.Namespace) -> int:
-    from edgedet.config import find_config_file, load_config, read_yaml
+    from edgedet.config import find_config_file, load_config
     from edgedet.model.tflite_file import read_tflite
 
     source: Path = args.file
@@ -245,8 +245,7 @@ def install(args: argparse.Namespace) -> int:
     if config_path is None:
         raise ConfigError("no config file to point at the model", where="edgedet models install",
                           fix="pass --config FILE (e.g. /etc/edgedet/config.yaml)")
-    config, _ = load_config(config_path, check_files=False)
-    read_yaml(config_path)  # readable and a mapping, before anything is done
+    config, _ = load_config(config_path, check_files=False)  # read_yaml: readable and a mapping, or one line
     chosen = getattr(args, "classifier", None)
     if config.models is not None and chosen is None:
         if len(config.models) > 1:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from edgedet.model.classifier import Classifier
 
 LANE_STAGES = ("preprocess", "inference", "postprocess", "total")
+WINDOW = 1024  # latency samples kept per stage, as for the loop's own statistics
 
 
 class Lane:
@@ -20,8 +21,7 @@ class Lane:
 
     ``name`` is the classifier's name in ``models:`` ("" for the one ``model:``)."""
 
-    def __init__(self, name: str, classifier: Classifier, every_n_frames: int = 1, interval_s: float = 0.0,
-                 window: int = 1024) -> None:
+    def __init__(self, name: str, classifier: Classifier, every_n_frames: int = 1, interval_s: float = 0.0) -> None:
         self.name = name
         self.classifier = classifier
         self.every_n_frames, self.interval_s = every_n_frames, interval_s
@@ -29,7 +29,7 @@ class Lane:
         self._lock = threading.Lock()
         self.frames_processed = 0
         self._processed_at: deque[float] = deque(maxlen=4096)
-        self.samples: dict[str, deque[float]] = {stage: deque(maxlen=window) for stage in LANE_STAGES}
+        self.samples: dict[str, deque[float]] = {stage: deque(maxlen=WINDOW) for stage in LANE_STAGES}
 
     @property
     def every_frame(self) -> bool:
@@ -63,10 +63,3 @@ class Lane:
         return {"model": self.classifier.name, "every_n_frames": self.every_n_frames, "interval_s": self.interval_s,
                 "frames_processed": processed, "fps_out": round(rate(stamps, now, fps_window_s), 2),
                 "latency_ms": {stage: percentiles(values, (50, 90, 99)) for stage, values in samples.items()}}
-
-    def carry_over(self, old: Lane) -> None:
-        """A reload that rebuilt this lane's classifier (or schedule): the counts and samples go on."""
-        with old._lock:
-            self.frames_processed, self._last_run = old.frames_processed, old._last_run
-            self._processed_at = old._processed_at
-            self.samples = old.samples

@@ -35,6 +35,6 @@ def show_model_file(path: str | Path, as_json: bool = False) -> int:
     if data["normalization"]:
         print(f"  normalization (metadata): mean={data['normalization']['mean']} std={data['normalization']['std']}")
     print(f"  labels embedded: {data['embedded_labels']}")
-    print("  ops: " + ", ".join(f"{name} x{count} (v{model.op_versions()[name]})"
+    print("  ops: " + ", ".join(f"{name} x{count} (v{data['op_versions'][name]})"
                                for name, count in data["ops"].items()))
     return 0

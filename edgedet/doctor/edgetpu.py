@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from edgedet.doctor import Context, Item
 
@@ -76,8 +76,8 @@ def service_user(ctx: Context) -> str:
 
 def can_read_write(node: Path, user: str) -> tuple[bool, str]:
     st = node.stat()
-    owner = pwd.getpwuid(st.st_uid).pw_name if _known_uid(st.st_uid) else str(st.st_uid)
-    group = grp.getgrgid(st.st_gid).gr_name if _known_gid(st.st_gid) else str(st.st_gid)
+    owner = _name(pwd.getpwuid, st.st_uid)
+    group = _name(grp.getgrgid, st.st_gid)
     fact = f"{node} {stat.filemode(st.st_mode)} {owner}:{group}"
     try:
         entry = pwd.getpwnam(user)
@@ -90,20 +90,12 @@ def can_read_write(node: Path, user: str) -> tuple[bool, str]:
     return ok, fact
 
 
-def _known_uid(uid: int) -> bool:
+def _name(lookup: Callable[[int], Any], ident: int) -> str:
+    """The user or group name of ``ident`` (``pwd.getpwuid`` / ``grp.getgrgid``), else the number."""
     try:
-        pwd.getpwuid(uid)
-        return True
+        return str(lookup(ident)[0])
     except KeyError:
-        return False
-
-
-def _known_gid(gid: int) -> bool:
-    try:
-        grp.getgrgid(gid)
-        return True
-    except KeyError:
-        return False
+        return str(ident)
 
 
 INVOKE = r"""

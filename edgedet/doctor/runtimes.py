@@ -107,7 +107,7 @@ def check(ctx: Context) -> list[Item]:
     pythons = {name: (tflite_python if name == "tflite-runtime" else sys.executable) for name in AUTO_ORDER}
     present = {name: v for name in AUTO_ORDER if (v := _installed(name, pythons[name])) is not None}
     # TensorFlow takes seconds to import; it is only tried when auto would reach it or config names it.
-    wanted = [n for n in present if n != "tensorflow" or ctx.config.model.runtime == "tensorflow"
+    wanted = [n for n in present if n != "tensorflow" or ctx.config.classifiers()[0].runtime == "tensorflow"
               or not ({"litert", "tflite-runtime"} & set(present))]
     with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
         results = dict(zip(wanted, pool.map(lambda n: probe(n, pythons[n], model), wanted)))
@@ -135,7 +135,8 @@ def check(ctx: Context) -> list[Item]:
 
 
 def _selected(ctx: Context) -> Item:
-    requested, delegate = ctx.config.model.runtime, ctx.config.model.delegate
+    first = ctx.config.classifiers()[0]  # with models:, the first classifier's (as the daemon's log line)
+    requested, delegate = first.runtime, first.delegate
     # select_runtime imports in this process; a runtime that crashes under this NumPy must not kill us.
     code = ("import sys; from edgedet.model.runtime import select_runtime as s; "
             "r = s(sys.argv[1], sys.argv[2]); print(r.name, r.version, '|', r.reason)")

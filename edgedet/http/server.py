@@ -12,7 +12,6 @@ per image, however often clients poll; the encoders release the GIL while they c
 
 from __future__ import annotations
 
-import copy
 import hmac
 import io
 import json
@@ -219,7 +218,7 @@ class HttpSink:
         self._jpegs: OrderedDict[int, Encoded] = OrderedDict()
         self._pngs: OrderedDict[int, Encoded] = OrderedDict()
         self._preprocessor: Optional[tuple[Classifier, Any]] = None
-        self._info: Optional[tuple[tuple[int, int], dict[str, Any]]] = None
+        self._info: Optional[tuple[tuple[Any, Any, Any], dict[str, Any]]] = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PipelineCollector(view.loop_stats, view.mqtt_counters, self.info, self.histogram,
                                                  before=self.fold))
@@ -271,9 +270,11 @@ class HttpSink:
     def info(self) -> dict[str, Any]:
         """The info message, computed again only when a reload swapped the model or the source (the model's
         sha256 is hashed from its bytes)."""
-        key = (id(self.view.classifier), id(self.view.source))
+        # The objects themselves (compared with ``is``): a reload assigns a new config, and an id() of a
+        # freed classifier could be reused by its replacement.
+        key = (self.view.config, self.view.source, self.view.classifier)
         cached = self._info
-        if cached is None or cached[0] != key:
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
             cached = (key, self.view.info_message())
             self._info = cached
         return cached[1]
@@ -325,12 +326,9 @@ class HttpSink:
         classifier = self.view.classifier
         cached = self._preprocessor
         if cached is None or cached[0] is not classifier:
-            # A copy with its own resize buffers: the loop's preprocessor writes into preallocated arrays,
-            # and this runs beside it. Same settings, so the same input (ROI, crop, resize) as the model's.
-            clone = copy.copy(classifier.preprocessor)
-            if hasattr(clone, "_resizers"):
-                clone._resizers = {}
-            cached = (classifier, clone)
+            # A preprocessor with buffers of its own (this runs beside the frame loop's) and the same settings,
+            # so the same input (ROI, crop, resize, quantization) as the model's.
+            cached = (classifier, classifier.preprocessor.copy())
             self._preprocessor = cached
         preprocessor = cached[1]
         return self._encoded(self._pngs, frame_id, lambda frame: encode_input_png(classifier, preprocessor, frame))

@@ -313,26 +313,23 @@ class Classifier:
     @property
     def leaves_cpu_free(self) -> bool:
         """True when invoke() runs off the CPU (the Edge TPU, or an interpreter that says so): then the frame
-        loop prepares the next frame during it (:meth:`prepare` / :meth:`invoke_prepared`)."""
+        loop prepares the next frame during it (:meth:`prepare` / :meth:`invoke_staged`)."""
         return self.delegate_info["active"] == "edgetpu" or bool(getattr(self._interpreter, "leaves_cpu_free",
                                                                          False))
 
     # The stages, timed here and only here: infer() runs them in series straight into the input tensor; the
-    # overlapped loop runs _preprocess_into on its own thread (prepare) and the rest after (invoke_prepared).
+    # overlapped loop runs _preprocess_into on its own thread (prepare), then invoke_staged, then rank.
 
     def _preprocess_into(self, frame: ImageLike, out: np.ndarray) -> float:
         t0 = time.perf_counter()
         self.preprocessor.into(frame, out)
         return (time.perf_counter() - t0) * 1e3
 
-    def _invoke_and_rank(self, preprocess_ms: float, top_k: Optional[int],
-                         staged: Optional[np.ndarray] = None) -> Inference:
+    def _invoke_and_rank(self, preprocess_ms: float, top_k: Optional[int]) -> Inference:
         t1 = time.perf_counter()
         clock = self.stage_clock
         if clock is not None:
             clock.enter("inference")
-        if staged is not None:
-            np.copyto(self._input_view()[0], staged)
         self._interpreter.invoke()
         t2 = time.perf_counter()
         if clock is not None:
@@ -362,10 +359,6 @@ class Classifier:
         buffer = self._staging[self._staged]
         self._staged ^= 1
         return Prepared(buffer, self._preprocess_into(frame, buffer))
-
-    def invoke_prepared(self, prepared: Prepared, top_k: Optional[int] = None) -> Inference:
-        """Copy a prepared frame into the input tensor, invoke, rank: the second half of :meth:`infer`."""
-        return self._invoke_and_rank(prepared.preprocess_ms, top_k, prepared.tensor)
 
     def invoke_staged(self, prepared: Prepared, before_invoke: Optional[Callable[[], None]] = None) -> Invoked:
         """Copy a prepared frame into the input tensor, invoke, copy the raw scores out: ranking them

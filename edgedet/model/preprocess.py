@@ -281,8 +281,10 @@ class InputQuantization:
         self.apply_into(rgb, out, np.empty(rgb.shape, np.float32))
         return out
 
-    def apply_into(self, rgb: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
-        """:meth:`apply` written into ``out`` through a float32 ``scratch`` of the same shape: no allocation."""
+    def apply_into(self, rgb: np.ndarray, out: np.ndarray, scratch: np.ndarray,
+                   sign: Optional[np.ndarray] = None) -> None:
+        """:meth:`apply` written into ``out`` through float32 ``scratch`` and ``sign`` arrays of the same shape
+        (``sign`` None: allocated here); with both given, no allocation."""
         if self.raw:
             np.copyto(out, rgb)
             return
@@ -291,7 +293,7 @@ class InputQuantization:
         if self.dtype != np.float32:
             info = np.iinfo(self.dtype)
             # Round half away from zero, as TFLite's QUANTIZE kernel (std::round), not numpy's half-to-even.
-            sign = np.sign(scratch)
+            sign = np.sign(scratch, out=sign)
             np.abs(scratch, out=scratch)
             np.add(scratch, 0.5, out=scratch)
             np.floor(scratch, out=scratch)
@@ -347,6 +349,7 @@ class Preprocessor:
         self.backend = "opencv" if self._cv2 is not None else "numpy"
         self._resized = np.empty((out_h, out_w, 3), np.uint8)  # for inputs that are not raw pixels
         self._scratch = np.empty((out_h, out_w, 3), np.float32)
+        self._sign = np.empty((out_h, out_w, 3), np.float32)
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -363,6 +366,12 @@ class Preprocessor:
                 self._resizers.clear()
             resizer = self._resizers[(h, w)] = BilinearResizer(h, w, self.out_h, self.out_w)
         return resizer(rgb)
+
+    def copy(self, quant: Optional[InputQuantization] = None) -> Preprocessor:
+        """The same view (size, ROI, crop, resize) with buffers of its own, for another thread (this one's are in
+        use on the inference thread); ``quant``: another output (default: this one's)."""
+        return Preprocessor(self.out_w, self.out_h, self.quant if quant is None else quant, self.method,
+                            self.crop, self.backend, roi=self.roi)
 
     def frame_size_hint(self) -> tuple[int, int]:
         """(width, height) of a frame whose region of interest has the model's input size: what a source
@@ -404,7 +413,7 @@ class Preprocessor:
             self._resize_into(rgb, out)
         else:
             self._resize_into(rgb, self._resized)
-            self.quant.apply_into(self._resized, out, self._scratch)
+            self.quant.apply_into(self._resized, out, self._scratch, self._sign)
 
     def __call__(self, image: ImageLike) -> np.ndarray:
         out = np.empty((self.out_h, self.out_w, 3), self.quant.dtype)

@@ -29,7 +29,7 @@ from edgedet.publish import messages
 from edgedet.results import FrameResult
 
 ORIGIN_NAME = "edgedet"
-PAYLOAD_AVAILABLE, PAYLOAD_NOT_AVAILABLE = "online", "offline"  # what the status topic carries
+PAYLOAD_AVAILABLE, PAYLOAD_NOT_AVAILABLE = messages.STATUS_ONLINE, messages.STATUS_OFFLINE  # the status topic
 SUPPORT_URL = "https://github.com/edgedet/edgedet"
 
 

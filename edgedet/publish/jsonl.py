@@ -37,7 +37,7 @@ class JsonlSink:
     the next one: a record that does not fit (full disk, file size limit) is cut off again and counted, a torn
     tail left by a power cut is cut at the next start. Both are said in one line, and so is the recovery."""
 
-    def __init__(self, path: str | Path, flush_every_s: float = 1.0) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,6 @@ class JsonlSink:
         except OSError as exc:
             raise ConfigError(f"cannot open the JSON-lines file for appending ({exc.strerror})",
                               where=f"publish.jsonl_path {self.path}", fix="pick a writable path") from None
-        self.flush_every_s = flush_every_s  # kept for callers; every record is written at once now
         self._failing = False
         self.lost = 0
 

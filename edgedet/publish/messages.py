@@ -19,6 +19,7 @@ from edgedet.timefmt import iso_utc
 T = TypeVar("T")
 
 LATENCY_KEYS = ("preprocess", "inference", "postprocess", "total")
+STATUS_ONLINE, STATUS_OFFLINE = "online", "offline"  # the retained ``status`` payloads
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 

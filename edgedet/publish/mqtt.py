@@ -39,13 +39,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgedet.publish.config import MqttConfig
+from edgedet.publish.messages import STATUS_OFFLINE, STATUS_ONLINE
 from edgedet.publish.outbox import OutboxStore
 from edgedet.publish.problems import CONNECT_PROBLEMS, ProblemLog, describe_connect_error, describe_refused
 
 log = logging.getLogger("edgedet.mqtt")
 
-STATUS_ONLINE = "online"
-STATUS_OFFLINE = "offline"
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "lost connection" log limit
 # mosquitto drops a client whose publish its ACL denies at once (the retained status and info go out right
 # after CONNACK); a broker that flaps drops connections at any time, so only drops this quick count.

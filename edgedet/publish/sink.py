@@ -25,7 +25,7 @@ import numpy as np
 
 from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig, PublishConfig
-from edgedet.publish.hastate import HaState, check_binary_sensors
+from edgedet.publish.hastate import HaState
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.publish.policy import PublishPolicy
 from edgedet.results import Class, FrameResult, LoopStats
@@ -244,27 +244,16 @@ class MqttSink:
 
     def set_channels(self, specs: Sequence[ChannelSpec]) -> None:
         """A new set of classifiers (a reload of ``models:``): each name keeps its ``seq``; a channel whose
-        spec is unchanged keeps its policy state too."""
-        if self.ha_cfg is not None and self.ha_cfg.enabled:
-            for spec in specs:
-                check_binary_sensors(spec.binary_sensors, list(spec.labels), self._sensor_key(spec, specs))
+        spec is unchanged keeps its policy state too. The binary sensors were checked against the models'
+        labels by the pipeline, before anything running was touched."""
         self._set_channels(list(specs))
         self._attach_ha()
         self._send_discovery()
 
-    @staticmethod
-    def _sensor_key(spec: ChannelSpec, specs: Sequence[ChannelSpec]) -> str:
-        return f"models[{[s.name for s in specs].index(spec.name)}].binary_sensors" if spec.name \
-            else "homeassistant.binary_sensors"
-
     def set_homeassistant(self, ha_cfg: HomeAssistantConfig | None) -> None:
         self.ha_cfg = ha_cfg
-        if ha_cfg is not None and ha_cfg.enabled:
-            if len(self.channels) == 1 and not self._only.spec.name:
-                self._only.spec = self._only.spec._replace(binary_sensors=dict(ha_cfg.binary_sensors))
-            specs = [c.spec for c in self.channels.values()]
-            for spec in specs:
-                check_binary_sensors(spec.binary_sensors, list(spec.labels), self._sensor_key(spec, specs))
+        if ha_cfg is not None and ha_cfg.enabled and len(self.channels) == 1 and not self._only.spec.name:
+            self._only.spec = self._only.spec._replace(binary_sensors=dict(ha_cfg.binary_sensors))
         self._attach_ha()
         if ha_cfg is not None and ha_cfg.enabled:
             self._send_discovery()

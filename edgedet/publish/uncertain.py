@@ -40,9 +40,8 @@ RAW_PIXELS = InputQuantization(np.dtype(np.uint8), np.ones(3, np.float32), np.ze
 
 
 def view_preprocessor(template: Preprocessor) -> Preprocessor:
-    """A preprocessor of its own with the same view (size, ROI, crop, resize) as ``template``."""
-    return Preprocessor(template.out_w, template.out_h, RAW_PIXELS, template.method, template.crop,
-                        template.backend, roi=template.roi)
+    """A preprocessor of its own with the same view (size, ROI, crop, resize) as ``template``, giving pixels."""
+    return template.copy(RAW_PIXELS)
 
 
 def label_folder(label: str) -> str:
