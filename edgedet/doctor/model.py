@@ -33,7 +33,7 @@ def _check_model(ctx: Context, cfg: Any, key: str) -> list[Item]:
     from edgedet.errors import EdgedetError
     from edgedet.model.classifier import cpu_twin
     from edgedet.model.config import default_model_path
-    from edgedet.model.labels import load_labels, sidecar_label_files
+    from edgedet.model.labels import resolve_labels
     from edgedet.model.tflite_file import read_tflite
 
     path = cfg.path or default_model_path()
@@ -54,15 +54,7 @@ def _check_model(ctx: Context, cfg: Any, key: str) -> list[Item]:
     items.append(Item(G, "input", "ok", f"{list(spec.shape)} {spec.dtype.lower()}, {quant}"))
     classes = int(model.outputs[0].shape[-1])
     try:
-        if cfg.labels is not None:
-            labels = load_labels(cfg.labels)
-            where = str(cfg.labels)
-        elif (beside := next((p for p in sidecar_label_files(path) if p.is_file()), None)) is not None:
-            labels, where = load_labels(beside), str(beside)
-        elif model.embedded_labels:
-            labels, where = model.embedded_labels, "embedded in the model"
-        else:
-            labels, where = [], ""
+        labels, where = resolve_labels(cfg.labels, model)  # as the daemon's classifier finds them
     except EdgedetError as exc:
         items.append(Item(G, "labels", "fail", str(exc), exc.fix or f"fix {key}.labels"))
     else:

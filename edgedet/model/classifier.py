@@ -11,7 +11,7 @@ import numpy as np
 
 from edgedet.errors import DelegateError, ModelError
 from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ModelConfig, PreprocessConfig, ResizeMethod
-from edgedet.model.labels import check_encodable, load_labels, sidecar_label_files
+from edgedet.model.labels import resolve_labels
 from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, Preprocessor
 from edgedet.model.runtime import Runtime, cpu_count, load_edgetpu_delegate, make_interpreter, select_runtime
 from edgedet.model.tflite_file import TfliteFile, numpy_dtype, read_tflite
@@ -245,21 +245,11 @@ class Classifier:
         return [DEFAULT_MEAN], [DEFAULT_STD], "default"
 
     def _labels(self) -> tuple[list[str], str]:
-        explicit = self.config.labels
-        if explicit is not None:
-            labels, source = load_labels(explicit), str(explicit)
-        elif isinstance((self.model_file.sidecar or {}).get("labels"), list):
-            labels, source = [str(x) for x in self.model_file.sidecar["labels"]], "sidecar"  # type: ignore[index]
-            check_encodable(labels, self.model_file.sidecar_path())  # JSON's \ud800 escapes decode to lone surrogates
-        elif self.model_file.embedded_labels:
-            labels, source = self.model_file.embedded_labels, "metadata"
-        else:
-            path = next((p for p in sidecar_label_files(self.model_file.path) if p.is_file()), None)
-            if path is None:
-                log.warning("%s: no labels (none in its metadata or sidecar, no labels file beside it); "
-                            "classes are reported as 'class N' — set model.labels", self.model_file.path)
-                return [], "none"
-            labels, source = load_labels(path), str(path)
+        labels, source = resolve_labels(self.config.labels, self.model_file)
+        if source == "none":
+            log.warning("%s: no labels (none in its metadata or sidecar, no labels file beside it); "
+                        "classes are reported as 'class N' — set model.labels", self.model_file.path)
+            return [], "none"
         if len(labels) != self.num_classes:
             log.warning("labels count mismatch: %s has %d labels but the model outputs %d classes; "
                         "check that the labels belong to this model", source, len(labels), self.num_classes)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgedet.errors import LabelsError
+
+if TYPE_CHECKING:
+    from edgedet.model.tflite_file import TfliteFile
 
 # ``0 background``, ``1: tench``, ``2,goldfish`` (the id-prefixed files of the Coral/TF examples)
 _ID_LINE = re.compile(r"(\d+)(?:[ \t]*[:,][ \t]*|[ \t]+)(\S.*?)[ \t]*")
@@ -93,3 +97,21 @@ def sidecar_label_files(model_path: Path) -> list[Path]:
     stem = model_path.stem
     return [model_path.with_name(f"{stem}_labels.txt"), model_path.with_name(f"{stem}.labels.txt"),
             model_path.with_name(f"{stem}.txt"), model_path.with_name("labels.txt")]
+
+
+def resolve_labels(explicit: Path | None, model_file: TfliteFile) -> tuple[list[str], str]:
+    """The labels a classifier uses and where they came from, first found of: ``explicit`` (model.labels),
+    the model's sidecar JSON, its metadata, a labels file beside it; ``([], "none")`` when there are none."""
+    if explicit is not None:
+        return load_labels(explicit), str(explicit)
+    listed = (model_file.sidecar or {}).get("labels")
+    if isinstance(listed, list):
+        labels = [str(x) for x in listed]
+        check_encodable(labels, model_file.sidecar_path())  # JSON's \ud800 escapes decode to lone surrogates
+        return labels, "sidecar"
+    if model_file.embedded_labels:
+        return list(model_file.embedded_labels), "metadata"
+    path = next((p for p in sidecar_label_files(model_file.path) if p.is_file()), None)
+    if path is None:
+        return [], "none"
+    return load_labels(path), str(path)
