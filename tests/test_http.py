@@ -27,8 +27,8 @@ from edgedet.errors import ConfigError
 from edgedet.http import server
 from edgedet.http.config import HttpConfig, is_loopback
 from edgedet.http.metrics import BUCKETS_S, StageHistogram
-from edgedet.http.page import render_page
-from edgedet.http.server import input_image, roi_fractions
+from edgedet.http.page import RoiRect, render_page
+from edgedet.http.server import input_image, roi_rects
 from edgedet.loop import STAGES
 from edgedet.pipeline import Pipeline
 from edgedet.results import Class, FrameResult
@@ -269,15 +269,40 @@ def test_stage_histogram_is_cumulative_in_seconds() -> None:
     assert total == pytest.approx(12.009)
 
 
-def test_roi_is_read_defensively() -> None:
-    assert roi_fractions(SimpleNamespace(), (640, 480)) is None  # the setting does not exist
-    assert roi_fractions(SimpleNamespace(roi=None), (640, 480)) is None
-    assert roi_fractions(SimpleNamespace(roi=[0.25, 0.5, 0.5, 0.25]), (640, 480)) == (0.25, 0.5, 0.5, 0.25)
-    assert roi_fractions(SimpleNamespace(roi={"x": 160, "y": 120, "width": 320, "height": 240}), (640, 480)) \
-        == (0.25, 0.25, 0.5, 0.5)
-    assert roi_fractions(SimpleNamespace(roi=SimpleNamespace(model_dump=lambda: {"x": 0, "y": 0, "w": 1, "h": 1})),
-                         (640, 480)) == (0.0, 0.0, 1.0, 1.0)
-    assert roi_fractions(SimpleNamespace(roi="centre"), (640, 480)) is None
+def test_roi_rects_are_the_boxes_the_preprocessors_cut() -> None:
+    # model.preprocess.roi is [x1, y1, x2, y2] in fractions; the page shows x, y, width, height of the pixel
+    # box the model's preprocessing cuts (roi_box's rounding), per classifier, and nothing for one without.
+    def lane(name: str, roi: Any) -> Any:
+        return SimpleNamespace(name=name, classifier=SimpleNamespace(preprocessor=SimpleNamespace(roi=roi)))
+
+    rects = roi_rects([lane("left", (0.0, 0.0, 0.5, 1.0)), lane("none", None), lane("box", (0.25, 0.5, 0.75, 0.75))],
+                      (640, 480))
+    assert rects == [RoiRect("left", 0.0, 0.0, 0.5, 1.0), RoiRect("box", 0.25, 0.5, 0.5, 0.25)]
+    (odd,) = roi_rects([lane("", (0.1, 0.1, 0.2, 0.2))], (101, 51))  # 10.1 -> 10, 20.2 -> 20; 5.1 -> 5, 10.2 -> 10
+    assert odd == RoiRect("", 10 / 101, 5 / 51, 10 / 101, 5 / 51)
+
+
+def test_the_live_page_draws_each_classifiers_roi_where_it_is(tmp_path: Path) -> None:
+    from edgedet.config import EdgedetConfig
+
+    if not MODEL.exists():
+        pytest.skip(f"bundled model missing: {MODEL}")
+    config = EdgedetConfig.model_validate({
+        "source": {"type": "synthetic", "width": 640, "height": 480, "fps": 0, "pattern": "halves"},
+        "models": [{"name": "left", "path": str(MODEL), "preprocess": {"roi": [0, 0, 0.5, 1]}},
+                   {"name": "right", "path": str(MODEL), "preprocess": {"roi": [0.5, 0.25, 1, 0.75]}}],
+        "mqtt": {"enabled": False}, "http": {"enabled": True, "port": free_port()}})
+    pipeline = Pipeline.build(config, "run")
+    try:
+        pipeline.run(max_frames=2)
+        assert pipeline.http is not None
+        page = pipeline.http.page("").decode()
+    finally:
+        pipeline.close()
+    assert ('id="roi-left" title="left: preprocess.roi" style="left:0.00%;top:0.00%;width:50.00%;height:100.00%"'
+            in page)
+    assert ('id="roi-right" title="right: preprocess.roi" style="left:50.00%;top:25.00%;width:50.00%;'
+            'height:50.00%"' in page)
 
 
 def test_page_draws_the_roi_only_when_there_is_one() -> None:
@@ -288,10 +313,10 @@ def test_page_draws_the_roi_only_when_there_is_one() -> None:
     kwargs: dict[str, Any] = {"info": {"device_id": "d", "model": {"input_shape": [1, 96, 96, 3]}}, "stats": stats,
                               "latest": result, "frame_size": (640, 480), "history": [(1, (1.0,)), (2, (2.0,))],
                               "stages": ("total",), "token_query": "token=a&b"}
-    without = render_page(roi=None, **kwargs)
+    without = render_page(rois=[], **kwargs)
     assert 'id="roi"' not in without and "pi&lt;ka&gt;chu" in without and "<polyline" in without
     assert 'src="frame.jpg?frame=7&amp;token=a&amp;b"' in without
-    drawn = render_page(roi=(0.25, 0.25, 0.5, 0.5), **kwargs)
+    drawn = render_page(rois=[RoiRect("", 0.25, 0.25, 0.5, 0.5)], **kwargs)
     assert 'id="roi"' in drawn and "left:25.00%;top:25.00%;width:50.00%;height:50.00%" in drawn
 
 

@@ -3,12 +3,24 @@ of inline JavaScript that fetch the page again and swap its ``#live`` part once 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
 from edgedet.results import FrameResult, LoopStats
+
+
+class RoiRect(NamedTuple):
+    """A classifier's region of interest on the page: its name ("" for ``model:``) and x, y, width, height as
+    fractions of the frame."""
+
+    name: str
+    x: float
+    y: float
+    w: float
+    h: float
 
 REFRESH_MS = 1000
 CHART_W, CHART_H = 560, 150
@@ -23,6 +35,7 @@ figcaption{color:#555;font-size:12px;margin-top:4px}
 .frame{position:relative;display:inline-block;line-height:0}
 .frame img{width:480px;max-width:100%;height:auto}
 .roi{position:absolute;border:2px solid #ffd400;box-shadow:0 0 0 1px #000;box-sizing:border-box}
+.roi span{background:#ffd400;color:#000;font-size:11px;padding:0 3px}
 .input{image-rendering:pixelated;width:288px;height:auto}
 table{border-collapse:collapse;background:#fff;border:1px solid #ddd;min-width:280px}
 td,th{padding:4px 8px;text-align:left;border-bottom:1px solid #eee}
@@ -93,7 +106,7 @@ def latency_chart(history: list[tuple[int, tuple[float, ...]]], stages: tuple[st
 
 
 def render_page(*, info: dict[str, Any], stats: LoopStats, latest: Optional[FrameResult],
-                frame_size: Optional[tuple[int, ...]], roi: Optional[tuple[float, float, float, float]],
+                frame_size: Optional[tuple[int, ...]], rois: Sequence[RoiRect],
                 history: list[tuple[int, tuple[float, ...]]], stages: tuple[str, ...], token_query: str) -> str:
     model, runtime, delegate = info.get("model", {}), info.get("runtime", {}), info.get("delegate", {})
     title = f"edgedet · {info.get('device_id', '')}"
@@ -104,11 +117,11 @@ def render_page(*, info: dict[str, Any], stats: LoopStats, latest: Optional[Fram
         live = '<div id="live"><p>No frame classified yet.</p></div>'
     else:
         frame_id = latest.frame_id
-        roi_box = ""
-        if roi is not None:
-            x, y, w, h = (max(0.0, min(1.0, v)) * 100 for v in roi)
-            roi_box = (f'<div class="roi" id="roi" title="model.preprocess.roi" style="left:{x:.2f}%;top:{y:.2f}%;'
-                       f'width:{w:.2f}%;height:{h:.2f}%"></div>')
+        roi_box = "".join(
+            f'<div class="roi" id="roi{"-" + escape(r.name) if r.name else ""}" '
+            f'title="{escape(r.name + ": ") if r.name else ""}preprocess.roi" style="left:{r.x * 100:.2f}%;'
+            f'top:{r.y * 100:.2f}%;width:{r.w * 100:.2f}%;height:{r.h * 100:.2f}%">'
+            f'{f"<span>{escape(r.name)}</span>" if r.name else ""}</div>' for r in rois)
         size = "×".join(str(v) for v in frame_size) if frame_size else "?"
         shape = model.get("input_shape") or []
         input_size = f"{shape[2]}×{shape[1]}" if len(shape) == 4 else "?"
@@ -124,7 +137,7 @@ def render_page(*, info: dict[str, Any], stats: LoopStats, latest: Optional[Fram
 <div class="row">
 <figure><div class="frame"><img id="frame" alt="newest frame"
  src="{_q('frame.jpg', token_query, frame_id)}">{roi_box}</div>
-<figcaption>frame {frame_id} · {size}{' · yellow: region of interest' if roi else ''}</figcaption></figure>
+<figcaption>frame {frame_id} · {size}{' · yellow: region of interest' if rois else ''}</figcaption></figure>
 <figure><img id="input" class="input" alt="model input" src="{_q('input.png', token_query, frame_id)}">
 <figcaption>what the model sees: {input_size} after ROI and resize</figcaption></figure>
 <div><table id="scores"><tr><th>label</th><th>score</th><th></th></tr>{rows}</table>

@@ -40,9 +40,10 @@ from edgedet.errors import ConfigError
 from edgedet.frames.base import FrameSource
 from edgedet.http.config import HttpConfig
 from edgedet.http.metrics import PipelineCollector, StageHistogram
-from edgedet.http.page import render_page
+from edgedet.http.page import RoiRect, render_page
+from edgedet.lanes import Lane
 from edgedet.model.classifier import Classifier
-from edgedet.model.preprocess import to_rgb
+from edgedet.model.preprocess import roi_box, to_rgb
 from edgedet.results import FrameResult, LoopStats
 
 log = logging.getLogger("edgedet.http")
@@ -66,6 +67,9 @@ class PipelineView(Protocol):
 
     @property
     def classifier(self) -> Classifier: ...
+
+    @property
+    def lanes(self) -> Sequence[Lane]: ...
 
     def loop_stats(self) -> LoopStats: ...
 
@@ -178,28 +182,17 @@ def encode_input_png(classifier: Classifier, preprocessor: Any, frame: Any) -> t
     return buffer.getvalue(), (width, height)
 
 
-def roi_fractions(preprocess: Any, frame_size: tuple[int, int]) -> Optional[tuple[float, float, float, float]]:
-    """``model.preprocess.roi`` as (x, y, w, h) fractions of the frame, or None when there is none.
-
-    Read defensively: the setting may be absent in this version, a mapping or object with x/y and
-    width/height (or w/h), or a list of four numbers; numbers above 1 are pixels of the frame."""
-    roi = getattr(preprocess, "roi", None)
-    if roi is None:
-        return None
-    if hasattr(roi, "model_dump"):
-        roi = roi.model_dump()
-    try:
-        if isinstance(roi, dict):
-            values = [roi.get("x"), roi.get("y"), roi.get("width", roi.get("w")), roi.get("height", roi.get("h"))]
-        else:
-            values = list(roi)
-        x, y, w, h = (float(v) for v in values)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if max(x, y, w, h) > 1.0:
-        fw, fh = frame_size
-        x, w, y, h = x / fw, w / fw, y / fh, h / fh
-    return x, y, w, h
+def roi_rects(lanes: Sequence[Any], frame_size: tuple[int, int]) -> list[RoiRect]:
+    """Each classifier's region of interest as the pixel box its preprocessor cuts (``roi_box``), given as
+    fractions of the frame for the page; classifiers without one are left out."""
+    width, height = frame_size
+    rects = []
+    for lane in lanes:
+        roi = lane.classifier.preprocessor.roi
+        if roi is not None:
+            x0, y0, x1, y1 = roi_box(width, height, roi)
+            rects.append(RoiRect(lane.name, x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height))
+    return rects
 
 
 class HttpSink:
@@ -337,13 +330,13 @@ class HttpSink:
         self.fold()
         latest = self.pin_latest()
         view = self.view
-        roi = None
+        rois: list[RoiRect] = []
         if latest is not None and latest[1] is not None:
             height, width = np.shape(latest[1])[:2]
-            roi = roi_fractions(view.config.classifiers()[0].preprocess, (int(width), int(height)))
+            rois = roi_rects(view.lanes, (int(width), int(height)))
         return render_page(info=self.info(), stats=view.loop_stats(), latest=latest[0] if latest else None,
                            frame_size=tuple(np.shape(latest[1])[1::-1]) if latest and latest[1] is not None
-                           else None, roi=roi, history=self.history.points(), stages=CHART_STAGES,
+                           else None, rois=rois, history=self.history.points(), stages=CHART_STAGES,
                            token_query=token_query).encode("utf-8")
 
 
