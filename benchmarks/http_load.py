@@ -10,6 +10,15 @@ and a client that polls as the page does (GET `/`, then `/frame.jpg` and `/input
 every ``--interval`` seconds (0 = back to back, the worst case; 1 = the page's own refresh). The fps is the
 loop's (frames processed / loop uptime, from `--stats-file`). Rounds are paired, the order alternates, and the
 verdict is the median of the per-pair ratios on/off, with its range.
+
+    python benchmarks/http_load.py --windows 3 [--pairs 12] [--interval 1]
+
+The same question inside one run, where the machine's drift between processes (the main noise here) cancels:
+one `edgedet run` with `http.enabled: true`, and windows of ``--windows`` seconds in pairs, one with the client
+polling and one without, the order alternating; each window's fps is the growth of
+`edgedet_frames_processed_total` (one `/metrics` scrape at each window's edge, in both kinds) over its length.
+The verdict is the median of the per-pair ratios polled/unpolled. What the endpoint costs while nobody polls
+(a reference kept per frame) is what separates this from on/off.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -50,6 +60,8 @@ class Poller(threading.Thread):
         self.stop = threading.Event()
         self.requests = 0
         self.images = 0
+        self.polling = threading.Event()
+        self.polling.set()
 
     def _get(self, connection: http.client.HTTPConnection, path: str) -> bytes:
         connection.request("GET", path)
@@ -63,6 +75,8 @@ class Poller(threading.Thread):
     def run(self) -> None:
         connection = None
         while not self.stop.is_set():
+            if not self.polling.wait(0.05):
+                continue
             try:
                 if connection is None:
                     connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -109,6 +123,65 @@ def loop_fps(model: Path, duration_s: float, http_on: bool, interval_s: float) -
     return frames / float(stats["uptime_s"]), poller.requests if poller else 0, cpu_s / max(1, frames)
 
 
+FRAMES = re.compile(rb"^edgedet_frames_processed_total (\S+)$", re.M)
+
+
+def scrape_frames(port: int) -> Optional[float]:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/metrics")
+        found = FRAMES.search(connection.getresponse().read())
+        connection.close()
+    except OSError:
+        return None
+    return float(found.group(1)) if found else None
+
+
+def windowed(model: Path, window_s: float, pairs: int,
+             interval_s: float) -> tuple[list[float], list[float], list[float]]:
+    """Polled and unpolled fps per window, and their per-pair ratios, from one run with the endpoint on."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+        env.pop("EDGEDET_CONFIG", None)
+        port = free_port()
+        args = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", "--set", f"model.path={model}",
+                "--set", "source.type=synthetic", "--set", "source.fps=0", "--set", "publish.console=false",
+                "--set", "mqtt.enabled=false", "--set", "http.enabled=true", "--set", f"http.port={port}"]
+        daemon = subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+        poller = Poller(port, interval_s)
+        poller.polling.clear()
+        poller.start()
+        try:
+            deadline = time.monotonic() + 60
+            while scrape_frames(port) is None:
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise SystemExit("the daemon did not serve /metrics")
+                time.sleep(0.2)
+            time.sleep(2.0)  # past start-up
+            polled, unpolled, ratios = [], [], []
+            for i in range(pairs):
+                fps: dict[bool, float] = {}
+                for polling in ([True, False] if i % 2 == 0 else [False, True]):
+                    if polling:
+                        poller.polling.set()
+                    start, began = scrape_frames(port), time.monotonic()
+                    time.sleep(window_s)
+                    end, ended = scrape_frames(port), time.monotonic()
+                    poller.polling.clear()
+                    assert start is not None and end is not None
+                    fps[polling] = (end - start) / (ended - began)
+                polled.append(fps[True])
+                unpolled.append(fps[False])
+                ratios.append(fps[True] / fps[False])
+        finally:
+            poller.stop.set()
+            poller.polling.set()
+            poller.join(15)
+            daemon.terminate()
+            daemon.wait(30)
+    return polled, unpolled, ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=8)
@@ -116,9 +189,28 @@ def main() -> int:
     parser.add_argument("--interval", type=float, action="append",
                         help="seconds between page polls (repeatable; default: 0 and 1)")
     parser.add_argument("--models", type=Path, default=SHARED)
+    parser.add_argument("--windows", type=float, default=0.0, metavar="SECONDS",
+                        help="polled and unpolled windows of this length inside one run (see above)")
     args = parser.parse_args()
     models = [BUNDLED, args.models / "mobilenet_v2_1.0_224_quant.tflite"]
     load_before = os.getloadavg()
+    if args.windows:
+        print("| model | polling | unpolled fps (median) | polled fps (median) | polled/unpolled, median of pairs "
+              "| range | pairs of windows |")
+        print("|---|---|---|---|---|---|---|")
+        for model in models:
+            if not model.is_file():
+                print(f"skip {model.name}: not found")
+                continue
+            for interval in args.interval or [0.0, 1.0]:
+                polled, unpolled, ratios = windowed(model, args.windows, args.pairs, interval)
+                polling = "back to back" if interval == 0 else f"every {interval:g} s"
+                print(f"| {model.stem} | {polling} | {statistics.median(unpolled):.1f} | "
+                      f"{statistics.median(polled):.1f} | {statistics.median(ratios):.3f} | "
+                      f"{min(ratios):.3f}-{max(ratios):.3f} | {args.pairs} x {args.windows:g} s |", flush=True)
+        print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
+              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after")
+        return 0
     print("| model | polling | off fps (median) | on+polled fps (median) | on/off, median of pairs | range | "
           "CPU per frame on/off, median of pairs | CPU ms per frame off / on (medians) | requests/s | pairs |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -262,6 +262,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise denied from None
     except UnicodeDecodeError:
         raise ConfigError("is not UTF-8 text", where=path, fix="save the file as UTF-8 YAML") from None
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    """A config file's text as the daemon reads it (one mapping, no key twice); ConfigError naming ``path``."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:

@@ -10,8 +10,10 @@ reload the running daemon.
 3. ``model.path`` is rewritten in the YAML text itself (located with PyYAML's node positions), so the rest
    of the file, comments included, stays as it was; the result is validated before it replaces the file.
 4. The daemon is told to reload with SIGHUP: ``--pid PID`` or ``--pid-file F`` name the process; without
-   them, when systemd runs ``edgedet.service`` it is ``systemctl reload edgedet`` (the unit's ExecReload
-   sends SIGHUP to its main process). A reload keeps the MQTT connection (see edgedet/pipeline.py).
+   them, when the unit that reads this config is active it is ``systemctl reload`` of that unit
+   (``edgedet`` for /etc/edgedet/config.yaml, ``edgedet@NAME`` for /etc/edgedet/NAME.yaml; the units'
+   ExecReload sends SIGHUP to their main process). A reload keeps the MQTT connection (see
+   edgedet/pipeline.py).
 
 Any failure before step 2 changes nothing: one line on stderr and exit 2. ``--dry-run`` checks the model
 and prints what it would do.
@@ -194,14 +196,26 @@ def _read_pid(path: Path) -> int:
                           fix="check the path, or pass --pid PID") from None
 
 
-def _systemd_runs_it() -> bool:
+def service_for(config_path: Path) -> Optional[str]:
+    """The systemd unit that runs this config file: ``edgedet`` for /etc/edgedet/config.yaml, ``edgedet@NAME``
+    for /etc/edgedet/NAME.yaml (``scripts/install.sh --instance NAME``), None for any other file (no unit of
+    ours reads it)."""
+    from edgedet.config import SYSTEM_CONFIG
+
+    path = Path(os.path.abspath(config_path))
+    if path.parent != SYSTEM_CONFIG.parent or path.suffix != ".yaml":
+        return None
+    return SERVICE if path == SYSTEM_CONFIG else f"{SERVICE}@{path.stem}"
+
+
+def _systemd_runs(unit: str) -> bool:
     if shutil.which("systemctl") is None:
         return False
-    return subprocess.run(["systemctl", "is-active", "--quiet", SERVICE], check=False,
+    return subprocess.run(["systemctl", "is-active", "--quiet", unit], check=False,
                           capture_output=True).returncode == 0
 
 
-def reload_plan(args: argparse.Namespace) -> tuple[str, Optional[int]]:
+def reload_plan(args: argparse.Namespace, config_path: Path) -> tuple[str, Optional[int]]:
     """(what will be done, the pid to signal or None for systemctl / nothing)."""
     pid = args.pid if args.pid is not None else _read_pid(args.pid_file) if args.pid_file is not None else None
     if pid is not None:
@@ -213,19 +227,24 @@ def reload_plan(args: argparse.Namespace) -> tuple[str, Optional[int]]:
         except PermissionError:
             pass  # it exists; sending the signal will say whether we may
         return f"send SIGHUP to the daemon (pid {pid})", pid
-    if _systemd_runs_it():
-        return f"systemctl reload {SERVICE}", None
-    return "nothing to reload (no --pid/--pid-file and edgedet.service is not active): the next start uses it", None
+    unit = service_for(config_path)
+    if unit is None:
+        return (f"nothing to reload (no --pid/--pid-file, and no edgedet unit reads {config_path}): the next "
+                "start uses it"), None
+    if _systemd_runs(unit):
+        return f"systemctl reload {unit}", None
+    return f"nothing to reload (no --pid/--pid-file and {unit}.service is not active): the next start uses it", None
 
 
 def _reload(plan: str, pid: Optional[int]) -> None:
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
-    elif plan.startswith("systemctl"):
-        done = subprocess.run(["systemctl", "reload", SERVICE], check=False, capture_output=True, text=True)
+    elif plan.startswith("systemctl reload "):
+        unit = plan.split()[-1]
+        done = subprocess.run(["systemctl", "reload", unit], check=False, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ConfigError(f"systemctl reload {SERVICE} failed: {done.stderr.strip()}",
-                              fix="check `systemctl status edgedet`; the config already names the new model")
+            raise ConfigError(f"systemctl reload {unit} failed: {done.stderr.strip()}",
+                              fix=f"check `systemctl status {unit}`; the config already names the new model")
 
 
 # ------------------------------------------------------------------------------------------ install
@@ -280,7 +299,7 @@ def install(args: argparse.Namespace) -> int:
         new_text = set_classifier_path(text, chosen, str(target)) if chosen is not None \
             else set_model_path(text, str(target))
         _validate(new_text, config_path)
-        plan, pid = reload_plan(args)
+        plan, pid = reload_plan(args, config_path)
         steps = [f"copy {source} -> {target}"]
         if sidecar is not None:
             steps.append(f"copy {sidecar} -> {target_sidecar}")
@@ -308,14 +327,9 @@ def install(args: argparse.Namespace) -> int:
 
 def _validate(text: str, config_path: Path) -> None:
     """The edited config must load as the daemon will load it (model files need not exist yet)."""
-    from edgedet.config import build_config
+    from edgedet.config import build_config, parse_yaml
 
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:  # the edit must not break the file; never expected
-        raise ConfigError(f"editing model.path would break the YAML ({exc})", where=config_path,
-                          fix="set model.path by hand") from None
-    build_config(data, str(config_path))
+    build_config(parse_yaml(text, config_path), str(config_path))
 
 
 def main(args: argparse.Namespace) -> int:

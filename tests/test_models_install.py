@@ -4,6 +4,7 @@ come from it); a truncated one is refused with exit 2 and the running model goes
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -121,3 +122,47 @@ def test_set_model_path_keeps_the_rest_of_the_file(text: str, expected: str) -> 
     edited = set_model_path(text, "/m/new.tflite")
     assert edited == expected
     assert yaml.safe_load(edited)["model"]["path"] == "/m/new.tflite"
+
+
+def _fake_systemctl(tmp_path: Path, active: str) -> Path:
+    """A `systemctl` on PATH (no systemd runs here) that logs its arguments and says only ``active`` is."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    script = bin_dir / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
+                      f'if [ "$1" = is-active ]; then [ "$3" = "{active}" ]; exit $?; fi\nexit 0\n')
+    script.chmod(0o755)
+    return log
+
+
+@pytest.mark.parametrize(("config_name", "active", "reloaded"), [
+    ("cam1.yaml", "edgedet@cam1", "edgedet@cam1"),  # scripts/install.sh --instance cam1
+    ("config.yaml", "edgedet", "edgedet"),
+    ("cam1.yaml", "edgedet", None),  # the main unit is running, but it reads config.yaml, not this file
+])
+def test_install_reloads_the_unit_that_reads_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        config_name: str, active: str,
+                                                        reloaded: str | None) -> None:
+    import argparse
+
+    from edgedet import config as config_module
+    from edgedet import install
+
+    etc = tmp_path / "etc" / "edgedet"
+    etc.mkdir(parents=True)
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", etc / "config.yaml")
+    log = _fake_systemctl(tmp_path, active)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    config = etc / config_name
+    config.write_text(f"model:\n  path: {MODEL}\n")
+    parser = argparse.ArgumentParser()
+    install.add_arguments(parser)
+    args = parser.parse_args([str(_candidate(tmp_path, "new_model")), "--config", str(config),
+                              "--dir", str(tmp_path / "models")])
+    assert install.install(args) == 0
+    calls = log.read_text().splitlines()
+    if reloaded is None:  # only the unit that reads the file was asked about, and nothing was reloaded
+        assert calls == ["is-active --quiet edgedet@cam1"]
+    else:
+        assert calls == [f"is-active --quiet {reloaded}", f"reload {reloaded}"]
+    assert yaml.safe_load(config.read_text())["model"]["path"] == str(tmp_path / "models" / "new_model.tflite")
