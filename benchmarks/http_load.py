@@ -8,7 +8,8 @@ Each round runs two real `edgedet run` processes one after the other (synthetic 
 the model takes them, console and MQTT off): one with `http.enabled: false`, one with `http.enabled: true`
 and a client that polls as the page does (GET `/`, then `/frame.jpg` and `/input.png` of the frame it names),
 every ``--interval`` seconds (0 = back to back, the worst case; 1 = the page's own refresh). The fps is the
-loop's (frames processed / loop uptime, from `--stats-file`). Rounds are paired, the order alternates, and the
+loop's (frames processed / loop uptime, from `--stats-file`); the CPU per frame is the daemon's user + system
+time after a warm-up (/proc/PID/stat) over the frames of that time. Rounds are paired, the order alternates, and the
 verdict is the median of the per-pair ratios on/off, with its range.
 
     python benchmarks/http_load.py --windows 3 [--pairs 12] [--interval 1]
@@ -17,7 +18,8 @@ The same question inside one run, where the machine's drift between processes (t
 one `edgedet run` with `http.enabled: true`, and windows of ``--windows`` seconds in pairs, one with the client
 polling and one without, the order alternating; each window's fps is the growth of
 `edgedet_frames_processed_total` (one `/metrics` scrape at each window's edge, in both kinds) over its length.
-The verdict is the median of the per-pair ratios polled/unpolled. What the endpoint costs while nobody polls
+The verdict is the median of the per-pair ratios polled/unpolled; beside it the same for the daemon's CPU time
+per frame (/proc/PID/stat), which the neighbours move much less than the fps. What the endpoint costs while nobody polls
 (a reference kept per frame) is what separates this from on/off.
 """
 
@@ -28,7 +30,6 @@ import http.client
 import json
 import os
 import re
-import resource
 import socket
 import statistics
 import subprocess
@@ -93,10 +94,19 @@ class Poller(threading.Thread):
                 self.stop.wait(self.interval_s)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+WARM_UP_S = 2.0  # model loaded, first frames done: the steady CPU window starts after this
+
+
 def loop_fps(model: Path, duration_s: float, http_on: bool, interval_s: float) -> tuple[float, int, float]:
-    """The loop's fps, the requests the client made, and the daemon's CPU seconds per frame (user + system,
-    start-up included): on a shared, loaded machine the fps follows the neighbours, the CPU per frame much
-    less."""
+    """The loop's fps, the requests the client made, and the daemon's steady CPU seconds per frame (user +
+    system over the run after ``WARM_UP_S``, start-up excluded, per frame at the run's fps): on a shared,
+    loaded machine the fps follows the neighbours, the CPU per frame much less."""
     with tempfile.TemporaryDirectory() as tmp:
         stats_file = Path(tmp) / "stats.json"
         env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
@@ -109,18 +119,22 @@ def loop_fps(model: Path, duration_s: float, http_on: bool, interval_s: float) -
         poller = Poller(port, interval_s) if http_on else None
         if poller is not None:
             poller.start()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
-            subprocess.run(args, cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
+            daemon = subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+            time.sleep(WARM_UP_S)
+            cpu_began, began = cpu_seconds(daemon.pid), time.monotonic()
+            time.sleep(max(0.5, duration_s - WARM_UP_S))
+            cpu_used, span = cpu_seconds(daemon.pid) - cpu_began, time.monotonic() - began
+            if daemon.wait(60 + duration_s) != 0:
+                raise SystemExit(f"edgedet run exited with {daemon.returncode}")
         finally:
             if poller is not None:
                 poller.stop.set()
+                poller.polling.set()
                 poller.join(15)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         stats = json.loads(stats_file.read_text())
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    frames = int(stats["frames_processed"])
-    return frames / float(stats["uptime_s"]), poller.requests if poller else 0, cpu_s / max(1, frames)
+    fps = int(stats["frames_processed"]) / float(stats["uptime_s"])
+    return fps, poller.requests if poller else 0, cpu_used / max(1.0, fps * span)
 
 
 FRAMES = re.compile(rb"^edgedet_frames_processed_total (\S+)$", re.M)
@@ -138,8 +152,9 @@ def scrape_frames(port: int) -> Optional[float]:
 
 
 def windowed(model: Path, window_s: float, pairs: int,
-             interval_s: float) -> tuple[list[float], list[float], list[float]]:
-    """Polled and unpolled fps per window, and their per-pair ratios, from one run with the endpoint on."""
+             interval_s: float) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Polled and unpolled fps per window, their per-pair ratios, and the per-pair ratios of the daemon's CPU
+    time per frame (polled/unpolled), from one run with the endpoint on."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
         env.pop("EDGEDET_CONFIG", None)
@@ -158,19 +173,22 @@ def windowed(model: Path, window_s: float, pairs: int,
                     raise SystemExit("the daemon did not serve /metrics")
                 time.sleep(0.2)
             time.sleep(2.0)  # past start-up
-            polled, unpolled, ratios = [], [], []
+            polled, unpolled, ratios, cpu_ratios = [], [], [], []
             for i in range(pairs):
                 fps: dict[bool, float] = {}
+                cpu: dict[bool, float] = {}
                 for polling in ([True, False] if i % 2 == 0 else [False, True]):
                     if polling:
                         poller.polling.set()
-                    start, began = scrape_frames(port), time.monotonic()
+                    start, began, cpu_began = scrape_frames(port), time.monotonic(), cpu_seconds(daemon.pid)
                     time.sleep(window_s)
-                    end, ended = scrape_frames(port), time.monotonic()
+                    end, ended, cpu_ended = scrape_frames(port), time.monotonic(), cpu_seconds(daemon.pid)
                     poller.polling.clear()
                     assert start is not None and end is not None
                     fps[polling] = (end - start) / (ended - began)
+                    cpu[polling] = (cpu_ended - cpu_began) / max(1.0, end - start)
                 polled.append(fps[True])
+                cpu_ratios.append(cpu[True] / cpu[False])
                 unpolled.append(fps[False])
                 ratios.append(fps[True] / fps[False])
         finally:
@@ -179,7 +197,7 @@ def windowed(model: Path, window_s: float, pairs: int,
             poller.join(15)
             daemon.terminate()
             daemon.wait(30)
-    return polled, unpolled, ratios
+    return polled, unpolled, ratios, cpu_ratios
 
 
 def main() -> int:
@@ -196,18 +214,19 @@ def main() -> int:
     load_before = os.getloadavg()
     if args.windows:
         print("| model | polling | unpolled fps (median) | polled fps (median) | polled/unpolled, median of pairs "
-              "| range | pairs of windows |")
-        print("|---|---|---|---|---|---|---|")
+              "| range | CPU per frame polled/unpolled, median of pairs | pairs of windows |")
+        print("|---|---|---|---|---|---|---|---|")
         for model in models:
             if not model.is_file():
                 print(f"skip {model.name}: not found")
                 continue
             for interval in args.interval or [0.0, 1.0]:
-                polled, unpolled, ratios = windowed(model, args.windows, args.pairs, interval)
+                polled, unpolled, ratios, cpu_ratios = windowed(model, args.windows, args.pairs, interval)
                 polling = "back to back" if interval == 0 else f"every {interval:g} s"
                 print(f"| {model.stem} | {polling} | {statistics.median(unpolled):.1f} | "
                       f"{statistics.median(polled):.1f} | {statistics.median(ratios):.3f} | "
-                      f"{min(ratios):.3f}-{max(ratios):.3f} | {args.pairs} x {args.windows:g} s |", flush=True)
+                      f"{min(ratios):.3f}-{max(ratios):.3f} | {statistics.median(cpu_ratios):.3f} | "
+                      f"{args.pairs} x {args.windows:g} s |", flush=True)
         print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
               f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after")
         return 0

@@ -100,13 +100,9 @@ def collect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--label {args.label!r}: use letters, digits, '-', '_' and '.' only (a folder name)",
                           fix=f"e.g. --label {name}")
     config, _ = load_config(args.config, args.overrides)
-    chosen = getattr(args, "classifier", None)
-    if chosen is None and config.models is not None and len(config.models) > 1:
-        raise ConfigError(f"the config runs {len(config.models)} classifiers (models:); say whose view to save",
-                          fix=f"pass --model NAME, one of {', '.join(e.name for e in config.models)}")
-    if chosen is not None and config.models is None:
-        raise ConfigError(f"--model {chosen}: the config has no models: list (one model:)", fix="leave out --model")
-    view = _preprocessor(config.classifier(chosen or ""))
+    _, entry = config.select_classifier(getattr(args, "classifier", None), option="--model",
+                                        purpose="say whose view to save")
+    view = _preprocessor(entry)
     folder = args.dir / name
     full_folder = args.dir / FULL_FOLDER / name
     try:

@@ -141,6 +141,25 @@ class EdgedetConfig(Strict):
         known = ", ".join(e.name for e in entries if e.name) or "(one classifier, model:)"
         raise ConfigError(f"no classifier named {name!r} in models:", fix=f"use one of {known}")
 
+    def select_classifier(self, name: Optional[str], *, option: str, purpose: str,
+                          where: Optional[Path] = None) -> tuple[str, ClassifierConfig]:
+        """The classifier a command works on, with its key in the file ("model" or "models[i]"): the one
+        ``name`` gives (passed as ``option``), else the only one. With several and no name, or a name without a
+        ``models:`` list: one ConfigError that says which names there are (``purpose``: what the name is for)."""
+        if self.models is None:
+            if name is not None:
+                raise ConfigError(f"{option} {name}: the config has no models: list (one model:)", where=where,
+                                  fix=f"leave out {option}")
+            return "model", self.classifiers()[0]
+        if name is None:
+            if len(self.models) > 1:
+                names = ", ".join(e.name for e in self.models)
+                raise ConfigError(f"the config runs {len(self.models)} classifiers (models:); {purpose}",
+                                  where=where, fix=f"pass {option} NAME, one of {names}")
+            name = self.models[0].name
+        entry = self.classifier(name)
+        return f"models[{self.models.index(entry)}]", entry
+
     def publish_for(self, entry: ClassifierConfig) -> PublishConfig:
         """``publish:`` with what the classifier sets for itself in place (validated as ``publish:`` is)."""
         own = {key: getattr(entry.publish, key) for key in CLASSIFIER_PUBLISH_KEYS

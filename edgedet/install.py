@@ -265,18 +265,9 @@ def install(args: argparse.Namespace) -> int:
         raise ConfigError("no config file to point at the model", where="edgedet models install",
                           fix="pass --config FILE (e.g. /etc/edgedet/config.yaml)")
     config, _ = load_config(config_path, check_files=False)  # read_yaml: readable and a mapping, or one line
-    chosen = getattr(args, "classifier", None)
-    if config.models is not None and chosen is None:
-        if len(config.models) > 1:
-            raise ConfigError(f"the config runs {len(config.models)} classifiers (models:); say which one this "
-                              "model replaces", where=config_path,
-                              fix=f"pass --as NAME, one of {', '.join(e.name for e in config.models)}")
-        chosen = config.models[0].name
-    if chosen is not None and config.models is None:
-        raise ConfigError(f"--as {chosen}: the config has no models: list (one model:)", where=config_path,
-                          fix="leave out --as")
-    model = config.classifier(chosen) if chosen is not None else config.model
-    key = f"models[{[e.name for e in config.models or []].index(chosen)}]" if chosen is not None else "model"
+    key, model = config.select_classifier(getattr(args, "classifier", None), option="--as",
+                                          purpose="say which one this model replaces", where=config_path)
+    chosen = model.name if config.models is not None else None
     folder: Path = args.dir or (model.path.parent if model.path is not None else config_path.parent)
     if read_tflite(source).is_edgetpu and model.delegate != "edgetpu":
         raise ModelError(f"refused: compiled for the Edge TPU, and the config runs {key}.delegate: cpu",

@@ -115,19 +115,19 @@ def _loop_stats() -> LoopStats:
 
 
 def test_stats_payload_adds_mqtt_memory_and_temperature(tmp_path: Path) -> None:
-    thermal = tmp_path / "temp"
-    thermal.write_text("51234\n")
+    (tmp_path / "thermal_zone0").mkdir()
+    (tmp_path / "thermal_zone0" / "temp").write_text("51234\n")
     mqtt_stats = {"queued": 2, "dropped": 1, "reconnects": 3, "sent": 9}
     loop_stats = _loop_stats()
     payload = messages.stats_payload(loop_stats, mqtt_stats, device_id="cam1", run_id="r",
-                                     wall=time.time(), thermal_path=thermal)
+                                     wall=time.time(), thermal=tmp_path)
     schema("stats").validate(payload)
     assert payload["mqtt"] == {"queued": 2, "dropped": 1, "reconnects": 3}
     assert payload["cpu_temp_c"] == 51.2
     assert payload["rss_mb"] > 1
     assert payload["fps_out"] == loop_stats.fps_out and payload["frames_processed"] == 3
     without = messages.stats_payload(_loop_stats(), {}, device_id="c", run_id="r", wall=0.0,
-                                     thermal_path=tmp_path / "absent")
+                                     thermal=tmp_path / "absent")
     assert "cpu_temp_c" not in without
 
 
@@ -288,7 +288,7 @@ def test_binary_on_matches_the_template_rule() -> None:
     assert not homeassistant.binary_on("pikachu", 0.799999, "pikachu", 0.8)
     assert not homeassistant.binary_on("no-pikachu", 0.99, "pikachu", 0.8)
     # The template compares against the rounded score the state message carries.
-    assert homeassistant.round_score(0.79999999) == 0.8
+    assert messages.round_score(0.79999999) == 0.8
 
 
 def test_ha_config_checks() -> None:

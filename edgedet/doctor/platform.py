@@ -5,21 +5,17 @@ from __future__ import annotations
 import os
 import platform as std_platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
+from edgedet import machine
 from edgedet.doctor import Context, Item
 
 G = "platform"
 # Below this free space a writer fails within minutes; below the warning level it will soon.
 DISK_FAIL_BYTES = 1 << 20
 DISK_WARN_BYTES = 50 << 20
-THROTTLE_BITS = {0: "under-voltage now", 1: "ARM frequency capped now", 2: "throttled now",
-                 3: "soft temperature limit now", 16: "under-voltage has occurred",
-                 17: "frequency capping has occurred", 18: "throttling has occurred",
-                 19: "soft temperature limit has occurred"}
 
 
 def _read(path: str) -> Optional[str]:
@@ -46,49 +42,35 @@ def os_release() -> str:
 
 
 def _throttled() -> Item:
-    vcgencmd = shutil.which("vcgencmd")
-    raw: Optional[str] = None
-    if vcgencmd:
-        try:
-            out = subprocess.run([vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=3).stdout
-            raw = out.strip().partition("=")[2] or None
-        except (OSError, subprocess.SubprocessError):
-            raw = None
-    if raw is None:
-        raw = _read("/sys/devices/platform/soc/soc:firmware/get_throttled")
-        if raw is not None and not raw.startswith("0x"):
-            raw = hex(int(raw)) if raw.isdigit() else None
-    if raw is None:
-        return Item(G, "throttling", "skip", "no vcgencmd and no firmware get_throttled (not a Raspberry Pi)")
-    try:
-        value = int(raw, 16)
-    except ValueError:
-        return Item(G, "throttling", "skip", f"unreadable get_throttled value {raw!r}")
-    flags = [text for bit, text in THROTTLE_BITS.items() if value & (1 << bit)]
-    if not flags:
-        return Item(G, "throttling", "ok", "get_throttled=0x0")
-    return Item(G, "throttling", "warn", f"get_throttled={raw}: " + ", ".join(flags),
+    found = machine.throttling()
+    if found is None:
+        return Item(G, "throttling", "skip", "no vcgencmd and no readable firmware get_throttled (not a Raspberry Pi)")
+    if not found.now and not found.since_boot:
+        return Item(G, "throttling", "ok", f"get_throttled={found.raw}")
+    flags = [f"{n.replace('_', ' ')} now" for n in found.now] + \
+        [f"{n.replace('_', ' ')} has occurred" for n in found.since_boot]
+    return Item(G, "throttling", "warn", f"get_throttled={found.raw}: " + ", ".join(flags),
                 "use the official power supply and a heatsink or fan; throttling slows inference")
 
 
 def _temperature() -> Item:
-    raw = _read("/sys/class/thermal/thermal_zone0/temp")
-    if raw is None or not raw.lstrip("-").isdigit():
-        return Item(G, "temperature", "skip", "no thermal zone 0")
-    celsius = int(raw) / 1000
+    celsius = machine.cpu_temperature_c()
+    if celsius is None:
+        return Item(G, "temperature", "skip", "no thermal zone")
     if celsius >= 80:
         return Item(G, "temperature", "warn", f"{celsius:.1f} °C", "improve cooling: the SoC throttles at 80-85 °C")
     return Item(G, "temperature", "ok", f"{celsius:.1f} °C")
 
 
 def _governor() -> Item:
-    gov = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-    if gov is None:
+    governors = machine.cpu_governors()
+    if not governors:
         return Item(G, "cpu governor", "skip", "no cpufreq scaling_governor (virtual machine or container)")
-    if gov == "powersave":
-        return Item(G, "cpu governor", "warn", gov, "echo ondemand (or performance) | sudo tee "
+    text = ",".join(governors)
+    if "powersave" in governors:
+        return Item(G, "cpu governor", "warn", text, "echo ondemand (or performance) | sudo tee "
                     "/sys/devices/system/cpu/cpu*/cpufreq/scaling_governor")
-    return Item(G, "cpu governor", "ok", gov)
+    return Item(G, "cpu governor", "ok", text)
 
 
 def write_paths(ctx: Context) -> list[tuple[str, Path]]:

@@ -11,10 +11,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from edgedet.cmdline import OneLineParser, report_error
 from edgedet.errors import EdgedetError
+from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ResizeMethod
 
 
 def _positive_int(text: str) -> int:
@@ -27,9 +28,9 @@ def _positive_int(text: str) -> int:
 def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
     # The daemon's model.preprocess choices: images are prepared with its code, and the sidecar records them.
     group = parser.add_argument_group("preprocessing (the daemon's model.preprocess; recorded in the sidecar)")
-    group.add_argument("--resize", choices=("bilinear", "nearest", "area", "antialias"), default="bilinear")
-    group.add_argument("--crop", choices=("full", "center"), default="full")
-    group.add_argument("--backend", choices=("auto", "numpy", "opencv"), default="auto",
+    group.add_argument("--resize", choices=get_args(ResizeMethod), default=PREPROCESS_DEFAULTS["resize"])
+    group.add_argument("--crop", choices=get_args(CropMode), default=PREPROCESS_DEFAULTS["crop"])
+    group.add_argument("--backend", choices=get_args(Backend), default=PREPROCESS_DEFAULTS["backend"],
                        help="bilinear's implementation (default auto: opencv when installed)")
 
 

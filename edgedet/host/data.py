@@ -17,6 +17,7 @@ import numpy as np
 
 from edgedet.errors import EdgedetError, ImageError
 from edgedet.model import preprocess
+from edgedet.model.config import PREPROCESS_DEFAULTS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # A class with fewer images than this fraction of the largest class is reported as imbalanced.
@@ -37,9 +38,9 @@ class ImageFolder(NamedTuple):
 class PreprocessSpec(NamedTuple):
     """How the daemon turns a frame into the model's pixels; recorded in the sidecar's ``preprocess``."""
 
-    resize: str = "bilinear"  # model.preprocess.resize
-    crop: str = "full"  # model.preprocess.crop
-    backend: str = "auto"  # model.preprocess.backend; resolved to numpy/opencv by pixel_preprocessor
+    resize: str = PREPROCESS_DEFAULTS["resize"]  # model.preprocess.resize
+    crop: str = PREPROCESS_DEFAULTS["crop"]  # model.preprocess.crop
+    backend: str = PREPROCESS_DEFAULTS["backend"]  # model.preprocess.backend; resolved by pixel_preprocessor
     roi: Any = None  # a region of interest is not applied by the host script yet
 
     def as_dict(self) -> dict[str, Any]:

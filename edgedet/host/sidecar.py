@@ -14,13 +14,14 @@ from typing import Any, NamedTuple
 import tflite
 
 from edgedet.errors import EdgedetError
+from edgedet.model.config import PREPROCESS_DEFAULTS
 from edgedet.timefmt import iso_utc
 
 SIDECAR_FORMAT = "edgedet-sidecar/1"
 # real = (pixel - mean) / std for pixels in 0..255 RGB: the [-1, 1] range every Keras MobileNet expects.
 MOBILENET_NORMALIZATION = {"mean": 127.5, "std": 127.5}
 # The daemon's defaults (model.preprocess), for models whose preparation is not otherwise known.
-DEFAULT_PREPROCESS = {"resize": "bilinear", "crop": "full", "backend": "auto", "roi": None}
+DEFAULT_PREPROCESS = {**PREPROCESS_DEFAULTS, "roi": None}
 
 def _enum_names(enum: type) -> dict[int, str]:
     return {value: name for name, value in vars(enum).items() if not name.startswith("_")}

@@ -351,21 +351,31 @@ class Preprocessor:
         self._scratch = np.empty((out_h, out_w, 3), np.float32)
         self._sign = np.empty((out_h, out_w, 3), np.float32)
 
-    def _resize(self, rgb: np.ndarray) -> np.ndarray:
+    def _region(self, image: ImageLike) -> np.ndarray:
+        """The part of the frame the model gets: the region of interest, then the centred crop (a view)."""
+        rgb = crop_roi(to_rgb(image), self.roi)
+        return center_crop(rgb, self.out_w, self.out_h) if self.crop == "center" else rgb
+
+    def _resize(self, rgb: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """``rgb`` at the input size, written into ``out`` when given (and returned); without ``out`` the result
+        may be ``rgb`` itself or a buffer that the next call reuses."""
         h, w = rgb.shape[:2]
-        if (h, w) == (self.out_h, self.out_w):
-            return rgb
-        if self.method != "bilinear":
-            return resize(rgb, self.out_w, self.out_h, self.method)
+        if (h, w) == (self.out_h, self.out_w) or self.method != "bilinear":
+            done = rgb if (h, w) == (self.out_h, self.out_w) else resize(rgb, self.out_w, self.out_h, self.method)
+            if out is None:
+                return done
+            np.copyto(out, done)
+            return out
         if self._cv2 is not None:
-            self._cv2(rgb, self.out_w, self.out_h, self._resized)
-            return self._resized
+            target = self._resized if out is None else out
+            self._cv2(rgb, self.out_w, self.out_h, target)
+            return target
         resizer = self._resizers.get((h, w))
         if resizer is None:
             if len(self._resizers) > 8:  # a source that changes size every frame must not grow memory
                 self._resizers.clear()
             resizer = self._resizers[(h, w)] = BilinearResizer(h, w, self.out_h, self.out_w)
-        return resizer(rgb)
+        return resizer(rgb, out)
 
     def copy(self, quant: Optional[InputQuantization] = None) -> Preprocessor:
         """The same view (size, ROI, crop, resize) with buffers of its own, for another thread (this one's are in
@@ -384,36 +394,16 @@ class Preprocessor:
     def view(self, image: ImageLike) -> np.ndarray:
         """The frame as the model sees it, before quantization: the region of interest, the crop, resized to
         the input size (HxWx3 uint8; may be a buffer reused by the next call: copy it to keep it)."""
-        rgb = crop_roi(to_rgb(image), self.roi)
-        if self.crop == "center":
-            rgb = center_crop(rgb, self.out_w, self.out_h)
-        return self._resize(rgb)
-
-    def _resize_into(self, rgb: np.ndarray, out: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
-        if (h, w) == (self.out_h, self.out_w) or self.method != "bilinear":
-            np.copyto(out, self._resize(rgb))
-        elif self._cv2 is not None:
-            self._cv2(rgb, self.out_w, self.out_h, out)
-        else:
-            resizer = self._resizers.get((h, w))
-            if resizer is None:
-                if len(self._resizers) > 8:  # a source that changes size every frame must not grow memory
-                    self._resizers.clear()
-                resizer = self._resizers[(h, w)] = BilinearResizer(h, w, self.out_h, self.out_w)
-            resizer(rgb, out)
+        return self._resize(self._region(image))
 
     def into(self, image: ImageLike, out: np.ndarray) -> None:
         """Preprocess ``image`` into ``out`` (HxWx3 of the model's input dtype, C-contiguous; e.g. a view of the
         interpreter's input tensor): raw-pixel models are resized straight into it, no allocation per frame."""
-        rgb = crop_roi(to_rgb(image), self.roi)
-        if self.crop == "center":
-            rgb = center_crop(rgb, self.out_w, self.out_h)
+        rgb = self._region(image)
         if self.quant.raw:
-            self._resize_into(rgb, out)
+            self._resize(rgb, out)
         else:
-            self._resize_into(rgb, self._resized)
-            self.quant.apply_into(self._resized, out, self._scratch, self._sign)
+            self.quant.apply_into(self._resize(rgb, self._resized), out, self._scratch, self._sign)
 
     def __call__(self, image: ImageLike) -> np.ndarray:
         out = np.empty((self.out_h, self.out_w, 3), self.quant.dtype)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from edgedet.errors import ConfigError
-from edgedet.publish import homeassistant
+from edgedet.publish import homeassistant, messages
 from edgedet.publish.config import HomeAssistantConfig
 from edgedet.publish.mqtt import MqttPublisher
 from edgedet.results import FrameResult, LoopStats
@@ -63,7 +63,7 @@ class HaState:
         if not result.top_k:
             return
         top = result.top_k[0]
-        score = homeassistant.round_score(top.score)
+        score = messages.round_score(top.score)
         key = (top.label, *(homeassistant.binary_on(top.label, score, cls, threshold)
                             for cls, threshold in self._binary))
         now = self._clock()

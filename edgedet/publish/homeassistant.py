@@ -76,24 +76,9 @@ def binary_on(label: str | None, score: float, cls: str, threshold: float) -> bo
     return label == cls and score >= threshold
 
 
-def round_score(score: float) -> float:
-    """The score as the state (and detection) message carries it."""
-    return round(float(score), 6)
-
-
 def state_payload(result: FrameResult, *, run_id: str, fps: float | None) -> dict[str, Any]:
     """The retained ``state`` message: the newest frame's classes and latencies, the loop's fps once known."""
-    top = result.top_k[0]
-    payload: dict[str, Any] = {
-        "run_id": run_id,
-        "frame_id": result.frame_id,
-        "ts": messages.iso_utc(result.captured_wall),
-        "label": top.label,
-        "class_id": top.id,
-        "score": round_score(top.score),
-        "top_k": [c.as_dict() for c in result.top_k],
-        "latency_ms": {k: round(float(result.latency_ms.get(k, 0.0)), 3) for k in messages.LATENCY_KEYS},
-    }
+    payload: dict[str, Any] = {"run_id": run_id, **messages.frame_fields(result)}
     if fps is not None:
         payload["fps"] = round(float(fps), 2)
     return payload

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from edgedet import __version__
+from edgedet.machine import cpu_temperature_c
 from edgedet.results import FrameResult, LoopStats
 from edgedet.timefmt import iso_utc
 
@@ -20,29 +21,35 @@ T = TypeVar("T")
 
 LATENCY_KEYS = ("preprocess", "inference", "postprocess", "total")
 STATUS_ONLINE, STATUS_OFFLINE = "online", "offline"  # the retained ``status`` payloads
-THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
 def _ms(value: Any) -> float:
     return round(float(value), 3)
 
 
-def detection_payload(result: FrameResult, run_id: str, seq: int, model_name: str) -> dict[str, Any]:
-    """One ``detection`` message. ``seq`` counts detection messages of this run: 1, 2, 3 ..."""
+def round_score(score: float) -> float:
+    """A score as every message carries it."""
+    return round(float(score), 6)
+
+
+def frame_fields(result: FrameResult) -> dict[str, Any]:
+    """What the ``detection`` and ``state`` messages say of one classified frame, in this order."""
     top = result.top_k[0] if result.top_k else None
-    payload = {
-        "run_id": run_id,
-        "seq": seq,
+    return {
         "frame_id": result.frame_id,
         "ts": iso_utc(result.captured_wall),
         "label": top.label if top else None,
         "class_id": top.id if top else None,
-        "score": round(float(top.score), 6) if top else None,
+        "score": round_score(top.score) if top else None,
         "top_k": [c.as_dict() for c in result.top_k],
         "latency_ms": {k: _ms(result.latency_ms.get(k, 0.0)) for k in LATENCY_KEYS},
-        "frame_age_ms": _ms(result.frame_age_ms),
-        "model": model_name or result.model,
     }
+
+
+def detection_payload(result: FrameResult, run_id: str, seq: int, model_name: str) -> dict[str, Any]:
+    """One ``detection`` message. ``seq`` counts detection messages of this run: 1, 2, 3 ..."""
+    payload = {"run_id": run_id, "seq": seq, **frame_fields(result), "frame_age_ms": _ms(result.frame_age_ms),
+               "model": model_name or result.model}
     if result.classifier:
         payload["classifier"] = result.classifier  # one of several (models:); its topic says it too
     return payload
@@ -135,14 +142,6 @@ def info_payload(*, device_id: str, run_id: str, started_wall: float, model: dic
                        source=_section(SourceSection, source), classifiers=lanes).to_json()
 
 
-def cpu_temp_c(path: Path = THERMAL_ZONE) -> float | None:
-    """The SoC temperature in °C where the board exposes it (millidegrees in sysfs), else None."""
-    try:
-        return round(int(path.read_text().strip()) / 1000.0, 1)
-    except (OSError, ValueError):
-        return None
-
-
 def rss_mb() -> float:
     """Resident memory of this process in MiB (current on Linux, peak elsewhere)."""
     try:
@@ -181,8 +180,8 @@ class StatsMessage:
 
 
 def stats_payload(loop_stats: LoopStats, mqtt_stats: dict[str, Any], *, device_id: str, run_id: str,
-                  wall: float, thermal_path: Path = THERMAL_ZONE) -> dict[str, Any]:
+                  wall: float, thermal: Optional[Path] = None) -> dict[str, Any]:
     """The ``stats`` message's JSON: the loop's statistics plus ``mqtt``, ``cpu_temp_c`` and ``rss_mb``."""
     counters = MqttCounters(**{f.name: int(mqtt_stats.get(f.name, 0)) for f in fields(MqttCounters)})
     return StatsMessage(device_id=device_id, run_id=run_id, ts=iso_utc(wall), loop=loop_stats, mqtt=counters,
-                        rss_mb=rss_mb(), cpu_temp_c=cpu_temp_c(thermal_path)).to_json()
+                        rss_mb=rss_mb(), cpu_temp_c=cpu_temperature_c(thermal)).to_json()

@@ -324,16 +324,9 @@ class MqttPublisher:
                     " (set mqtt.outbox_path to keep them for the next start)")
             log.warning("MQTT: stopping with %d message(s) not delivered (broker %s)%s",
                         left, "connected" if self.connected else "not connected", kept)
-        if self.connected:
-            info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
-            # RuntimeError/ValueError: the connection dropped meanwhile; the Will says offline instead.
-            with contextlib.suppress(RuntimeError, ValueError):
-                # Only what is left of the stop budget (SIGTERM must exit within 2 s); a hung broker
-                # publishes the Will after 1.5 x keepalive instead.
-                info.wait_for_publish(timeout=max(0.2, min(5.0, timeout - (time.monotonic() - started))))
-            # A clean DISCONNECT suppresses the Will, so the explicit offline above is what subscribers see.
-            self._client.disconnect()
-        self._client.loop_stop()
+        # Only what is left of the stop budget (SIGTERM must exit within 2 s); a hung broker publishes the Will
+        # after 1.5 x keepalive instead.
+        self._leave(max(0.2, min(5.0, timeout - (time.monotonic() - started))))
         if self._sender is not None:
             self._sender.join(timeout=2.0)
         if self._store is not None:
@@ -371,27 +364,40 @@ class MqttPublisher:
             store = None
         successor._adopt(pending, counters, store)
         if self._started:
-            if self.connected:
-                info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
-                with contextlib.suppress(RuntimeError, ValueError):
-                    info.wait_for_publish(timeout=timeout_s)
-                self._client.disconnect()
-            self._client.loop_stop()
+            self._leave(timeout_s)
             self._started = False
         return len(pending)
+
+    def _leave(self, timeout_s: float) -> None:
+        """``offline`` retained (waited for at most ``timeout_s``), a clean disconnect, the network loop ended."""
+        if self.connected:
+            info = self._client.publish(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
+            # RuntimeError/ValueError: the connection dropped meanwhile; the Will says offline instead.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=timeout_s)
+            # A clean DISCONNECT suppresses the Will, so the explicit offline above is what subscribers see.
+            self._client.disconnect()
+        self._client.loop_stop()
+
+    def _put_first(self, older: list[OutMessage]) -> int:
+        """Queue ``older`` before what is queued now; over ``outbox_max`` the oldest are dropped (as in
+        publish()) and counted. Returns how many were dropped."""
+        with self._cond:
+            everything = [*older, *self._outbox]
+            overflow = max(0, len(everything) - (self._outbox.maxlen or len(everything)))
+            self._outbox.clear()
+            self._outbox.extend(everything[overflow:])
+            self._dropped += overflow
+        return overflow
 
     def _adopt(self, pending: list[OutMessage], counters: tuple[int, int, int, int, int, int],
                store: OutboxStore | None = None) -> None:
         if store is not None:
             self._store, self._store_adopted = store, True  # its rows are the ones in ``pending``
         with self._cond:
-            newer = list(self._outbox)
-            self._outbox.clear()
-            everything = [*pending, *newer]
-            overflow = max(0, len(everything) - (self._outbox.maxlen or len(everything)))
-            self._outbox.extend(everything[overflow:])  # the oldest go first, as in publish()
             (dropped, self._reconnects, self._sent, self._acked, self._denied, self._failed_attempts) = counters
-            self._dropped = dropped + overflow
+            self._dropped += dropped
+        self._put_first(pending)
 
     # ------------------------------------------------------------------ sender thread
 
@@ -462,13 +468,7 @@ class MqttPublisher:
         left = store.load()
         if not left:
             return
-        with self._cond:
-            everything = [OutMessage(m.topic, m.payload, m.qos, m.retain, m.row) for m in left]
-            everything += self._outbox
-            overflow = max(0, len(everything) - (self._outbox.maxlen or len(everything)))
-            self._outbox.clear()
-            self._outbox.extend(everything[overflow:])
-            self._dropped += overflow
+        overflow = self._put_first([OutMessage(m.topic, m.payload, m.qos, m.retain, m.row) for m in left])
         log.info("MQTT outbox: %d message(s) left by the last run in %s are delivered first%s", len(left), path,
                  f" ({overflow} over mqtt.outbox_max dropped)" if overflow else "")
 
