@@ -234,6 +234,33 @@ def test_handle_only_keeps_references(monkeypatch: pytest.MonkeyPatch) -> None:
         pipeline.close()
 
 
+def test_the_page_is_rendered_at_most_five_times_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client polling back to back gets the last page again until 1 / MAX_ENCODES_PER_S has passed (the
+    clock is injected); another token query is its own page."""
+    renders: list[str] = []
+    original = server.render_page
+    monkeypatch.setattr(server, "render_page", lambda **k: renders.append(k["token_query"]) or original(**k))
+    port = free_port()
+    pipeline = Pipeline.build(config_for(port), "run-page-rate")
+    sink = pipeline.http
+    assert sink is not None
+    now = [100.0]
+    sink.clock = lambda: now[0]
+    try:
+        first = sink.page("")
+        assert [sink.page("") for _ in range(50)] == [first] * 50 and renders == [""]
+        now[0] += 1.0 / server.MAX_ENCODES_PER_S - 0.001
+        assert sink.page("") is first and renders == [""]
+        now[0] += 0.002
+        sink.page("")
+        assert renders == ["", ""]
+        sink.page("token=x")
+        assert renders == ["", "", "token=x"]
+        assert get(port, "/")[0] == 200 and len(renders) == 4  # the server's own requests go through it too
+    finally:
+        pipeline.close()
+
+
 def test_every_handled_frame_is_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """handle only queues; the HTTP thread (or the frame loop, past FOLD_AT) counts: exactly one count per frame."""
     monkeypatch.setattr(server, "FOLD_AT", 50)

@@ -150,3 +150,24 @@ def test_chromium_shows_both_images_and_the_scores(tmp_path: Path) -> None:
     # The frame at 480 px wide and the model's 96x96 input scaled up to 288 px, each painted, not blank.
     assert len(runs) == 2, runs
     assert abs(runs[0] - 480) <= 4 and abs(runs[1] - 288) <= 4, runs
+
+
+def test_chromium_draws_the_region_of_interest_where_the_model_looks(tmp_path: Path) -> None:
+    # model.preprocess.roi [x1, y1, x2, y2] = the right half, middle half of the height: on the 480x360 frame
+    # image the box is 240 x 180 px, its left edge at the image's middle.
+    config = {"source": {"width": 640, "height": 480}, "model": {"preprocess": {"roi": [0.5, 0.25, 1.0, 0.75]}}}
+    with HttpDaemon(tmp_path, config=config) as daemon:
+        shot = tmp_path / "page.png"
+        done = chromium(tmp_path, "--window-size=1280,900", "--hide-scrollbars", f"--screenshot={shot}",
+                        daemon.url)
+        assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    # The box's border is CSS #ffd400 exactly (the frame is a JPEG and never that exact for a long line).
+    border = (np.abs(rgb - np.array([255, 212, 0])).max(axis=2) <= 2)
+    columns = np.flatnonzero(border.sum(axis=0) >= 150)  # the two vertical edges, 2 px each
+    rows = np.flatnonzero(border.sum(axis=1) >= 200)  # the two horizontal edges
+    assert len(columns) >= 2 and len(rows) >= 2, (columns, rows)
+    width, height = columns.max() - columns.min() + 1, rows.max() - rows.min() + 1
+    assert abs(width - 240) <= 3 and abs(height - 180) <= 3, (width, height)
+    frame_left = np.flatnonzero(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum(axis=0) >= 60).min()
+    assert abs(columns.min() - (frame_left + 240)) <= 3, (columns.min(), frame_left)

@@ -7,7 +7,7 @@ before every scrape or page), so every frame is counted, off the frame loop's th
 a new (or read-only) array per frame, so the reference stays valid after ``handle`` returns and only the
 newest frame is kept alive. JPEG/PNG encoding, preprocessing for the model's-eye view and page rendering run
 on the HTTP server's threads when asked, cached per frame and at most ``MAX_ENCODES_PER_S`` times a second
-per image, however often clients poll; the encoders release the GIL while they compress.
+per image and for the page, however often clients poll; the encoders release the GIL while they compress.
 """
 
 from __future__ import annotations
@@ -209,6 +209,9 @@ class HttpSink:
         self._pin_lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._jpegs: OrderedDict[int, Encoded] = OrderedDict()
+        self._page_lock = threading.Lock()
+        self._pages: dict[str, tuple[float, bytes]] = {}  # token query -> (made at, page), see page()
+        self.clock = time.monotonic
         self._pngs: OrderedDict[int, Encoded] = OrderedDict()
         self._preprocessor: Optional[tuple[Classifier, Any]] = None
         self._info: Optional[tuple[tuple[Any, Any, Any], dict[str, Any]]] = None
@@ -301,7 +304,7 @@ class HttpSink:
             hit = cache.get(result.frame_id)
             if hit is not None:
                 return hit
-            now = time.monotonic()
+            now = self.clock()
             newest = next(reversed(cache.values()), None)
             if newest is not None and now - newest.made_mono < 1.0 / MAX_ENCODES_PER_S:
                 return newest  # polled faster than the limit: the last image again
@@ -327,6 +330,18 @@ class HttpSink:
         return self._encoded(self._pngs, frame_id, lambda frame: encode_input_png(classifier, preprocessor, frame))
 
     def page(self, token_query: str) -> bytes:
+        """The page, rendered at most ``MAX_ENCODES_PER_S`` times a second (a client polling faster gets the
+        last one again, as with the images)."""
+        with self._page_lock:
+            now = self.clock()
+            made = self._pages.get(token_query)
+            if made is not None and now - made[0] < 1.0 / MAX_ENCODES_PER_S:
+                return made[1]
+            page = self._render_page(token_query)
+            self._pages = {token_query: (now, page)}  # one client's token at a time: nothing grows
+            return page
+
+    def _render_page(self, token_query: str) -> bytes:
         self.fold()
         latest = self.pin_latest()
         view = self.view
