@@ -84,6 +84,27 @@ def test_accuracy_folder_matches_hand_count(shared_models: Path, tmp_path: Path,
         ("Tiger Cat", "Egyptian cat", 1), ("goldfish", "Egyptian cat", 1)}
 
 
+def test_accuracy_is_measured_once_per_model_across_thread_counts(shared_models: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgedet.bench import measure
+
+    calls: list[int] = []
+    original = measure.accuracy
+    monkeypatch.setattr(measure, "accuracy", lambda classifier, items: calls.append(len(items)) or
+                        original(classifier, items))
+    images = hand_checked_images(shared_models, tmp_path / "set")
+    code, out, errors = run([str(shared_models / V1), "--images", str(images), "--labels",
+                             str(shared_models / "imagenet_labels.txt"), "--threads", "1,2", "--json", *QUICK],
+                            capsys)
+    assert (code, errors) == (0, [])
+    report = json.loads(out)
+    jsonschema.validate(report, SCHEMA)
+    assert calls == [5] and sorted(r["threads"] for r in report["results"]) == [1, 2]
+    first, second = (r["accuracy"] for r in report["results"])
+    assert first == second and first["threads"] == 1  # measured by the 1-thread run, shown for both
+
+
 def test_accuracy_csv_and_budget(shared_models: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     listing = tmp_path / "set.csv"
