@@ -107,3 +107,15 @@ def test_bench_chart_draws_only_measured_panels(tmp_path: Path, accuracy: bool,
         assert np.asarray(image.convert("L")).std() > 5
     expected = ["median latency (ms)", "MACs (millions)", "parameters (millions)"]
     assert drawn == [(["median latency (ms)"] if accuracy else []) + expected]
+
+
+def test_host_load_image_returns_a_new_array_per_image(tmp_path: Path) -> None:
+    # One preprocessor for a whole folder: an image must not be overwritten by the next one's pixels.
+    from edgedet.host.data import load_image
+
+    for name, value in (("a.png", 10), ("b.png", 200)):
+        Image.new("RGB", (64, 48), (value, value, value)).save(tmp_path / name)
+    prepare = pixel_preprocessor(32)
+    first = load_image(tmp_path / "a.png", 32, preprocessor=prepare)
+    second = load_image(tmp_path / "b.png", 32, preprocessor=prepare)
+    assert int(first.max()) == 10 and int(second.min()) == 200 and first.shape == (32, 32, 3)

@@ -74,8 +74,7 @@ def load_image(path: Path, size: Size, spec: PreprocessSpec = DEFAULT_SPEC,
                preprocessor: preprocess.Preprocessor | None = None) -> np.ndarray:
     """Decode ``path`` and prepare it as the daemon does (crop, resize), as HxWx3 uint8 RGB."""
     prepare = preprocessor or pixel_preprocessor(size, spec)
-    # A copy: the numpy resizer returns its reused output buffer, which the next image overwrites.
-    return np.array(prepare(preprocess.load_image(path))[0], copy=True)
+    return prepare(preprocess.load_image(path))[0]  # a new array per call (Preprocessor.__call__)
 
 
 def class_folders(data_dir: Path) -> list[Path]:
