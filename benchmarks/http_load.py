@@ -216,53 +216,51 @@ def main() -> int:
         print("| model | polling | unpolled fps (median) | polled fps (median) | polled/unpolled, median of pairs "
               "| range | CPU per frame polled/unpolled, median of pairs | pairs of windows |")
         print("|---|---|---|---|---|---|---|---|")
-        for model in models:
-            if not model.is_file():
-                print(f"skip {model.name}: not found")
-                continue
-            for interval in args.interval or [0.0, 1.0]:
-                polled, unpolled, ratios, cpu_ratios = windowed(model, args.windows, args.pairs, interval)
-                polling = "back to back" if interval == 0 else f"every {interval:g} s"
-                print(f"| {model.stem} | {polling} | {statistics.median(unpolled):.1f} | "
-                      f"{statistics.median(polled):.1f} | {statistics.median(ratios):.3f} | "
-                      f"{min(ratios):.3f}-{max(ratios):.3f} | {statistics.median(cpu_ratios):.3f} | "
-                      f"{args.pairs} x {args.windows:g} s |", flush=True)
-        print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
-              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after")
-        return 0
-    print("| model | polling | off fps (median) | on+polled fps (median) | on/off, median of pairs | range | "
-          "CPU per frame on/off, median of pairs | CPU ms per frame off / on (medians) | requests/s | pairs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    else:
+        print("| model | polling | off fps (median) | on+polled fps (median) | on/off, median of pairs | range | "
+              "CPU per frame on/off, median of pairs | CPU ms per frame off / on (medians) | requests/s | pairs |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     for model in models:
         if not model.is_file():
             print(f"skip {model.name}: not found")
             continue
         for interval in args.interval or [0.0, 1.0]:
-            off, on, ratios, rates, cpu_ratios = [], [], [], [], []
-            cpu_off, cpu_on = [], []
-            for i in range(args.pairs):
-                order = [False, True] if i % 2 == 0 else [True, False]
-                fps: dict[bool, float] = {}
-                cpu: dict[bool, float] = {}
-                for http_on in order:
-                    fps[http_on], requests, cpu[http_on] = loop_fps(model, args.duration, http_on, interval)
-                    if http_on:
-                        rates.append(requests / args.duration)
-                off.append(fps[False])
-                on.append(fps[True])
-                ratios.append(fps[True] / fps[False])
-                cpu_ratios.append(cpu[True] / cpu[False])
-                cpu_off.append(cpu[False] * 1e3)
-                cpu_on.append(cpu[True] * 1e3)
             polling = "back to back" if interval == 0 else f"every {interval:g} s"
-            print(f"| {model.stem} | {polling} | {statistics.median(off):.1f} | {statistics.median(on):.1f} | "
-                  f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
-                  f"{statistics.median(cpu_ratios):.3f} | {statistics.median(cpu_off):.3f} / "
-                  f"{statistics.median(cpu_on):.3f} | {statistics.median(rates):.0f} | {args.pairs} |", flush=True)
-    load_after = os.getloadavg()
+            row = windowed_row(model, interval, args) if args.windows else pairs_row(model, interval, args)
+            print(f"| {model.stem} | {polling} | {row} |", flush=True)
     print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
-          f"{' '.join(f'{v:.2f}' for v in load_after)} after")
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after")
     return 0
+
+
+def windowed_row(model: Path, interval: float, args: argparse.Namespace) -> str:
+    polled, unpolled, ratios, cpu_ratios = windowed(model, args.windows, args.pairs, interval)
+    return (f"{statistics.median(unpolled):.1f} | {statistics.median(polled):.1f} | "
+            f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
+            f"{statistics.median(cpu_ratios):.3f} | {args.pairs} x {args.windows:g} s")
+
+
+def pairs_row(model: Path, interval: float, args: argparse.Namespace) -> str:
+    off, on, ratios, rates, cpu_ratios = [], [], [], [], []
+    cpu_off, cpu_on = [], []
+    for i in range(args.pairs):
+        order = [False, True] if i % 2 == 0 else [True, False]
+        fps: dict[bool, float] = {}
+        cpu: dict[bool, float] = {}
+        for http_on in order:
+            fps[http_on], requests, cpu[http_on] = loop_fps(model, args.duration, http_on, interval)
+            if http_on:
+                rates.append(requests / args.duration)
+        off.append(fps[False])
+        on.append(fps[True])
+        ratios.append(fps[True] / fps[False])
+        cpu_ratios.append(cpu[True] / cpu[False])
+        cpu_off.append(cpu[False] * 1e3)
+        cpu_on.append(cpu[True] * 1e3)
+    return (f"{statistics.median(off):.1f} | {statistics.median(on):.1f} | "
+            f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
+            f"{statistics.median(cpu_ratios):.3f} | {statistics.median(cpu_off):.3f} / "
+            f"{statistics.median(cpu_on):.3f} | {statistics.median(rates):.0f} | {args.pairs}")
 
 
 if __name__ == "__main__":
