@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -200,6 +200,54 @@ def windowed(model: Path, window_s: float, pairs: int,
     return polled, unpolled, ratios, cpu_ratios
 
 
+def toggled(model: Path, window_s: float, pairs: int) -> tuple[list[float], list[float]]:
+    """Per-pair ratios on/off of the loop's fps and of the process's CPU per frame (endpoint on, unpolled)."""
+    sys.path.insert(0, str(HERE.parent))
+    from edgedet.config import build_config
+    from edgedet.pipeline import Pipeline
+
+    def config(http_on: bool) -> Any:
+        return build_config({"model": {"path": str(model)}, "source": {"type": "synthetic", "fps": 0},
+                             "publish": {"console": False}, "mqtt": {"enabled": False},
+                             "http": {"enabled": http_on, "port": port}}, "http_load --toggle")
+
+    port = free_port()
+    pipeline = Pipeline.build(config(False), "http-toggle")
+    wanted: list[Any] = []
+    switched = threading.Event()
+
+    def between_frames() -> None:
+        if wanted:
+            pipeline.reload(wanted.pop())
+            switched.set()
+
+    runner = threading.Thread(target=pipeline.run, kwargs={"between_frames": between_frames,
+                                                          "between_frames_due": lambda: bool(wanted)})
+    runner.start()
+    fps_ratios, cpu_ratios = [], []
+    try:
+        time.sleep(2.0)  # past start-up
+        for i in range(pairs):
+            fps: dict[bool, float] = {}
+            cpu: dict[bool, float] = {}
+            for http_on in ([True, False] if i % 2 == 0 else [False, True]):
+                switched.clear()
+                wanted.append(config(http_on))
+                switched.wait(10)
+                frames0, cpu0, t0 = pipeline.loop_stats().frames_processed, time.process_time(), time.monotonic()
+                time.sleep(window_s)
+                frames1, cpu1, t1 = pipeline.loop_stats().frames_processed, time.process_time(), time.monotonic()
+                fps[http_on] = (frames1 - frames0) / (t1 - t0)
+                cpu[http_on] = (cpu1 - cpu0) / max(1, frames1 - frames0)
+            fps_ratios.append(fps[True] / fps[False])
+            cpu_ratios.append(cpu[True] / cpu[False])
+    finally:
+        pipeline.stop.set()
+        runner.join(30)
+        pipeline.close()
+    return fps_ratios, cpu_ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=8)
@@ -209,9 +257,24 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=SHARED)
     parser.add_argument("--windows", type=float, default=0.0, metavar="SECONDS",
                         help="polled and unpolled windows of this length inside one run (see above)")
+    parser.add_argument("--toggle", type=float, default=0.0, metavar="SECONDS",
+                        help="endpoint on (unpolled) and off, windows of this length in one process (see above)")
     args = parser.parse_args()
     models = [BUNDLED, args.models / "mobilenet_v2_1.0_224_quant.tflite"]
     load_before = os.getloadavg()
+    if args.toggle:
+        print("| model | endpoint on (nobody polling) / off: fps, median of pairs | range | CPU per frame on/off, "
+              "median of pairs | pairs of windows |")
+        print("|---|---|---|---|---|")
+        for model in models:
+            if not model.is_file():
+                print(f"skip {model.name}: not found")
+                continue
+            fps_ratios, cpu_ratios = toggled(model, args.toggle, args.pairs)
+            print(f"| {model.stem} | {statistics.median(fps_ratios):.3f} | {min(fps_ratios):.3f}-"
+                  f"{max(fps_ratios):.3f} | {statistics.median(cpu_ratios):.3f} | {args.pairs} x {args.toggle:g} s |",
+                  flush=True)
+        return 0
     if args.windows:
         print("| model | polling | unpolled fps (median) | polled fps (median) | polled/unpolled, median of pairs "
               "| range | CPU per frame polled/unpolled, median of pairs | pairs of windows |")
