@@ -234,9 +234,10 @@ def test_handle_only_keeps_references(monkeypatch: pytest.MonkeyPatch) -> None:
         pipeline.close()
 
 
-def test_the_page_is_rendered_at_most_five_times_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client polling back to back gets the last page again until 1 / MAX_ENCODES_PER_S has passed (the
-    clock is injected); another token query is its own page."""
+def test_a_client_polling_back_to_back_is_held_to_five_pages_and_images_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request sooner than 1 / MAX_ENCODES_PER_S after the last page (or image) made waits for its turn, so
+    renders, encodings and requests stay five a second however a client polls (clock and sleep injected)."""
     renders: list[str] = []
     original = server.render_page
     monkeypatch.setattr(server, "render_page", lambda **k: renders.append(k["token_query"]) or original(**k))
@@ -244,19 +245,36 @@ def test_the_page_is_rendered_at_most_five_times_a_second(monkeypatch: pytest.Mo
     pipeline = Pipeline.build(config_for(port), "run-page-rate")
     sink = pipeline.http
     assert sink is not None
-    now = [100.0]
-    sink.clock = lambda: now[0]
+    now, slept = [100.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    sink.clock, sink.sleep = (lambda: now[0]), sleep
+    interval = 1.0 / server.MAX_ENCODES_PER_S
     try:
-        first = sink.page("")
-        assert [sink.page("") for _ in range(50)] == [first] * 50 and renders == [""]
-        now[0] += 1.0 / server.MAX_ENCODES_PER_S - 0.001
-        assert sink.page("") is first and renders == [""]
-        now[0] += 0.002
         sink.page("")
-        assert renders == ["", ""]
-        sink.page("token=x")
-        assert renders == ["", "", "token=x"]
-        assert get(port, "/")[0] == 200 and len(renders) == 4  # the server's own requests go through it too
+        assert renders == [""] and slept == []  # nothing made yet: no wait
+        for _ in range(10):
+            sink.page("")
+        assert len(renders) == 11 and slept == pytest.approx([interval] * 10)  # each waited for its turn
+        now[0] += 0.05
+        sink.page("token=x")  # another token: its own page, after the rest of the interval
+        assert renders[-1] == "token=x" and slept[-1] == pytest.approx(interval - 0.05)
+        now[0] += 1.0
+        sink.page("")  # at the page's own pace (once a second): never held
+        assert len(slept) == 11 and len(renders) == 13
+        # Images: a new frame sooner than the interval after the last encoding waits too.
+        for i in range(3):
+            sink.handle(FrameResult(i, time.time(), time.monotonic(), [Class(1, 0.9, "pikachu")],
+                                    {"preprocess": 0.2, "inference": 1.0, "postprocess": 0.1, "total": 1.3}),
+                        np.full((240, 320, 3), 10 * i, np.uint8))
+            made = sink.frame_jpeg()
+            assert made is not None and made.frame_id == i
+        assert slept[11:] == pytest.approx([interval, interval])
+        again = sink.frame_jpeg(2)  # the same frame again: the cached image, at once
+        assert again is made and len(slept) == 13
     finally:
         pipeline.close()
 

@@ -7,7 +7,8 @@ before every scrape or page), so every frame is counted, off the frame loop's th
 a new (or read-only) array per frame, so the reference stays valid after ``handle`` returns and only the
 newest frame is kept alive. JPEG/PNG encoding, preprocessing for the model's-eye view and page rendering run
 on the HTTP server's threads when asked, cached per frame and at most ``MAX_ENCODES_PER_S`` times a second
-per image and for the page, however often clients poll; the encoders release the GIL while they compress.
+per image and for the page, however often clients poll (a faster request waits for its turn); the encoders
+release the GIL while they compress.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ class HttpSink:
         self._jpegs: OrderedDict[int, Encoded] = OrderedDict()
         self._page_lock = threading.Lock()
         self._pages: dict[str, tuple[float, bytes]] = {}  # token query -> (made at, page), see page()
-        self.clock = time.monotonic
+        self.clock, self.sleep = time.monotonic, time.sleep  # injected by tests
         self._pngs: OrderedDict[int, Encoded] = OrderedDict()
         self._preprocessor: Optional[tuple[Classifier, Any]] = None
         self._info: Optional[tuple[tuple[Any, Any, Any], dict[str, Any]]] = None
@@ -295,10 +296,23 @@ class HttpSink:
                 return pinned
         return self._latest
 
+    def _pace(self, last_made: Optional[float]) -> None:
+        """Hold a request that comes within 1 / MAX_ENCODES_PER_S of the last image or page made until that
+        time has passed: a client that polls back to back is slowed to the limit, so its requests, not only
+        its encodings, stay a few a second (this thread sleeps, the frame loop runs)."""
+        if last_made is not None:
+            wait = last_made + 1.0 / MAX_ENCODES_PER_S - self.clock()
+            if wait > 0:
+                self.sleep(wait)
+
     def _encoded(self, cache: OrderedDict[int, Encoded], frame_id: Optional[int], encode: Any) -> Optional[Encoded]:
         wanted = self._frame(frame_id)
         if wanted is None or wanted[1] is None:
             return None
+        if wanted[0].frame_id not in cache:
+            newest = next(reversed(cache.values()), None)
+            self._pace(newest.made_mono if newest is not None else None)
+            wanted = self._frame(frame_id) or wanted  # without a frame id: the newest after the wait
         result, frame = wanted
         with self._encode_lock:
             hit = cache.get(result.frame_id)
@@ -330,13 +344,14 @@ class HttpSink:
         return self._encoded(self._pngs, frame_id, lambda frame: encode_input_png(classifier, preprocessor, frame))
 
     def page(self, token_query: str) -> bytes:
-        """The page, rendered at most ``MAX_ENCODES_PER_S`` times a second (a client polling faster gets the
-        last one again, as with the images)."""
+        """The page, rendered at most ``MAX_ENCODES_PER_S`` times a second: a request sooner than that after
+        the last one waits for its turn (``_pace``), as the images' do."""
+        self._pace(max((made for made, _ in self._pages.values()), default=None))
         with self._page_lock:
             now = self.clock()
             made = self._pages.get(token_query)
             if made is not None and now - made[0] < 1.0 / MAX_ENCODES_PER_S:
-                return made[1]
+                return made[1]  # another request rendered it while this one waited
             page = self._render_page(token_query)
             self._pages = {token_query: (now, page)}  # one client's token at a time: nothing grows
             return page
