@@ -9,8 +9,8 @@ the model takes them, console and MQTT off): one with `http.enabled: false`, one
 and a client that polls as the page does (GET `/`, then `/frame.jpg` and `/input.png` of the frame it names),
 every ``--interval`` seconds (0 = back to back, the worst case; 1 = the page's own refresh). The fps is the
 loop's (frames processed / loop uptime, from `--stats-file`); the CPU per frame is the daemon's user + system
-time after a warm-up (/proc/PID/stat) over the frames of that time. Rounds are paired, the order alternates, and the
-verdict is the median of the per-pair ratios on/off, with its range.
+time after a warm-up (/proc/PID/stat) over the frames of that time. Rounds are paired, the order alternates,
+and the verdict is the median of the per-pair ratios on/off, with its range.
 
     python benchmarks/http_load.py --windows 3 [--pairs 12] [--interval 1]
 
@@ -19,8 +19,15 @@ one `edgedet run` with `http.enabled: true`, and windows of ``--windows`` second
 polling and one without, the order alternating; each window's fps is the growth of
 `edgedet_frames_processed_total` (one `/metrics` scrape at each window's edge, in both kinds) over its length.
 The verdict is the median of the per-pair ratios polled/unpolled; beside it the same for the daemon's CPU time
-per frame (/proc/PID/stat), which the neighbours move much less than the fps. What the endpoint costs while nobody polls
-(a reference kept per frame) is what separates this from on/off.
+per frame (/proc/PID/stat), which the neighbours move much less than the fps. What the endpoint costs while
+nobody polls (a reference kept per frame) is what separates this from on/off.
+
+    python benchmarks/http_load.py --toggle 1 [--pairs 40]
+
+That cost alone, inside one process: one `Pipeline` (the daemon's, the same frames, console and MQTT off)
+runs on and is reloaded between two frames with `http.enabled` true or false (the reload starts or stops only
+the endpoint); windows of ``--toggle`` seconds in pairs, order alternating; fps from the loop's frame
+counter, CPU from this process's time (no client runs).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -101,6 +108,38 @@ def cpu_seconds(pid: int) -> float:
 
 
 WARM_UP_S = 2.0  # model loaded, first frames done: the steady CPU window starts after this
+T = TypeVar("T")
+
+
+def alternating(pairs: int, measure: Callable[[bool], T]) -> list[dict[bool, T]]:
+    """``measure(False)`` and ``measure(True)`` back to back, ``pairs`` times, the order alternating."""
+    return [{flag: measure(flag) for flag in ((False, True) if i % 2 == 0 else (True, False))}
+            for i in range(pairs)]
+
+
+def ratios(runs: list[dict[bool, float]]) -> list[float]:
+    return [run[True] / run[False] for run in runs]
+
+
+def column(runs: list[dict[bool, Any]], index: int) -> list[dict[bool, float]]:
+    """One measure of every pair (``index`` into what ``measure`` returned)."""
+    return [{flag: run[flag][index] for flag in run} for run in runs]
+
+
+def spread(values: list[float]) -> str:
+    """The median and the range of per-pair ratios, as the tables print them."""
+    return f"{statistics.median(values):.3f} | {min(values):.3f}-{max(values):.3f}"
+
+
+def start_daemon(model: Path, port: int, http_on: bool, folder: str, *extra: str) -> subprocess.Popen[bytes]:
+    """``edgedet run`` on synthetic 640x480 frames as fast as the model takes them, console and MQTT off."""
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env.pop("EDGEDET_CONFIG", None)
+    args = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", *extra, "--set", f"model.path={model}",
+            "--set", "source.type=synthetic", "--set", "source.fps=0", "--set", "publish.console=false",
+            "--set", "mqtt.enabled=false", "--set", f"http.enabled={'true' if http_on else 'false'}",
+            "--set", f"http.port={port}"]
+    return subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.DEVNULL)
 
 
 def loop_fps(model: Path, duration_s: float, http_on: bool, interval_s: float) -> tuple[float, int, float]:
@@ -109,18 +148,13 @@ def loop_fps(model: Path, duration_s: float, http_on: bool, interval_s: float) -
     loaded machine the fps follows the neighbours, the CPU per frame much less."""
     with tempfile.TemporaryDirectory() as tmp:
         stats_file = Path(tmp) / "stats.json"
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-        env.pop("EDGEDET_CONFIG", None)
         port = free_port()
-        args = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", "--duration", str(duration_s),
-                "--stats-file", str(stats_file), "--set", f"model.path={model}", "--set", "source.type=synthetic",
-                "--set", "source.fps=0", "--set", "publish.console=false", "--set", "mqtt.enabled=false",
-                "--set", f"http.enabled={'true' if http_on else 'false'}", "--set", f"http.port={port}"]
         poller = Poller(port, interval_s) if http_on else None
         if poller is not None:
             poller.start()
         try:
-            daemon = subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+            daemon = start_daemon(model, port, http_on, tmp, "--duration", str(duration_s),
+                                  "--stats-file", str(stats_file))
             time.sleep(WARM_UP_S)
             cpu_began, began = cpu_seconds(daemon.pid), time.monotonic()
             time.sleep(max(0.5, duration_s - WARM_UP_S))
@@ -151,21 +185,25 @@ def scrape_frames(port: int) -> Optional[float]:
     return float(found.group(1)) if found else None
 
 
-def windowed(model: Path, window_s: float, pairs: int,
-             interval_s: float) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Polled and unpolled fps per window, their per-pair ratios, and the per-pair ratios of the daemon's CPU
-    time per frame (polled/unpolled), from one run with the endpoint on."""
+def windowed(model: Path, window_s: float, pairs: int, interval_s: float) -> list[dict[bool, tuple[float, float]]]:
+    """(fps, CPU seconds per frame) of each window, polled (True) and not, from one run with the endpoint on."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-        env.pop("EDGEDET_CONFIG", None)
         port = free_port()
-        args = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", "--set", f"model.path={model}",
-                "--set", "source.type=synthetic", "--set", "source.fps=0", "--set", "publish.console=false",
-                "--set", "mqtt.enabled=false", "--set", "http.enabled=true", "--set", f"http.port={port}"]
-        daemon = subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+        daemon = start_daemon(model, port, True, tmp)
         poller = Poller(port, interval_s)
         poller.polling.clear()
         poller.start()
+
+        def window(polling: bool) -> tuple[float, float]:
+            if polling:
+                poller.polling.set()
+            start, began, cpu_began = scrape_frames(port), time.monotonic(), cpu_seconds(daemon.pid)
+            time.sleep(window_s)
+            end, ended, cpu_ended = scrape_frames(port), time.monotonic(), cpu_seconds(daemon.pid)
+            poller.polling.clear()
+            assert start is not None and end is not None
+            return (end - start) / (ended - began), (cpu_ended - cpu_began) / max(1.0, end - start)
+
         try:
             deadline = time.monotonic() + 60
             while scrape_frames(port) is None:
@@ -173,35 +211,18 @@ def windowed(model: Path, window_s: float, pairs: int,
                     raise SystemExit("the daemon did not serve /metrics")
                 time.sleep(0.2)
             time.sleep(2.0)  # past start-up
-            polled, unpolled, ratios, cpu_ratios = [], [], [], []
-            for i in range(pairs):
-                fps: dict[bool, float] = {}
-                cpu: dict[bool, float] = {}
-                for polling in ([True, False] if i % 2 == 0 else [False, True]):
-                    if polling:
-                        poller.polling.set()
-                    start, began, cpu_began = scrape_frames(port), time.monotonic(), cpu_seconds(daemon.pid)
-                    time.sleep(window_s)
-                    end, ended, cpu_ended = scrape_frames(port), time.monotonic(), cpu_seconds(daemon.pid)
-                    poller.polling.clear()
-                    assert start is not None and end is not None
-                    fps[polling] = (end - start) / (ended - began)
-                    cpu[polling] = (cpu_ended - cpu_began) / max(1.0, end - start)
-                polled.append(fps[True])
-                cpu_ratios.append(cpu[True] / cpu[False])
-                unpolled.append(fps[False])
-                ratios.append(fps[True] / fps[False])
+            return alternating(pairs, window)
         finally:
             poller.stop.set()
             poller.polling.set()
             poller.join(15)
             daemon.terminate()
             daemon.wait(30)
-    return polled, unpolled, ratios, cpu_ratios
 
 
-def toggled(model: Path, window_s: float, pairs: int) -> tuple[list[float], list[float]]:
-    """Per-pair ratios on/off of the loop's fps and of the process's CPU per frame (endpoint on, unpolled)."""
+def toggled(model: Path, window_s: float, pairs: int) -> list[dict[bool, tuple[float, float]]]:
+    """(fps, CPU seconds per frame) of each window with the endpoint on (True, unpolled) and off, in one
+    process."""
     sys.path.insert(0, str(HERE.parent))
     from edgedet.config import build_config
     from edgedet.pipeline import Pipeline
@@ -221,31 +242,58 @@ def toggled(model: Path, window_s: float, pairs: int) -> tuple[list[float], list
             pipeline.reload(wanted.pop())
             switched.set()
 
+    def window(http_on: bool) -> tuple[float, float]:
+        switched.clear()
+        wanted.append(config(http_on))
+        switched.wait(10)
+        frames0, cpu0, t0 = pipeline.loop_stats().frames_processed, time.process_time(), time.monotonic()
+        time.sleep(window_s)
+        frames1, cpu1, t1 = pipeline.loop_stats().frames_processed, time.process_time(), time.monotonic()
+        return (frames1 - frames0) / (t1 - t0), (cpu1 - cpu0) / max(1, frames1 - frames0)
+
     runner = threading.Thread(target=pipeline.run, kwargs={"between_frames": between_frames,
                                                           "between_frames_due": lambda: bool(wanted)})
     runner.start()
-    fps_ratios, cpu_ratios = [], []
     try:
         time.sleep(2.0)  # past start-up
-        for i in range(pairs):
-            fps: dict[bool, float] = {}
-            cpu: dict[bool, float] = {}
-            for http_on in ([True, False] if i % 2 == 0 else [False, True]):
-                switched.clear()
-                wanted.append(config(http_on))
-                switched.wait(10)
-                frames0, cpu0, t0 = pipeline.loop_stats().frames_processed, time.process_time(), time.monotonic()
-                time.sleep(window_s)
-                frames1, cpu1, t1 = pipeline.loop_stats().frames_processed, time.process_time(), time.monotonic()
-                fps[http_on] = (frames1 - frames0) / (t1 - t0)
-                cpu[http_on] = (cpu1 - cpu0) / max(1, frames1 - frames0)
-            fps_ratios.append(fps[True] / fps[False])
-            cpu_ratios.append(cpu[True] / cpu[False])
+        return alternating(pairs, window)
     finally:
         pipeline.stop.set()
         runner.join(30)
         pipeline.close()
-    return fps_ratios, cpu_ratios
+
+
+HEADERS = {
+    "toggle": ["model", "endpoint on (nobody polling) / off: fps, median of pairs", "range",
+               "CPU per frame on/off, median of pairs", "pairs of windows"],
+    "windows": ["model", "polling", "unpolled fps (median)", "polled fps (median)", "polled/unpolled, median of pairs",
+                "range", "CPU per frame polled/unpolled, median of pairs", "pairs of windows"],
+    "pairs": ["model", "polling", "off fps (median)", "on+polled fps (median)", "on/off, median of pairs", "range",
+              "CPU per frame on/off, median of pairs", "CPU ms per frame off / on (medians)", "requests/s", "pairs"],
+}
+
+
+def toggled_row(model: Path, args: argparse.Namespace) -> str:
+    runs = toggled(model, args.toggle, args.pairs)
+    fps, cpu = column(runs, 0), column(runs, 1)
+    return f"{spread(ratios(fps))} | {statistics.median(ratios(cpu)):.3f} | {args.pairs} x {args.toggle:g} s"
+
+
+def windowed_row(model: Path, interval: float, args: argparse.Namespace) -> str:
+    runs = windowed(model, args.windows, args.pairs, interval)
+    fps, cpu = column(runs, 0), column(runs, 1)
+    return (f"{statistics.median(run[False] for run in fps):.1f} | {statistics.median(run[True] for run in fps):.1f}"
+            f" | {spread(ratios(fps))} | {statistics.median(ratios(cpu)):.3f} | {args.pairs} x {args.windows:g} s")
+
+
+def pairs_row(model: Path, interval: float, args: argparse.Namespace) -> str:
+    runs = alternating(args.pairs, lambda http_on: loop_fps(model, args.duration, http_on, interval))
+    fps, cpu = column(runs, 0), column(runs, 2)
+    rates = [run[True][1] / args.duration for run in runs]
+    return (f"{statistics.median(run[False] for run in fps):.1f} | {statistics.median(run[True] for run in fps):.1f}"
+            f" | {spread(ratios(fps))} | {statistics.median(ratios(cpu)):.3f} | "
+            f"{statistics.median(run[False] for run in cpu) * 1e3:.3f} / "
+            f"{statistics.median(run[True] for run in cpu) * 1e3:.3f} | {statistics.median(rates):.0f} | {args.pairs}")
 
 
 def main() -> int:
@@ -262,30 +310,14 @@ def main() -> int:
     args = parser.parse_args()
     models = [BUNDLED, args.models / "mobilenet_v2_1.0_224_quant.tflite"]
     load_before = os.getloadavg()
-    if args.toggle:
-        print("| model | endpoint on (nobody polling) / off: fps, median of pairs | range | CPU per frame on/off, "
-              "median of pairs | pairs of windows |")
-        print("|---|---|---|---|---|")
-        for model in models:
-            if not model.is_file():
-                print(f"skip {model.name}: not found")
-                continue
-            fps_ratios, cpu_ratios = toggled(model, args.toggle, args.pairs)
-            print(f"| {model.stem} | {statistics.median(fps_ratios):.3f} | {min(fps_ratios):.3f}-"
-                  f"{max(fps_ratios):.3f} | {statistics.median(cpu_ratios):.3f} | {args.pairs} x {args.toggle:g} s |",
-                  flush=True)
-        return 0
-    if args.windows:
-        print("| model | polling | unpolled fps (median) | polled fps (median) | polled/unpolled, median of pairs "
-              "| range | CPU per frame polled/unpolled, median of pairs | pairs of windows |")
-        print("|---|---|---|---|---|---|---|---|")
-    else:
-        print("| model | polling | off fps (median) | on+polled fps (median) | on/off, median of pairs | range | "
-              "CPU per frame on/off, median of pairs | CPU ms per frame off / on (medians) | requests/s | pairs |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+    header = HEADERS["toggle" if args.toggle else "windows" if args.windows else "pairs"]
+    print(f"| {' | '.join(header)} |\n|{'---|' * len(header)}")
     for model in models:
         if not model.is_file():
             print(f"skip {model.name}: not found")
+            continue
+        if args.toggle:
+            print(f"| {model.stem} | {toggled_row(model, args)} |", flush=True)
             continue
         for interval in args.interval or [0.0, 1.0]:
             polling = "back to back" if interval == 0 else f"every {interval:g} s"
@@ -294,36 +326,6 @@ def main() -> int:
     print(f"\nload average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} after")
     return 0
-
-
-def windowed_row(model: Path, interval: float, args: argparse.Namespace) -> str:
-    polled, unpolled, ratios, cpu_ratios = windowed(model, args.windows, args.pairs, interval)
-    return (f"{statistics.median(unpolled):.1f} | {statistics.median(polled):.1f} | "
-            f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
-            f"{statistics.median(cpu_ratios):.3f} | {args.pairs} x {args.windows:g} s")
-
-
-def pairs_row(model: Path, interval: float, args: argparse.Namespace) -> str:
-    off, on, ratios, rates, cpu_ratios = [], [], [], [], []
-    cpu_off, cpu_on = [], []
-    for i in range(args.pairs):
-        order = [False, True] if i % 2 == 0 else [True, False]
-        fps: dict[bool, float] = {}
-        cpu: dict[bool, float] = {}
-        for http_on in order:
-            fps[http_on], requests, cpu[http_on] = loop_fps(model, args.duration, http_on, interval)
-            if http_on:
-                rates.append(requests / args.duration)
-        off.append(fps[False])
-        on.append(fps[True])
-        ratios.append(fps[True] / fps[False])
-        cpu_ratios.append(cpu[True] / cpu[False])
-        cpu_off.append(cpu[False] * 1e3)
-        cpu_on.append(cpu[True] * 1e3)
-    return (f"{statistics.median(off):.1f} | {statistics.median(on):.1f} | "
-            f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | "
-            f"{statistics.median(cpu_ratios):.3f} | {statistics.median(cpu_off):.3f} / "
-            f"{statistics.median(cpu_on):.3f} | {statistics.median(rates):.0f} | {args.pairs}")
 
 
 if __name__ == "__main__":
