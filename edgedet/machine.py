@@ -17,7 +17,8 @@ FIRMWARE_THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled"
 THROTTLE_BITS = ("under_voltage", "frequency_capped", "throttled", "soft_temperature_limit")
 
 
-def _read(path: Path) -> Optional[str]:
+def read_value(path: Path) -> Optional[str]:
+    """A sysfs/procfs value as text (NULs and the newline stripped), None where it cannot be read."""
     try:
         return path.read_text(errors="replace").strip("\x00\n ")
     except OSError:
@@ -28,9 +29,9 @@ def cpu_temperature_c(thermal: Optional[Path] = None) -> Optional[float]:
     """The SoC's temperature in °C (0.1 °C): the zone whose type names the CPU or SoC (the Pi's is
     "cpu-thermal"), else the first readable one; None without a thermal zone."""
     zones = sorted((thermal or THERMAL).glob("thermal_zone*"))
-    zones.sort(key=lambda z: 0 if re.search(r"cpu|soc|x86_pkg", _read(z / "type") or "") else 1)
+    zones.sort(key=lambda z: 0 if re.search(r"cpu|soc|x86_pkg", read_value(z / "type") or "") else 1)
     for zone in zones:
-        raw = _read(zone / "temp")
+        raw = read_value(zone / "temp")
         if raw and raw.lstrip("-").isdigit():
             return round(int(raw) / 1000, 1)
     return None
@@ -38,7 +39,7 @@ def cpu_temperature_c(thermal: Optional[Path] = None) -> Optional[float]:
 
 def cpu_governors(cpus: Optional[Path] = None) -> list[str]:
     """The distinct cpufreq governors of the CPUs, sorted; empty where there is no cpufreq (VMs, containers)."""
-    found = (_read(path) for path in (cpus or CPUS).glob("cpu[0-9]*/cpufreq/scaling_governor"))
+    found = (read_value(path) for path in (cpus or CPUS).glob("cpu[0-9]*/cpufreq/scaling_governor"))
     return sorted({g for g in found if g})
 
 
@@ -60,7 +61,7 @@ def throttling(firmware: Optional[Path] = None) -> Optional[Throttling]:
         except (OSError, subprocess.SubprocessError):
             raw = None
     if raw is None:
-        raw = _read(firmware or FIRMWARE_THROTTLED)
+        raw = read_value(firmware or FIRMWARE_THROTTLED)
     if raw is None:
         return None
     try:

@@ -16,17 +16,9 @@ def check(ctx: Context) -> list[Item]:
     """Each classifier's model (``models:``: the items are named after the classifier)."""
     config = ctx.config
     if config.models is None:
-        return _check_one(ctx, config.model, "model", "")
-    items: list[Item] = []
-    for index, entry in enumerate(config.models):
-        for item in _check_one(ctx, entry, f"models[{index}]", f"{entry.name}: "):
-            items.append(item)
-    return items
-
-
-def _check_one(ctx: Context, cfg: Any, key: str, prefix: str) -> list[Item]:
-    items = _check_model(ctx, cfg, key)
-    return [dataclasses.replace(item, name=prefix + item.name) for item in items] if prefix else items
+        return _check_model(ctx, config.model, "model")
+    return [dataclasses.replace(item, name=f"{entry.name}: {item.name}")
+            for index, entry in enumerate(config.models) for item in _check_model(ctx, entry, f"models[{index}]")]
 
 
 def _check_model(ctx: Context, cfg: Any, key: str) -> list[Item]:

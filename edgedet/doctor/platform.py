@@ -7,7 +7,6 @@ import platform as std_platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 from edgedet import machine
 from edgedet.doctor import Context, Item
@@ -18,23 +17,17 @@ DISK_FAIL_BYTES = 1 << 20
 DISK_WARN_BYTES = 50 << 20
 
 
-def _read(path: str) -> Optional[str]:
-    try:
-        return Path(path).read_text(errors="replace").strip("\x00\n ")
-    except OSError:
-        return None
-
-
 def board() -> str:
-    model = _read("/proc/device-tree/model")
+    model = machine.read_value(Path("/proc/device-tree/model"))
     if model:
         return model
-    vendor, product = _read("/sys/class/dmi/id/sys_vendor"), _read("/sys/class/dmi/id/product_name")
+    vendor, product = (machine.read_value(Path(f"/sys/class/dmi/id/{name}"))
+                       for name in ("sys_vendor", "product_name"))
     return " ".join(p for p in (vendor, product) if p) or "unknown (no device-tree model, no DMI)"
 
 
 def os_release() -> str:
-    text = _read("/etc/os-release") or ""
+    text = machine.read_value(Path("/etc/os-release")) or ""
     for line in text.splitlines():
         if line.startswith("PRETTY_NAME="):
             return line.partition("=")[2].strip('"')
