@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import yaml
 
@@ -215,8 +215,15 @@ def _systemd_runs(unit: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def reload_plan(args: argparse.Namespace, config_path: Path) -> tuple[str, Optional[int]]:
-    """(what will be done, the pid to signal or None for systemctl / nothing)."""
+class ReloadPlan(NamedTuple):
+    """What ``models install`` will do to make the daemon read the new config."""
+
+    text: str  # said in --dry-run and after it is done
+    pid: Optional[int] = None  # send SIGHUP to this process
+    unit: Optional[str] = None  # or ``systemctl reload`` this unit
+
+
+def reload_plan(args: argparse.Namespace, config_path: Path) -> ReloadPlan:
     pid = args.pid if args.pid is not None else _read_pid(args.pid_file) if args.pid_file is not None else None
     if pid is not None:
         try:
@@ -226,25 +233,25 @@ def reload_plan(args: argparse.Namespace, config_path: Path) -> tuple[str, Optio
                               fix="start the daemon, or leave out --pid to reload nothing") from None
         except PermissionError:
             pass  # it exists; sending the signal will say whether we may
-        return f"send SIGHUP to the daemon (pid {pid})", pid
+        return ReloadPlan(f"send SIGHUP to the daemon (pid {pid})", pid=pid)
     unit = service_for(config_path)
     if unit is None:
-        return (f"nothing to reload (no --pid/--pid-file, and no edgedet unit reads {config_path}): the next "
-                "start uses it"), None
+        return ReloadPlan(f"nothing to reload (no --pid/--pid-file, and no edgedet unit reads {config_path}): the "
+                          "next start uses it")
     if _systemd_runs(unit):
-        return f"systemctl reload {unit}", None
-    return f"nothing to reload (no --pid/--pid-file and {unit}.service is not active): the next start uses it", None
+        return ReloadPlan(f"systemctl reload {unit}", unit=unit)
+    return ReloadPlan(f"nothing to reload (no --pid/--pid-file and {unit}.service is not active): the next start "
+                      "uses it")
 
 
-def _reload(plan: str, pid: Optional[int]) -> None:
-    if pid is not None:
-        os.kill(pid, signal.SIGHUP)
-    elif plan.startswith("systemctl reload "):
-        unit = plan.split()[-1]
-        done = subprocess.run(["systemctl", "reload", unit], check=False, capture_output=True, text=True)
+def _reload(plan: ReloadPlan) -> None:
+    if plan.pid is not None:
+        os.kill(plan.pid, signal.SIGHUP)
+    elif plan.unit is not None:
+        done = subprocess.run(["systemctl", "reload", plan.unit], check=False, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ConfigError(f"systemctl reload {unit} failed: {done.stderr.strip()}",
-                              fix=f"check `systemctl status {unit}`; the config already names the new model")
+            raise ConfigError(f"systemctl reload {plan.unit} failed: {done.stderr.strip()}",
+                              fix=f"check `systemctl status {plan.unit}`; the config already names the new model")
 
 
 # ------------------------------------------------------------------------------------------ install
@@ -290,11 +297,11 @@ def install(args: argparse.Namespace) -> int:
         new_text = set_classifier_path(text, chosen, str(target)) if chosen is not None \
             else set_model_path(text, str(target))
         _validate(new_text, config_path)
-        plan, pid = reload_plan(args, config_path)
+        plan = reload_plan(args, config_path)
         steps = [f"copy {source} -> {target}"]
         if sidecar is not None:
             steps.append(f"copy {sidecar} -> {target_sidecar}")
-        steps += [f"set {key}.path in {config_path}: {model.path} -> {target}", plan]
+        steps += [f"set {key}.path in {config_path}: {model.path} -> {target}", plan.text]
         if args.dry_run:
             print("dry run, nothing changed; would:")
             for step in steps:
@@ -309,7 +316,7 @@ def install(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     if new_text != text:
         _write_atomically(config_path, new_text)
-    _reload(plan, pid)
+    _reload(plan)
     for step in steps:
         print(f"done: {step}")
     print(f"installed {name}")
