@@ -183,7 +183,7 @@ def encode_input_png(classifier: Classifier, preprocessor: Any, frame: Any) -> t
     return buffer.getvalue(), (width, height)
 
 
-def roi_rects(lanes: Sequence[Any], frame_size: tuple[int, int]) -> list[RoiRect]:
+def roi_rects(lanes: Sequence[Lane], frame_size: tuple[int, int]) -> list[RoiRect]:
     """Each classifier's region of interest as the pixel box its preprocessor cuts (``roi_box``), given as
     fractions of the frame for the page; classifiers without one are left out."""
     width, height = frame_size
@@ -211,7 +211,7 @@ class HttpSink:
         self._encode_lock = threading.Lock()
         self._jpegs: OrderedDict[int, Encoded] = OrderedDict()
         self._page_lock = threading.Lock()
-        self._pages: dict[str, tuple[float, bytes]] = {}  # token query -> (made at, page), see page()
+        self._page: Optional[tuple[str, float, bytes]] = None  # token query, made at, the page (see page())
         self.clock, self.sleep = time.monotonic, time.sleep  # injected by tests
         self._pngs: OrderedDict[int, Encoded] = OrderedDict()
         self._preprocessor: Optional[tuple[Classifier, Any]] = None
@@ -346,14 +346,15 @@ class HttpSink:
     def page(self, token_query: str) -> bytes:
         """The page, rendered at most ``MAX_ENCODES_PER_S`` times a second: a request sooner than that after
         the last one waits for its turn (``_pace``), as the images' do."""
-        self._pace(max((made for made, _ in self._pages.values()), default=None))
+        last = self._page
+        self._pace(last[1] if last is not None else None)
         with self._page_lock:
             now = self.clock()
-            made = self._pages.get(token_query)
-            if made is not None and now - made[0] < 1.0 / MAX_ENCODES_PER_S:
-                return made[1]  # another request rendered it while this one waited
+            last = self._page
+            if last is not None and last[0] == token_query and now - last[1] < 1.0 / MAX_ENCODES_PER_S:
+                return last[2]  # another request rendered it while this one waited
             page = self._render_page(token_query)
-            self._pages = {token_query: (now, page)}  # one client's token at a time: nothing grows
+            self._page = (token_query, now, page)
             return page
 
     def _render_page(self, token_query: str) -> bytes:
