@@ -65,7 +65,7 @@ def throttling(firmware: Optional[Path] = None) -> Optional[Throttling]:
     if raw is None:
         return None
     try:
-        value = int(raw, 16) if raw.lower().startswith("0x") else int(raw)
+        value = int(raw, 16)  # hex either way: vcgencmd says "0x50005", the kernel's file "50005" (its "%x")
     except ValueError:
         return None
     return Throttling(hex(value), [n for i, n in enumerate(THROTTLE_BITS) if value >> i & 1],

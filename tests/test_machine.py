@@ -45,7 +45,8 @@ def _no_vcgencmd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_throttling_from_the_firmware_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_vcgencmd(monkeypatch, tmp_path)
     firmware = tmp_path / "get_throttled"
-    _write(firmware, "327685\n")  # 0x50005: under-voltage and throttled now, both since boot too
+    # The kernel's raspberrypi firmware driver writes the value with sprintf("%x\n"): hex, no 0x.
+    _write(firmware, "50005\n")  # under-voltage and throttled now, both since boot too
     found = machine.throttling(firmware)
     assert found == machine.Throttling("0x50005", ["under_voltage", "throttled"], ["under_voltage", "throttled"])
     firmware.write_text("0\n")
@@ -68,12 +69,12 @@ def test_throttling_from_vcgencmd_first(tmp_path: Path, monkeypatch: pytest.Monk
 def test_doctor_reports_what_the_machine_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_vcgencmd(monkeypatch, tmp_path)
     firmware = tmp_path / "get_throttled"
-    _write(firmware, "0x50000\n")
+    _write(firmware, "50000\n")
     monkeypatch.setattr(machine, "FIRMWARE_THROTTLED", firmware)
     item = platform._throttled()
     assert item.status == "warn" and item.fact == ("get_throttled=0x50000: under voltage has occurred, "
                                                      "throttled has occurred")
-    firmware.write_text("0x0\n")
+    firmware.write_text("0\n")
     assert platform._throttled().status == "ok"
     monkeypatch.setattr(machine, "THERMAL", tmp_path / "thermal")
     assert platform._temperature().status == "skip"
