@@ -115,12 +115,19 @@ def chromium(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+def screenshot(png: Path) -> np.ndarray:
+    return np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
+
+
+def saturated_columns(rgb: np.ndarray, min_rows: int = 60) -> np.ndarray:
+    """Which screenshot columns hold at least ``min_rows`` strongly coloured pixels: the page itself is white,
+    grey and black, so only the images (and no thin bar or line) make such columns."""
+    return ((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum(axis=0) >= min_rows
+
+
 def saturated_column_runs(png: Path, min_rows: int = 60) -> list[int]:
-    """Widths of the runs of screenshot columns holding at least ``min_rows`` strongly coloured pixels: the
-    page itself is white, grey and black, so only the two images (and no thin bar or line) make such runs."""
-    rgb = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
-    colourful = (rgb.max(axis=2) - rgb.min(axis=2)) > 60
-    columns = colourful.sum(axis=0) >= min_rows
+    """Widths of the runs of saturated columns (see saturated_columns): one per painted image."""
+    columns = saturated_columns(screenshot(png), min_rows)
     runs, width = [], 0
     for on in [*columns.tolist(), False]:
         if on:
@@ -161,7 +168,7 @@ def test_chromium_draws_the_region_of_interest_where_the_model_looks(tmp_path: P
         done = chromium(tmp_path, "--window-size=1280,900", "--hide-scrollbars", f"--screenshot={shot}",
                         daemon.url)
         assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
-    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    rgb = screenshot(shot)
     # The box's border is CSS #ffd400 exactly (the frame is a JPEG and never that exact for a long line).
     border = (np.abs(rgb - np.array([255, 212, 0])).max(axis=2) <= 2)
     columns = np.flatnonzero(border.sum(axis=0) >= 150)  # the two vertical edges, 2 px each
@@ -169,5 +176,5 @@ def test_chromium_draws_the_region_of_interest_where_the_model_looks(tmp_path: P
     assert len(columns) >= 2 and len(rows) >= 2, (columns, rows)
     width, height = columns.max() - columns.min() + 1, rows.max() - rows.min() + 1
     assert abs(width - 240) <= 3 and abs(height - 180) <= 3, (width, height)
-    frame_left = np.flatnonzero(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum(axis=0) >= 60).min()
+    frame_left = np.flatnonzero(saturated_columns(rgb)).min()
     assert abs(columns.min() - (frame_left + 240)) <= 3, (columns.min(), frame_left)
