@@ -327,16 +327,12 @@ def test_roi_rects_are_the_boxes_the_preprocessors_cut() -> None:
     assert odd == RoiRect("", 10 / 101, 5 / 51, 10 / 101, 5 / 51)
 
 
-def test_the_live_page_draws_each_classifiers_roi_where_it_is(tmp_path: Path) -> None:
-    from edgedet.config import EdgedetConfig
-
-    if not MODEL.exists():
-        pytest.skip(f"bundled model missing: {MODEL}")
-    config = EdgedetConfig.model_validate({
+def test_the_live_page_draws_each_classifiers_roi_where_it_is() -> None:
+    config = build_config({
         "source": {"type": "synthetic", "width": 640, "height": 480, "fps": 0, "pattern": "halves"},
         "models": [{"name": "left", "path": str(MODEL), "preprocess": {"roi": [0, 0, 0.5, 1]}},
                    {"name": "right", "path": str(MODEL), "preprocess": {"roi": [0.5, 0.25, 1, 0.75]}}],
-        "mqtt": {"enabled": False}, "http": {"enabled": True, "port": free_port()}})
+        "mqtt": {"enabled": False}, "http": {"enabled": True, "port": free_port()}}, "test")
     pipeline = Pipeline.build(config, "run")
     try:
         pipeline.run(max_frames=2)
