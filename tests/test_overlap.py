@@ -19,7 +19,7 @@ from edgedet.frames.base import Frame, FrameSource
 from edgedet.loop import FrameLoop
 from edgedet.model.classifier import Classifier
 from edgedet.model.config import ModelConfig
-from edgedet.model.preprocess import load_image
+from edgedet.model.preprocess import FrameError, load_image
 from edgedet.model.simulated import simulated_accelerator
 from edgedet.results import FrameResult
 
@@ -125,6 +125,19 @@ def test_bad_frames_in_the_overlapped_loop_are_counted_not_classified(shared_mod
     serial = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5))
     for r in results:
         assert r.top_k == serial.infer(photos[r.frame_id % len(photos)]).top_k
+
+
+def test_a_bad_frame_does_not_take_a_staging_buffer(shared_models, photos):
+    # The overlapped loop reads a Prepared's buffer while the next frame is prepared: a frame that fails to
+    # prepare must leave the next one in the other buffer, not in the one still being read.
+    classifier = standin(shared_models)
+    first = classifier.prepare(photos[0])
+    kept = first.tensor.copy()
+    with pytest.raises(FrameError):
+        classifier.prepare(np.zeros((4, 4, 2), np.uint8))
+    second = classifier.prepare(photos[1])
+    assert second.tensor is not first.tensor
+    assert np.array_equal(first.tensor, kept)
 
 
 def test_max_frames_bound_is_exact_in_the_overlapped_loop(shared_models, photos):

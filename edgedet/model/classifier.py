@@ -347,8 +347,11 @@ class Classifier:
         """Preprocess ``frame`` into the next of two staging buffers, without touching the interpreter (safe
         during an invoke() on another thread). A Prepared stays valid until the second prepare() after it."""
         buffer = self._staging[self._staged]
+        preprocess_ms = self._preprocess_into(frame, buffer)
+        # Only a frame that was prepared takes its buffer: after a bad frame the next one must not go into the
+        # buffer the previous Prepared is still read from.
         self._staged ^= 1
-        return Prepared(buffer, self._preprocess_into(frame, buffer))
+        return Prepared(buffer, preprocess_ms)
 
     def invoke_staged(self, prepared: Prepared, before_invoke: Optional[Callable[[], None]] = None) -> Invoked:
         """Copy a prepared frame into the input tensor, invoke, copy the raw scores out: ranking them
