@@ -89,6 +89,24 @@ def test_parsed_file_and_path_agree(shared_models: Path) -> None:
     assert inspect_graph(parsed).other_constant_elements == 2  # the RESHAPE's target shape [1, 1001]
 
 
+def test_a_parsed_file_keeps_its_size_and_digest_not_its_bytes() -> None:
+    """The daemon keeps the parsed file for its lifetime and the interpreter maps the file itself: a copy of
+    the bytes held here would double the model's share of the daemon's memory."""
+    import hashlib
+
+    from edgedet.model.config import default_model_path
+
+    path = default_model_path()
+    assert path is not None  # the bundled model is in the repository
+    data = path.read_bytes()
+    parsed = read_tflite(path)
+    assert parsed.size_bytes == len(data)
+    assert parsed.sha256 == hashlib.sha256(data).hexdigest()
+    held = [name for name, value in vars(parsed).items()
+            if isinstance(value, (bytes, bytearray, memoryview)) and len(value) >= len(data) // 2]
+    assert held == []
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found") as caught:
         inspect_graph(tmp_path / "nope.tflite")

@@ -62,7 +62,10 @@ class TfliteFile:
     """A parsed, validated-to-be-readable TFLite model file."""
 
     path: Path
-    data: bytes = field(repr=False)
+    # The size and digest, not the bytes: the interpreter maps the file itself, and a copy held here for the
+    # daemon's lifetime would double the model's share of its memory.
+    size_bytes: int
+    sha256: str = field(repr=False)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     tensors: list[TensorSpec] = field(repr=False)
@@ -72,17 +75,9 @@ class TfliteFile:
     metadata_normalization: Optional[tuple[list[float], list[float]]] = None
     embedded_labels: Optional[list[str]] = None
 
-    @property
-    def name(self) -> str:
-        return self.path.stem
-
-    @property
-    def size_bytes(self) -> int:
-        return len(self.data)
-
     @cached_property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def name(self) -> str:  # cached: the frame loop names the model in every result
+        return self.path.stem
 
     @property
     def is_edgetpu(self) -> bool:
@@ -262,7 +257,9 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
     if model.SubgraphsLength() < 1:
         raise ModelError("model has no subgraph", where=path, fix="reconvert the model")
     # Every buffer must lie inside the file: a truncated download fails here instead of in the C++ loader.
-    buffers: list[bytes] = []
+    # Only where each buffer lies is kept (weights are not copied): a tensor is constant when its buffer has
+    # data, and the metadata buffer is read from the file's bytes.
+    spans: list[tuple[int, int]] = []
     for i in range(model.BuffersLength()):
         buffer = model.Buffers(i)
         offset = buffer.Offset() if hasattr(buffer, "Offset") else 0
@@ -271,7 +268,7 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
             if end > size:
                 raise ModelError(f"truncated: buffer {i} ends at byte {end} of a {size}-byte file", where=path,
                                  fix="fetch the model again")
-            buffers.append(data[offset:end])
+            spans.append((offset, end))
             continue
         length = buffer.DataLength()
         if length:
@@ -279,9 +276,9 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
             if start + length > size:
                 raise ModelError(f"truncated: buffer {i} ends at byte {start + length} of a {size}-byte file",
                                  where=path, fix="fetch the model again")
-            buffers.append(data[start:start + length])
+            spans.append((start, start + length))
         else:
-            buffers.append(b"")
+            spans.append((0, 0))
     codes = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
@@ -292,7 +289,7 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
     graph = model.Subgraphs(0)
     tensors = [_tensor_spec(graph.Tensors(i)) for i in range(graph.TensorsLength())]
     constant = {i for i in range(graph.TensorsLength())
-                if graph.Tensors(i).Buffer() < len(buffers) and buffers[graph.Tensors(i).Buffer()]}
+                if graph.Tensors(i).Buffer() < len(spans) and _nonempty(spans[graph.Tensors(i).Buffer()])}
     operators = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
@@ -305,18 +302,24 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
     normalization = None
     for i in range(model.MetadataLength()):
         meta = model.Metadata(i)
-        if meta.Name() == b"TFLITE_METADATA" and meta.Buffer() < len(buffers) and buffers[meta.Buffer()]:
+        if meta.Name() == b"TFLITE_METADATA" and meta.Buffer() < len(spans) and _nonempty(spans[meta.Buffer()]):
+            start, end = spans[meta.Buffer()]
             try:
-                normalization = _metadata_normalization(buffers[meta.Buffer()])
+                normalization = _metadata_normalization(data[start:end])
             except (struct.error, IndexError, ValueError):
                 normalization = None  # unreadable metadata is not fatal: the model itself is fine
     if _has_broken_archive(data):
         raise ModelError("truncated: the model's appended metadata archive (labels) is incomplete", where=path,
                          fix="the copy or download is incomplete; fetch the model again")
     description = (model.Description() or b"").decode("utf-8", errors="replace")
-    return TfliteFile(path=path, data=data, inputs=inputs, outputs=outputs, tensors=tensors,
-                      operators=operators, constant_tensors=constant, description=description,
+    return TfliteFile(path=path, size_bytes=size, sha256=hashlib.sha256(data).hexdigest(), inputs=inputs,
+                      outputs=outputs, tensors=tensors, operators=operators, constant_tensors=constant,
+                      description=description,
                       metadata_normalization=normalization, embedded_labels=_embedded_labels(data))
+
+
+def _nonempty(span: tuple[int, int]) -> bool:
+    return span[1] > span[0]
 
 
 def numpy_dtype(spec: TensorSpec) -> np.dtype:
