@@ -278,7 +278,10 @@ class Preparer(threading.Thread):
     """The overlapped loop's second thread: on request, at the time it is asked for, takes the next frame and
     preprocesses it into a staging buffer; one request at a time, so frames stay in order."""
 
-    MARGIN_S = 0.0003  # started this much earlier than the estimate says: a late frame stalls the invoke
+    # Started this much earlier than the estimate says: a late frame stalls the invoke, an early one ages
+    # while it waits. Small, because the estimate is already cautious (the shortest invoke, the upper quartile
+    # of preparations); the README's performance section has the measured trade.
+    MARGIN_S = 0.0001
     HISTORY = 16
 
     def __init__(self, loop: FrameLoop) -> None:

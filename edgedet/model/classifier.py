@@ -86,7 +86,7 @@ def top_indices(values: np.ndarray, k: int) -> list[int]:
         # pass and no comparisons, and stability keeps ties in index order; two numpy calls, where a partition
         # then a sort of the candidates took nine (they dominate on the cold caches after an invoke).
         keys = np.bitwise_xor(values.view(np.uint8), mask)
-        return np.argsort(keys, kind="stable")[:k].tolist()
+        return keys.argsort(kind="stable")[:k].tolist()
     if k < values.size:
         # Every value tied with the k-th largest is a candidate: argpartition alone picks among ties
         # arbitrarily.
