@@ -76,7 +76,7 @@ def loop_run(classifier: Any, seconds: float, overlap: Optional[bool] = None) ->
     stats = loop.run()
     elapsed = time.perf_counter() - started
     gaps = np.diff(stamps) * 1e3
-    out = {"fps": stats.frames_processed / elapsed, "frame_gap_ms": float(np.median(gaps))}
+    out: dict[str, Any] = {"fps": stats.frames_processed / elapsed, "frame_gap_ms": float(np.median(gaps))}
     for stage in ("capture_wait", "preprocess", "inference", "postprocess", "frame_age"):
         out[stage] = float(np.median([s[stage] for s in stages]))
     # the rest of a frame's time: the loop's bookkeeping, result, stats and sinks (on the loop's thread)
@@ -166,8 +166,13 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         print(f"  overlapped / serial, per pair: median {statistics.median(gains):.3f}")
     for threads in (1, 2):
         cpu = Classifier.from_config(ModelConfig(path=model, num_threads=threads))
-        runs = paired(args.pairs, lambda cpu=cpu: loop_run(cpu, args.seconds, overlap=False),
-                      lambda cpu=cpu: loop_run(cpu, args.seconds, overlap=True))
+        def serial_cpu(cpu: Any = cpu) -> dict[str, Any]:
+            return loop_run(cpu, args.seconds, overlap=False)
+
+        def overlapped_cpu(cpu: Any = cpu) -> dict[str, Any]:
+            return loop_run(cpu, args.seconds, overlap=True)
+
+        runs = paired(args.pairs, serial_cpu, overlapped_cpu)
         gains = [o["fps"] / s["fps"] for s, o in runs]
         print(f"CPU only, {V2}, {threads} thread(s): overlapped / serial fps, per pair: median "
               f"{statistics.median(gains):.3f} (serial {statistics.median(s['fps'] for s, _ in runs):.1f} fps)")
@@ -271,38 +276,53 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[list[tuple[float, float]], int]:
+    """``edgedet run`` for ``frames`` frames at fps 0: its RSS sampled every 50 ms, and its exit code."""
+    proc = subprocess.Popen(daemon_cmd(config, frames, ("--set", "source.fps=0", *extra)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    while proc.poll() is None:
+        try:
+            value = rss_mb(proc.pid)
+            if value > 0:
+                samples.append((time.monotonic() - started, value))
+        except (OSError, ValueError, IndexError):
+            pass
+        time.sleep(0.05)
+    return samples, proc.returncode
+
+
 def cmd_memory(args: argparse.Namespace) -> None:
     model = bundled_model()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = {}
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "c.yaml"
             config.write_text(f"model:\n  path: {model}\nmqtt:\n  enabled: true\n  host: 127.0.0.1\n"
                               f"  port: {port}\n")
-            proc = subprocess.Popen(daemon_cmd(config, args.frames, ("--set", "source.fps=0")),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            samples: list[tuple[float, float]] = []
-            started = time.monotonic()
-            while proc.poll() is None:
-                try:
-                    value = rss_mb(proc.pid)
-                    if value > 0:
-                        samples.append((time.monotonic() - started, value))
-                except (OSError, ValueError, IndexError):
-                    pass
-                time.sleep(0.05)
+            # As this venv has it (OpenCV installed: the default preprocess backend uses it), and as a machine
+            # without OpenCV runs (scripts/install.sh does not install it): OpenCV is then never imported.
+            for label, extra in (("OpenCV installed", ()), ("no OpenCV (backend numpy)",
+                                                            ("--set", "model.preprocess.backend=numpy"))):
+                runs[label] = daemon_rss(config, args.frames, extra)
     finally:
         broker.terminate()
         broker.wait()
-    total = samples[-1][0]
-    steady = [r for t, r in samples if t >= total / 10]
-    print(f"edgedet run, {model.name}, MQTT on (local mosquitto), {args.frames} frames at fps 0 in {total:.0f} s "
-          f"(exit {proc.returncode}): RSS after the first tenth {steady[0]:.1f} MB, end {steady[-1]:.1f} MB, "
-          f"peak {max(r for _, r in samples):.1f} MB, growth {steady[-1] - steady[0]:+.1f} MB")
+    for label, (samples, code) in runs.items():
+        total = samples[-1][0]
+        # Steady: after the first tenth (start-up) and before the last (the loop has ended and the run is
+        # tearing down, freeing the source's frames: that drop is not the frame loop's memory).
+        steady = [r for t, r in samples if total / 10 <= t <= total * 9 / 10]
+        print(f"edgedet run, {model.name}, MQTT on (local mosquitto), {label}, {args.frames} frames at fps 0 in "
+              f"{total:.0f} s (exit {code}): steady RSS (10 % to 90 % of the run) first {steady[0]:.1f} MB, last "
+              f"{steady[-1]:.1f} MB, max {max(steady):.1f} MB, growth {steady[-1] - steady[0]:+.1f} MB; peak of the "
+              f"whole run {max(r for _, r in samples):.1f} MB")
     probe = ("import importlib, sys, os\n"
              "from pathlib import Path\n"
              "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
