@@ -122,3 +122,20 @@ def test_run_imports_no_tensorflow_bench_or_host(tmp_path: Path) -> None:
                  if m.split(".")[0] in {"tensorflow", "keras", "tf_keras"}
                  or m == "edgedet.bench" or m.startswith(("edgedet.bench.", "edgedet.host"))]
     assert forbidden == []
+
+
+def test_sqlite_is_imported_only_for_an_outbox_file() -> None:
+    """SQLite (~1 MB resident) backs ``mqtt.outbox_path`` alone: the daemon's modules, MQTT's included, leave it
+    out; opening an outbox file brings it in (tests/test_outbox*.py use it for real)."""
+    code = ("import sys, tempfile, pathlib\n"
+            "import edgedet.cli, edgedet.daemon, edgedet.pipeline, edgedet.publish.mqtt as m\n"
+            "from edgedet.publish.config import MqttConfig\n"
+            "before = 'sqlite3' in sys.modules\n"
+            "path = pathlib.Path(tempfile.mkdtemp()) / 'outbox.db'\n"
+            "publisher = m.MqttPublisher(MqttConfig(enabled=True, outbox_path=path), 'dev')\n"
+            "publisher._open_store()\n"
+            "print(before, 'sqlite3' in sys.modules, path.exists())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True"]

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from itertools import chain
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -40,8 +40,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgedet.publish.config import MqttConfig
 from edgedet.publish.messages import STATUS_OFFLINE, STATUS_ONLINE
-from edgedet.publish.outbox import OutboxStore
 from edgedet.publish.problems import CONNECT_PROBLEMS, ProblemLog, describe_connect_error, describe_refused
+
+if TYPE_CHECKING:
+    from edgedet.publish.outbox import OutboxStore
 
 log = logging.getLogger("edgedet.mqtt")
 
@@ -461,6 +463,8 @@ class MqttPublisher:
         path = self.cfg.outbox_path
         if path is None or self._store is not None:
             return
+        from edgedet.publish.outbox import OutboxStore  # here: SQLite (~1 MB) only for a configured outbox file
+
         store = OutboxStore.open(path, int(self.cfg.outbox_max_mb * 1_000_000))
         if store is None:
             return
