@@ -246,3 +246,28 @@ def test_edgetpu_delegate_absent_is_one_line(shared_models: Path, capfd: pytest.
     err = [line for line in capfd.readouterr().err.splitlines() if "warning:" not in line]
     assert code == 2
     assert len(err) == 1 and "cannot load the Edge TPU library" in err[0]  # no "Exception ignored" trace
+
+
+def test_bench_says_when_preprocessing_ran_without_opencv(shared_models: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``backend: auto`` on a machine without OpenCV resizes with numpy, several times slower: the report names
+    the backend, and says so once; with OpenCV (this venv's), it names OpenCV and says nothing."""
+    from edgedet.cv import import_cv2
+
+    code, out, errors = run([str(shared_models / V1), "--json", *QUICK], capsys)
+    assert (code, errors) == (0, [])
+    (result,) = json.loads(out)["results"]
+    with_opencv = import_cv2() is not None
+    assert result["preprocess_backend"] == ("opencv" if with_opencv else "numpy")
+    assert any("OpenCV is not installed" in w for w in result["warnings"]) is not with_opencv
+
+    monkeypatch.setattr("edgedet.model.preprocess.opencv_resize", lambda: None)  # as if OpenCV were absent
+    code, out, errors = run([str(shared_models / V1), "--json", *QUICK], capsys)
+    assert (code, errors) == (0, [])
+    report = json.loads(out)
+    jsonschema.validate(report, SCHEMA)
+    (result,) = report["results"]
+    assert result["preprocess_backend"] == "numpy"
+    assert [w for w in result["warnings"] if "OpenCV" in w] == [
+        "preprocessing ran on numpy: OpenCV is not installed; pip install 'edgedet[opencv]' resizes several "
+        "times faster (README, Performance)"]
