@@ -314,8 +314,8 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
     description = (model.Description() or b"").decode("utf-8", errors="replace")
     return TfliteFile(path=path, size_bytes=size, sha256=hashlib.sha256(data).hexdigest(), inputs=inputs,
                       outputs=outputs, tensors=tensors, operators=operators, constant_tensors=constant,
-                      description=description,
-                      metadata_normalization=normalization, embedded_labels=_embedded_labels(data))
+                      description=description, metadata_normalization=normalization,
+                      embedded_labels=_embedded_labels(data))
 
 
 def _nonempty(span: tuple[int, int]) -> bool:
