@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
+from paired import cpu_seconds, free_port, paired
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -83,19 +83,6 @@ def loop_run(classifier: Any, seconds: float, overlap: Optional[bool] = None) ->
     busy = [s["capture_wait"] + s["preprocess"] + s["inference"] + s["postprocess"] for s in stages[1:]]
     out["loop_rest"] = float(np.median(gaps - np.asarray(busy))) if overlap is not True else None
     return out
-
-
-def paired(pairs: int, first: Callable[[], Any], second: Callable[[], Any]) -> list[tuple[Any, Any]]:
-    results = []
-    for index in range(pairs):
-        if index % 2 == 0:
-            a = first()
-            b = second()
-        else:
-            b = second()
-            a = first()
-        results.append((a, b))
-    return results
 
 
 def cmd_cpu(args: argparse.Namespace) -> None:
@@ -176,11 +163,6 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         gains = [o["fps"] / s["fps"] for s, o in runs]
         print(f"CPU only, {V2}, {threads} thread(s): overlapped / serial fps, per pair: median "
               f"{statistics.median(gains):.3f} (serial {statistics.median(s['fps'] for s, _ in runs):.1f} fps)")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 BARE_AT_RATE = """
@@ -295,9 +277,7 @@ def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[
 
 def cmd_memory(args: argparse.Namespace) -> None:
     model = bundled_model()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = {}
     try:

@@ -37,7 +37,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,18 +44,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
+
+from paired import alternating, cpu_seconds, free_port
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
 BUNDLED = HERE.parent / "models" / "pikachu_mobilenet_v2_0.35_96_int8.tflite"
 FRAME_ID = re.compile(rb"frame\.jpg\?frame=(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Poller(threading.Thread):
@@ -101,20 +96,7 @@ class Poller(threading.Thread):
                 self.stop.wait(self.interval_s)
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's user + system CPU time so far (/proc/PID/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 WARM_UP_S = 2.0  # model loaded, first frames done: the steady CPU window starts after this
-T = TypeVar("T")
-
-
-def alternating(pairs: int, measure: Callable[[bool], T]) -> list[dict[bool, T]]:
-    """``measure(False)`` and ``measure(True)`` back to back, ``pairs`` times, the order alternating."""
-    return [{flag: measure(flag) for flag in ((False, True) if i % 2 == 0 else (True, False))}
-            for i in range(pairs)]
 
 
 def ratios(runs: list[dict[bool, float]]) -> list[float]:

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,18 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from paired import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "pikachu_mobilenet_v2_0.35_96_int8.tflite"
 SHARED_V2 = Path(os.environ.get("EDGEDET_SHARED_MODELS", REPO.parent / "shared" / "models")) / \
     "mobilenet_v2_1.0_224_quant.tflite"
 NOT_DELIVERED = re.compile(r"MQTT: stopping with (\d+) message\(s\) not delivered")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_daemon(folder: Path, model: Path, frames: int, mode: str, outbox_max: int) -> dict[str, Any]:

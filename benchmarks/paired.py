@@ -1,0 +1,40 @@
+"""What the benchmark scripts share: paired rounds with the order alternating, a process's CPU time, a free
+port. Imported by the scripts beside it (``python benchmarks/NAME.py`` puts this folder first on the path)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Callable, TypeVar, Union, cast
+
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def alternating(pairs: int, measure: Callable[[bool], T]) -> list[dict[bool, T]]:
+    """``measure(False)`` and ``measure(True)`` back to back, ``pairs`` times, the order alternating."""
+    return [{flag: measure(flag) for flag in ((False, True) if i % 2 == 0 else (True, False))}
+            for i in range(pairs)]
+
+
+def paired(pairs: int, first: Callable[[], A], second: Callable[[], B]) -> list[tuple[A, B]]:
+    """:func:`alternating` over two callables: ``(first's result, second's result)`` per pair."""
+
+    def measure(flag: bool) -> Union[A, B]:
+        return second() if flag else first()
+
+    return [(cast(A, run[False]), cast(B, run[True])) for run in alternating(pairs, measure)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
