@@ -44,7 +44,7 @@ def cpu_governors(cpus: Optional[Path] = None) -> list[str]:
 
 
 class Throttling(NamedTuple):
-    raw: str  # as the firmware gives it, e.g. "0x50005"
+    raw: str  # the firmware's value as 0x-prefixed hex, e.g. "0x50005", whichever source gave it
     now: list[str]
     since_boot: list[str]
 
