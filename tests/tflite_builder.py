@@ -147,7 +147,8 @@ def image_output_model() -> bytes:
 def tiny_classifier(classes: int = 4, size: int = 8, dtype: type = np.float32) -> bytes:
     """1xSxSx3 -> RESIZE_BILINEAR to 1x1x1x3 ... -> RESHAPE to 1x3: a valid 'classifier' with 3 classes."""
     resize, reshape = tflite.BuiltinOperator.RESIZE_BILINEAR, tflite.BuiltinOperator.RESHAPE
-    kwargs = {"scale": 1 / 128, "zero_point": 128} if dtype == np.uint8 else {}
+    kwargs = {np.uint8: {"scale": 1 / 128, "zero_point": 128}, np.int8: {"scale": 1 / 128, "zero_point": 0}}.get(
+        dtype, {})
     return build([T("image", (1, size, size, 3), dtype, **kwargs),
                   T("size", (2,), np.int32, data=np.array([1, 1], np.int32)),
                   T("pooled", (1, 1, 1, 3), dtype, **kwargs),
