@@ -67,30 +67,42 @@ class Captured:
 
 
 class LatestSlot:
-    """A one-slot buffer: ``put`` replaces an unread item (counted as dropped), ``take`` waits for a new one."""
+    """A one-slot buffer: ``put`` replaces an unread item (counted as dropped), ``take`` waits for a new one.
+
+    Two plain locks, not a Condition: ``_ready`` is released exactly when an item (or a wake-up) is waiting,
+    so a hand-over is two C calls on each side, where Condition.wait runs a dozen lines of Python per frame.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()  # guards _item and the state of _ready
+        self._ready = threading.Lock()
+        self._ready.acquire()
         self._item: Optional[Captured] = None
         self.replaced = 0
 
     def put(self, item: Captured) -> None:
-        with self._cond:
+        with self._mutex:
             if self._item is not None:
                 self.replaced += 1
             self._item = item
-            self._cond.notify()
+            self._signal()
 
     def take(self, timeout_s: float) -> Optional[Captured]:
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout_s)
+        """The newest item, or None after ``timeout_s`` or a :meth:`wake`."""
+        if not self._ready.acquire(timeout=timeout_s):
+            return None
+        with self._mutex:
             item, self._item = self._item, None
             return item
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        """Ends a take() that is waiting (or the next one) with whatever is in the slot."""
+        with self._mutex:
+            self._signal()
+
+    def _signal(self) -> None:  # under _mutex: only put() and wake() release, take() only acquires
+        if self._ready.locked():
+            self._ready.release()
 
 
 class RollingStats:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,59 @@ def test_latest_slot_replaces_unread_and_counts():
     assert slot.replaced == 2
     assert slot.take(0.01).frame_id == 2  # the newest
     assert slot.take(0.01) is None
+
+
+def test_latest_slot_hands_over_across_threads_and_wakes() -> None:
+    slot = LatestSlot()
+    item = Captured(Frame(0, np.zeros((1, 1, 3), np.uint8), 0.0, 0.0), 7)
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(slot.take(30)))
+    waiting.start()
+    slot.put(item)
+    waiting.join(30)
+    assert got == [item]
+    assert slot.take(0) is None  # taken once only
+    waiting = threading.Thread(target=lambda: got.append(slot.take(30)))
+    waiting.start()
+    slot.wake()  # an empty slot: the waiting take ends with None
+    waiting.join(30)
+    assert not waiting.is_alive() and got[1:] == [None]
+    slot.wake()
+    slot.wake()  # a second wake before any take must not fail (the lock is released once)
+    assert slot.take(30) is None  # ends at once: a wake is pending
+    assert slot.take(0) is None
+
+
+def test_latest_slot_under_a_racing_producer_loses_no_count() -> None:
+    """Every item put is either taken or counted as replaced, and each take gets a newer item than the last."""
+    slot = LatestSlot()
+    count = 20000
+
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for i in range(count):
+                slot.put(Captured(Frame(i, np.zeros((1, 1, 3), np.uint8), 0.0, 0.0), i))
+                if i % 3 == 0:
+                    slot.wake()  # wakes racing the puts, as a source switch does
+        except BaseException as exc:
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    taken: list[int] = []
+    while True:
+        alive = producer.is_alive()
+        item = slot.take(0.05)
+        if item is not None:
+            taken.append(item.frame_id)
+        elif not alive:  # the producer had ended before this take found the slot empty
+            break
+    producer.join()
+    assert errors == []
+    assert taken == sorted(set(taken)) and taken[-1] == count - 1
+    assert len(taken) + slot.replaced == count
 
 
 def test_slow_model_fast_source_drops_frames_and_takes_the_newest(models):
