@@ -8,10 +8,11 @@ edgedet costs per frame at 30 fps, and memory.
     python benchmarks/frame_loop.py memory   [--frames 20000]
 
 Every comparison is paired: the two sides run back to back, the order alternating from pair to pair, and
-the figure is the median of the per-pair ratios (this 2-core machine is shared and noisy). ``cpu`` also
-works against an older checkout (PYTHONPATH=that checkout) for the before/after breakdown of the time per
-frame outside invoke(). The accelerator of ``overlap`` is edgedet.model.simulated: invoke() sleeps with the
-GIL released and returns the real model's scores for one fixed tensor; no Edge TPU was used.
+the figure is the median of the per-pair ratios (this 2-core machine is shared and noisy). The script
+measures the checkout it belongs to, in process and in the ``edgedet run`` processes it starts, wherever it
+is run from: run an older checkout's copy for before/after figures. The accelerator of ``overlap`` is
+edgedet.model.simulated: invoke() sleeps with the GIL released and returns the real model's scores for one
+fixed tensor; no Edge TPU was used.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ import numpy as np
 from paired import cpu_seconds, free_port, paired
 
 HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parent
+sys.path.insert(0, str(CHECKOUT))
+# `python -m edgedet` puts its working directory first on sys.path: started from another checkout's root it
+# would run that checkout's code, so the daemon runs from a neutral directory with this checkout on the path.
+DAEMON_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(CHECKOUT),
+                                                                     os.environ.get("PYTHONPATH"))))}
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
 V2 = "mobilenet_v2_1.0_224_quant.tflite"
 V1 = "mobilenet_v1_0.25_128_quant.tflite"
@@ -219,7 +226,7 @@ def daemon_cpu_per_frame(config: Path, fps: float, seconds: float) -> tuple[floa
         stats_file = Path(tmp) / "stats.json"
         proc = subprocess.Popen(daemon_cmd(config, extra=("--set", f"source.fps={fps}", "--duration",
                                                           str(seconds + 3), "--stats-file", str(stats_file))),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=tmp, env=DAEMON_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # model loaded, first frames done
         before, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(seconds - 0.5)
@@ -261,7 +268,7 @@ def rss_mb(pid: int) -> float:
 def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[list[tuple[float, float]], int]:
     """``edgedet run`` for ``frames`` frames at fps 0: its RSS sampled every 50 ms, and its exit code."""
     proc = subprocess.Popen(daemon_cmd(config, frames, ("--set", "source.fps=0", *extra)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=config.parent, env=DAEMON_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples: list[tuple[float, float]] = []
     started = time.monotonic()
     while proc.poll() is None:
@@ -321,7 +328,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
     modules = subprocess.run(
         [sys.executable, "-c", "import sys; from edgedet.pipeline import Pipeline; "
          "print(' '.join(m for m in ('cv2', 'PIL', 'paho', 'yaml', 'pydantic', 'edgedet.host', 'edgedet.bench') "
-         "if m in sys.modules))"], capture_output=True, text=True).stdout.strip()
+         "if m in sys.modules))"], cwd=HERE, env=DAEMON_ENV, capture_output=True, text=True).stdout.strip()
     print(f"imported by edgedet.pipeline: {modules}")
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
 
