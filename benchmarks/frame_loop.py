@@ -6,6 +6,7 @@ edgedet costs per frame at 30 fps, and memory.
     python benchmarks/frame_loop.py overlap  [--pairs 5] [--seconds 3]   # simulated 2.5 ms and 1.0 ms invoke
     python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 10]
     python benchmarks/frame_loop.py memory   [--frames 20000]
+    python benchmarks/frame_loop.py floors   [--frames 2000]   # the resize and the wake-ups, timed alone
 
 Every comparison is paired: the two sides run back to back, the order alternating from pair to pair, and
 the figure is the median of the per-pair ratios (this 2-core machine is shared and noisy). The script
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -333,15 +335,92 @@ def cmd_memory(args: argparse.Namespace) -> None:
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
 
 
+def thread_cpu_ns() -> int:
+    return int(Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()[0])
+
+
+def resize_after_invoke(classifier: Any, frames: list[np.ndarray], fps: float, count: int) -> float:
+    """Median ms of preprocessing a 640x480 frame into the input tensor right after an invoke, as the loop
+    does (``fps`` 0: back to back; else on a schedule, the caches as cold as a camera's frame leaves them)."""
+    times = []
+    due = time.monotonic()
+    for n in range(count):
+        if fps:
+            due += 1 / fps
+            time.sleep(max(0.0, due - time.monotonic()))
+        classifier._interpreter.invoke()
+        started = time.perf_counter()
+        classifier._preprocess_into(frames[n % len(frames)], classifier._input_view()[0])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[count // 10:]) * 1e3
+
+
+def wake_cpu_us(count: int) -> tuple[float, float]:
+    """CPU per wake-up of a thread: woken by its own timer (time.sleep to a 30 fps schedule, as the capture
+    thread waits for a synthetic frame) and by another thread releasing a lock (the frame handed over)."""
+    timer: list[float] = []
+
+    def sleeper() -> None:
+        before = thread_cpu_ns()
+        for _ in range(count):
+            time.sleep(1 / 30)
+        timer.append((thread_cpu_ns() - before) / count / 1e3)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    thread.join()
+    ready = threading.Lock()
+    ready.acquire()
+    woken: list[float] = []
+
+    def waiter() -> None:
+        before = thread_cpu_ns()
+        for _ in range(count):
+            ready.acquire(timeout=1.0)
+        woken.append((thread_cpu_ns() - before) / count / 1e3)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    for _ in range(count):
+        time.sleep(1 / 30)
+        ready.release()
+    thread.join()
+    return timer[0], woken[0]
+
+
+def cmd_floors(args: argparse.Namespace) -> None:
+    """What edgedet must do per frame and a bare invoke loop does not, timed alone: the resize of the 640x480
+    frame, and the capture thread's wake-ups. They bound the CPU-only ratios and the 30 fps cost from below."""
+    from edgedet.model.classifier import Classifier
+    from edgedet.model.config import ModelConfig
+
+    frames = [np.ascontiguousarray(np.roll(np.random.default_rng(n).integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8),
+                                           n, axis=1)) for n in range(8)]
+    print(f"preprocess of a {WIDTH}x{HEIGHT} frame into the input tensor right after an invoke (median ms, "
+          f"{args.frames} frames); the ratio fps / bare fps cannot exceed invoke / (invoke + resize):")
+    for model in (args.models / V2, args.models / V1, bundled_model()):
+        classifier = Classifier.from_config(ModelConfig(path=model))
+        invoke = bare_fps(classifier._interpreter, 2.0)[1]
+        hot = resize_after_invoke(classifier, frames, 0.0, args.frames)
+        cold = resize_after_invoke(classifier, frames, 30.0, min(args.frames, 300))
+        print(f"  {model.name} ({classifier.preprocessor.backend}, {classifier.num_threads} threads): invoke "
+              f"{invoke:.3f}, preprocess back to back {hot:.3f} (bound {invoke / (invoke + hot):.3f}), at 30 fps "
+              f"{cold:.3f}")
+    timer, woken = wake_cpu_us(150)
+    print(f"CPU per wake-up of a thread, 150 at 30 fps: by its own timer (time.sleep) {timer:.1f} us, by another "
+          f"thread (a lock released) {woken:.1f} us")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[1])
-    parser.add_argument("what", choices=("cpu", "overlap", "cpu-per-frame", "memory"))
+    parser.add_argument("what", choices=("cpu", "overlap", "cpu-per-frame", "memory", "floors"))
     parser.add_argument("--models", type=Path, default=SHARED)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--frames", type=int, default=20000)
     args = parser.parse_args()
-    {"cpu": cmd_cpu, "overlap": cmd_overlap, "cpu-per-frame": cmd_cpu_per_frame, "memory": cmd_memory}[args.what](args)
+    {"cpu": cmd_cpu, "overlap": cmd_overlap, "cpu-per-frame": cmd_cpu_per_frame, "memory": cmd_memory,
+     "floors": cmd_floors}[args.what](args)
     return 0
 
 
