@@ -339,9 +339,11 @@ def thread_cpu_ns() -> int:
     return int(Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()[0])
 
 
-def resize_after_invoke(classifier: Any, frames: list[np.ndarray], fps: float, count: int) -> float:
-    """Median ms of preprocessing a 640x480 frame into the input tensor right after an invoke, as the loop
-    does (``fps`` 0: back to back; else on a schedule, the caches as cold as a camera's frame leaves them)."""
+def resize_after_invoke(classifier: Any, frames: list[np.ndarray], fps: float, count: int,
+                        decode: Optional[Any] = None) -> float:
+    """Median ms of preprocessing a frame into the input tensor right after an invoke, as the loop does
+    (``fps`` 0: back to back; else on a schedule, the caches as cold as a camera's frame leaves them);
+    ``decode`` first turns each frame into RGB (the Pi camera's YUV420 lores frames)."""
     times = []
     due = time.monotonic()
     for n in range(count):
@@ -350,9 +352,16 @@ def resize_after_invoke(classifier: Any, frames: list[np.ndarray], fps: float, c
             time.sleep(max(0.0, due - time.monotonic()))
         classifier._interpreter.invoke()
         started = time.perf_counter()
-        classifier._preprocess_into(frames[n % len(frames)], classifier._input_view()[0])
+        frame = frames[n % len(frames)]
+        classifier._preprocess_into(frame if decode is None else decode(frame), classifier._input_view()[0])
         times.append(time.perf_counter() - started)
     return statistics.median(times[count // 10:]) * 1e3
+
+
+def lores_frames(width: int, height: int) -> list[np.ndarray]:
+    """YUV420 buffers as picamera2 hands over a lores stream: (h*3/2) rows of a stride padded to 64 bytes."""
+    stride = -(-width // 64) * 64
+    return [np.random.default_rng(n).integers(16, 236, (height * 3 // 2, stride), np.uint8) for n in range(8)]
 
 
 def wake_cpu_us(count: int) -> tuple[float, float]:
@@ -390,7 +399,10 @@ def wake_cpu_us(count: int) -> tuple[float, float]:
 
 def cmd_floors(args: argparse.Namespace) -> None:
     """What edgedet must do per frame and a bare invoke loop does not, timed alone: the resize of the 640x480
-    frame, and the capture thread's wake-ups. They bound the CPU-only ratios and the 30 fps cost from below."""
+    frame, and the capture thread's wake-ups. They bound the CPU-only ratios and the 30 fps cost from below.
+    Beside it, what the Pi camera's path costs instead: its ISP scales a lores stream to the model's size,
+    and the CPU converts that YUV420 frame to RGB (edgedet.frames.picamera2, as the daemon does)."""
+    from edgedet.frames.picamera2 import lores_size_for, yuv420_to_rgb
     from edgedet.model.classifier import Classifier
     from edgedet.model.config import ModelConfig
 
@@ -403,9 +415,12 @@ def cmd_floors(args: argparse.Namespace) -> None:
         invoke = bare_fps(classifier._interpreter, 2.0)[1]
         hot = resize_after_invoke(classifier, frames, 0.0, args.frames)
         cold = resize_after_invoke(classifier, frames, 30.0, min(args.frames, 300))
+        width, height = lores_size_for(classifier.input_size, (WIDTH, HEIGHT))
+        lores = resize_after_invoke(classifier, lores_frames(width, height), 30.0, min(args.frames, 300),
+                                    lambda buffer, w=width, h=height: yuv420_to_rgb(buffer, w, h))
         print(f"  {model.name} ({classifier.preprocessor.backend}, {classifier.num_threads} threads): invoke "
               f"{invoke:.3f}, preprocess back to back {hot:.3f} (bound {invoke / (invoke + hot):.3f}), at 30 fps "
-              f"{cold:.3f}")
+              f"{cold:.3f}; a Pi camera's {width}x{height} YUV420 lores frame instead, at 30 fps: {lores:.3f}")
     timer, woken = wake_cpu_us(150)
     print(f"CPU per wake-up of a thread, 150 at 30 fps: by its own timer (time.sleep) {timer:.1f} us, by another "
           f"thread (a lock released) {woken:.1f} us")
