@@ -3,11 +3,16 @@
 
     git worktree add /tmp/base <commit>
     python benchmarks/revisions.py --base /tmp/base [--head .] [--pairs 10] [--frames-v2 600] [--frames-v1 4000]
+                                   [--overlap]
 
 Each round runs one real `edgedet run` process per checkout (its own package first on PYTHONPATH, the same
 interpreter and venv), synthetic 640x480 frames read as fast as the model takes them, console and MQTT off,
 and reads the loop's fps (frames processed / loop uptime) from `--stats-file`. Rounds are paired, the order
 alternates, and the verdict is the median of the per-pair ratios head/base, with its range.
+
+`--overlap` also compares the overlapped loop on a SIMULATED accelerator (edgedet.model.simulated, invoke =
+a 2.5 ms and a 1.0 ms sleep, V2 scores; `run` cannot use it), each checkout's own `frame_loop.loop_run` in a
+process of its own: fps head/base and the frame age p50 minus the invoke.
 """
 
 from __future__ import annotations
@@ -39,6 +44,30 @@ def loop_fps(checkout: Path, model: Path, frames: int) -> float:
     return float(stats["frames_processed"] / stats["uptime_s"])
 
 
+OVERLAP_RUN = """
+import sys
+root, model, invoke_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+sys.path[:0] = [root + "/benchmarks", root]
+import edgedet, frame_loop
+from edgedet.model.classifier import Classifier
+from edgedet.model.config import ModelConfig
+from edgedet.model.simulated import simulated_accelerator
+assert edgedet.__file__.startswith(root), edgedet.__file__
+classifier = Classifier.from_config(ModelConfig(path=model, num_threads=1),
+                                    interpreter_factory=simulated_accelerator(invoke_s))
+frame_loop.loop_run(classifier, 0.5, overlap=True)
+run = frame_loop.loop_run(classifier, 3.0, overlap=True)
+print(run["fps"], run["frame_age"] - run["inference"])
+"""
+
+
+def overlapped(checkout: Path, model: Path, invoke_s: float) -> tuple[float, float]:
+    """fps and frame age p50 - invoke of the checkout's overlapped loop on the simulated accelerator."""
+    out = subprocess.run([sys.executable, "-c", OVERLAP_RUN, str(checkout), str(model), str(invoke_s)],
+                         cwd=HERE, check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="the checkout to compare against")
@@ -47,6 +76,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--frames-v2", type=int, default=600)
     parser.add_argument("--frames-v1", type=int, default=4000)
+    parser.add_argument("--overlap", action="store_true", help="also the overlapped loop, simulated accelerator")
     args = parser.parse_args()
     runs = [("mobilenet_v2_1.0_224_quant.tflite", args.frames_v2),
             ("mobilenet_v1_0.25_128_quant.tflite", args.frames_v1)]
@@ -68,6 +98,24 @@ def main() -> int:
             ratios.append(fps["head"] / fps["base"])
         print(f"| {model.stem} | {statistics.median(base):.1f} | {statistics.median(head):.1f} | "
               f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | {args.pairs} |", flush=True)
+    if args.overlap:
+        model = args.models / "mobilenet_v2_1.0_224_quant.tflite"
+        print("\n| SIMULATED invoke | base fps / age - invoke (medians) | head fps / age - invoke (medians) | "
+              "head/base fps, median of pairs | range | pairs |")
+        print("|---|---|---|---|---|---|")
+        for invoke_s in (0.0025, 0.001):
+            sims: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
+            for i in range(args.pairs):
+                order = [("base", args.base), ("head", args.head)]
+                if i % 2:
+                    order.reverse()
+                for label, checkout in order:
+                    sims[label].append(overlapped(checkout.resolve(), model, invoke_s))
+            ratios = [h[0] / b[0] for b, h in zip(sims["base"], sims["head"])]
+            cells = [f"{statistics.median(r[0] for r in sims[k]):.1f} / {statistics.median(r[1] for r in sims[k]):.3f}"
+                     " ms" for k in ("base", "head")]
+            print(f"| {invoke_s * 1e3:.1f} ms | {cells[0]} | {cells[1]} | {statistics.median(ratios):.3f} | "
+                  f"{min(ratios):.3f}-{max(ratios):.3f} | {args.pairs} |", flush=True)
     return 0
 
 
