@@ -4,9 +4,9 @@ edgedet costs per frame at 30 fps, and memory.
 
     python benchmarks/frame_loop.py cpu      [--pairs 5] [--seconds 3]   # (c)/(best bare of 1 and 2 threads)
     python benchmarks/frame_loop.py overlap  [--pairs 5] [--seconds 3]   # simulated 2.5 ms and 1.0 ms invoke
-    python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 10]
+    python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 3]
     python benchmarks/frame_loop.py memory   [--frames 20000]
-    python benchmarks/frame_loop.py floors   [--frames 2000]   # the resize and the wake-ups, timed alone
+    python benchmarks/frame_loop.py floors   --frames 2000   # the resize and the wake-ups, timed alone
 
 Every comparison is paired: the two sides run back to back, the order alternating from pair to pair, and
 the figure is the median of the per-pair ratios (this 2-core machine is shared and noisy). The script
