@@ -119,6 +119,28 @@ def screenshot(png: Path) -> np.ndarray:
     return np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
 
 
+# The screenshot tests find the images by their strongly coloured columns: every column of every gradient frame
+# is (checked below); one of the drawn scenes has a pale third, and a screenshot taken while it is on view would
+# measure it instead of the image.
+GEOMETRY_SOURCE: dict[str, Any] = {"width": 640, "height": 480, "pattern": "gradient"}
+
+
+def test_every_column_of_the_geometry_source_is_strongly_coloured() -> None:
+    from edgedet.frames.synthetic import SyntheticSource
+
+    source = SyntheticSource(int(GEOMETRY_SOURCE["width"]), int(GEOMETRY_SOURCE["height"]), 0,
+                             pattern=str(GEOMETRY_SOURCE["pattern"]))
+    source.open()
+    for _ in range(16):  # two cycles of its precomputed frames
+        frame = source.read(1.0)
+        assert frame is not None
+        shown = Image.fromarray(frame.image).resize((480, 360))  # the frame as the page shows it
+        model_input = Image.fromarray(frame.image).resize((96, 96)).resize((288, 288))  # the input, scaled 3x
+        for image in (shown, model_input):
+            assert saturated_columns(np.asarray(image)).all()
+    source.close()
+
+
 def saturated_columns(rgb: np.ndarray, min_rows: int = 60) -> np.ndarray:
     """Which screenshot columns hold at least ``min_rows`` strongly coloured pixels: the page itself is white,
     grey and black, so only the images (and no thin bar or line) make such columns."""
@@ -140,7 +162,7 @@ def saturated_column_runs(png: Path, min_rows: int = 60) -> list[int]:
 
 def test_chromium_shows_both_images_and_the_scores(tmp_path: Path) -> None:
     token = "page-token"
-    with HttpDaemon(tmp_path, token=token, config={"source": {"width": 640, "height": 480}}) as daemon:
+    with HttpDaemon(tmp_path, token=token, config={"source": GEOMETRY_SOURCE}) as daemon:
         url = f"{daemon.url}?token={token}"
         dom = chromium(tmp_path, "--dump-dom", url)
         assert dom.returncode == 0, dom.stderr[-2000:]
@@ -162,7 +184,7 @@ def test_chromium_shows_both_images_and_the_scores(tmp_path: Path) -> None:
 def test_chromium_draws_the_region_of_interest_where_the_model_looks(tmp_path: Path) -> None:
     # model.preprocess.roi [x1, y1, x2, y2] = the right half, middle half of the height: on the 480x360 frame
     # image the box is 240 x 180 px, its left edge at the image's middle.
-    config = {"source": {"width": 640, "height": 480}, "model": {"preprocess": {"roi": [0.5, 0.25, 1.0, 0.75]}}}
+    config = {"source": GEOMETRY_SOURCE, "model": {"preprocess": {"roi": [0.5, 0.25, 1.0, 0.75]}}}
     with HttpDaemon(tmp_path, config=config) as daemon:
         shot = tmp_path / "page.png"
         done = chromium(tmp_path, "--window-size=1280,900", "--hide-scrollbars", f"--screenshot={shot}",
