@@ -31,15 +31,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from paired import cpu_seconds, free_port, paired
+from paired import checkout_env, cpu_seconds, free_port, paired
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
 sys.path.insert(0, str(CHECKOUT))
-# `python -m edgedet` puts its working directory first on sys.path: started from another checkout's root it
-# would run that checkout's code, so the daemon runs from a neutral directory with this checkout on the path.
-DAEMON_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(CHECKOUT),
-                                                                     os.environ.get("PYTHONPATH"))))}
+# The daemon runs from a neutral directory with this checkout on the path (see checkout_env).
+DAEMON_ENV = checkout_env(CHECKOUT)
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
 V2 = "mobilenet_v2_1.0_224_quant.tflite"
 V1 = "mobilenet_v1_0.25_128_quant.tflite"
@@ -359,7 +357,8 @@ def resize_after_invoke(classifier: Any, frames: list[np.ndarray], fps: float, c
 
 
 def lores_frames(width: int, height: int) -> list[np.ndarray]:
-    """YUV420 buffers as picamera2 hands over a lores stream: (h*3/2) rows of a stride padded to 64 bytes."""
+    """YUV420 buffers laid out as picamera2 hands over a lores stream, (h*3/2) rows of a padded stride; the
+    padding here is to 64 bytes, an assumption (a Pi's alignment may differ; it changes what is copied little)."""
     stride = -(-width // 64) * 64
     return [np.random.default_rng(n).integers(16, 236, (height * 3 // 2, stride), np.uint8) for n in range(8)]
 

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from paired import alternating, cpu_seconds, free_port
+from paired import alternating, checkout_env, cpu_seconds, free_port
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -115,7 +115,7 @@ def spread(values: list[float]) -> str:
 
 def start_daemon(model: Path, port: int, http_on: bool, folder: str, *extra: str) -> subprocess.Popen[bytes]:
     """``edgedet run`` on synthetic 640x480 frames as fast as the model takes them, console and MQTT off."""
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env = checkout_env(HERE.parent)
     env.pop("EDGEDET_CONFIG", None)
     args = [sys.executable, "-m", "edgedet", "--log-level", "warning", "run", *extra, "--set", f"model.path={model}",
             "--set", "source.type=synthetic", "--set", "source.fps=0", "--set", "publish.console=false",

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from paired import free_port
+from paired import checkout_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "pikachu_mobilenet_v2_0.35_96_int8.tflite"
@@ -53,7 +53,7 @@ def run_daemon(folder: Path, model: Path, frames: int, mode: str, outbox_max: in
     config_path, stats_path = folder / "config.yaml", folder / "stats.json"
     config_path.write_text(yaml.safe_dump(config))
     stats_path.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = checkout_env(REPO)
     proc = subprocess.Popen([sys.executable, "-m", "edgedet", "run", "--config", str(config_path),
                              "--max-frames", str(frames), "--stats-file", str(stats_path)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

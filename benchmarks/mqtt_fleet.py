@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from paired import checkout_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -78,7 +79,7 @@ def run(jitter: float, args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp) / "broker", persistence=True).start()
         sub = Collector(broker, "edgedet/+/detection", client_id=f"fleet-sub-{jitter}", persistent=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = checkout_env(REPO)
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--index", str(n), "--port",
                                    str(broker.port), "--per-proc", str(args.per_proc), "--jitter", str(jitter),
                                    "--interval", str(args.interval)], stdout=subprocess.PIPE, env=env, text=True)

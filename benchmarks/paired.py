@@ -1,5 +1,6 @@
 """What the benchmark scripts share: paired rounds with the order alternating, a process's CPU time, a free
-port. Imported by the scripts beside it (``python benchmarks/NAME.py`` puts this folder first on the path)."""
+port, the environment that runs a checkout's edgedet. Imported by the scripts beside it (``python
+benchmarks/NAME.py`` puts this folder first on the path)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def cpu_seconds(pid: int) -> float:
     """The process's user + system CPU time so far (/proc/PID/stat, fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def checkout_env(checkout: Path) -> dict[str, str]:
+    """The environment for a subprocess that must run ``checkout``'s edgedet: it first on PYTHONPATH. Start the
+    subprocess outside any other checkout too: ``python -m`` and ``-c`` put the working directory first."""
+    return {**os.environ, "PYTHONPATH": str(checkout)}
 
 
 def free_port() -> int:

@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from paired import checkout_env
+
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
 
@@ -33,7 +35,7 @@ SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared"
 def loop_fps(checkout: Path, model: Path, frames: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stats_file = Path(tmp) / "stats.json"
-        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        env = checkout_env(checkout)
         env.pop("EDGEDET_CONFIG", None)
         subprocess.run([sys.executable, "-m", "edgedet", "--log-level", "warning", "run", "--max-frames", str(frames),
                         "--stats-file", str(stats_file), "--set", f"model.path={model}",
