@@ -178,11 +178,9 @@ def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
     stats = latency_stats(stages["inference"])
     info = classifier.info
     first_ms = classifier.first_invoke_ms
-    preprocess = info["preprocess"]
-    if preprocess["backend"] == "numpy" and preprocess["resize"] == "bilinear" \
-            and classifier.preprocess_source.get("backend") == "default":
-        # backend auto without OpenCV: the "pre" column is numpy's, and on a Pi with an Edge TPU it can
-        # outweigh the invoke; a setting or sidecar that asks for numpy is a choice, not warned about.
+    if classifier.preprocessor.opencv_missing:
+        # the "pre" column is numpy's, and on a Pi with an Edge TPU it can outweigh the invoke; a setting or
+        # sidecar that asks for numpy is a choice, not warned about.
         warnings.append("preprocessing ran on numpy: OpenCV is not installed; pip install 'edgedet[opencv]' "
                         "resizes several times faster (README, Performance)")
     delegate = info["delegate"]["active"]
@@ -206,7 +204,7 @@ def bench_one(setting: Setting, context: RunContext) -> dict[str, Any]:
         "warmup_mean_ms": float(np.mean(warmup)) if warmup else None,
         "latency_ms": stats,
         "stage_p50_ms": {stage: float(np.percentile(values, 50)) for stage, values in stages.items()},
-        "preprocess_backend": preprocess["backend"],
+        "preprocess_backend": info["preprocess"]["backend"],
         # On the Edge TPU the first invoke uploads the model's parameters to the device; that one-time cost
         # is first inference minus a steady-state invoke, kept out of the latency statistics.
         "edgetpu_upload_ms": max(first_ms - stats["p50"], 0.0) if delegate == "edgetpu" else None,

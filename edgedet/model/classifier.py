@@ -211,11 +211,10 @@ class Classifier:
         out_spec = model_file.outputs[0]
         self._out_scale, self._out_zero = out_spec.scale, out_spec.zero_point
         out_dtype = np.dtype(numpy_dtype(out_spec))
-        self._rank_key = _DESCENDING_KEY.get(out_dtype, b"")
+        self._rank_key = _DESCENDING_KEY.get(out_dtype)  # None: not an 8-bit output
         # An 8-bit score has 256 possible values: each one's dequantized score, indexed by its byte.
-        self._score_of_byte: Optional[list[float]] = (
-            dequantize(np.arange(256, dtype=np.uint8).view(out_dtype), self._out_scale, self._out_zero).tolist()
-            if self._rank_key else None)
+        self._score_of_byte = [] if self._rank_key is None else dequantize(
+            np.arange(256, dtype=np.uint8).view(out_dtype), self._out_scale, self._out_zero).tolist()
         self.num_classes = int(np.prod(out_spec.shape))
 
         mean, std, self.normalization_source = self._normalization()
@@ -327,7 +326,7 @@ class Classifier:
             raw = self._output_view().reshape(-1)
         k = max(1, min(top_k or self.top_k, raw.size))
         labels = self.labels
-        if self._score_of_byte is not None:
+        if self._rank_key is not None:
             # 8-bit scores: one copy out as bytes, then only Python over them (see smallest_bytes)
             data = raw.tobytes()
             score_of = self._score_of_byte

@@ -347,6 +347,8 @@ class Preprocessor:
         if backend == "opencv" and self._cv2 is None:
             raise ImportError("model.preprocess.backend: opencv needs OpenCV (pip install 'edgedet[opencv]')")
         self.backend = "opencv" if self._cv2 is not None else "numpy"
+        # backend auto looked for OpenCV and did not find it: numpy resizes, several times slower
+        self.opencv_missing = method == "bilinear" and backend == "auto" and self._cv2 is None
         self._resized = np.empty((out_h, out_w, 3), np.uint8)  # for inputs that are not raw pixels
         self._scratch = np.empty((out_h, out_w, 3), np.float32)
         self._sign = np.empty((out_h, out_w, 3), np.float32)
