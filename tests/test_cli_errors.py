@@ -139,3 +139,20 @@ def test_sqlite_is_imported_only_for_an_outbox_file() -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True", "True"]
+
+
+def test_numpy_resize_leaves_numpy_ma_out() -> None:
+    """numpy imports its submodules on first use and keeps them: ``numpy.ma`` (about 1 MB resident) came in
+    with the first frame the numpy backend resized. Two frame sizes, so a later resizer is built too."""
+    code = ("import sys\n"
+            "import numpy as np\n"
+            "from edgedet.model.preprocess import InputQuantization, Preprocessor\n"
+            "q = InputQuantization.build(np.uint8, 1 / 128, 128, np.array(127.5), np.array(127.5))\n"
+            "pre = Preprocessor(96, 96, q, backend='numpy')\n"
+            "for shape in ((480, 640, 3), (7, 5, 3)):\n"
+            "    pre(np.zeros(shape, np.uint8))\n"
+            "print('numpy.ma' in sys.modules, pre.backend)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "numpy"]

@@ -169,8 +169,9 @@ class BilinearResizer:
         self._wx = (one - wx1, wx1)
         channels = np.arange(3)
         self._cols = ((x0[:, None] * 3 + channels).ravel(), (x1[:, None] * 3 + channels).ravel())
-        # Only the rows some output row reads are gathered (about 2 * out_h of in_h).
-        self._rows = np.unique(np.concatenate([y0, y1]))
+        # Only the rows some output row reads are gathered (about 2 * out_h of in_h), sorted. Not np.unique:
+        # it imports numpy.ma, which a run would then hold for good (about 1 MB resident).
+        self._rows = np.flatnonzero(np.bincount(np.concatenate([y0, y1]), minlength=in_h))
         self._row_pos = (np.searchsorted(self._rows, y0), np.searchsorted(self._rows, y1))
         self._in_shape = (in_h, in_w * 3)
         self._out_shape = (out_h, out_w, 3)
