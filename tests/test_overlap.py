@@ -199,3 +199,38 @@ def test_a_reload_in_the_overlapped_loop_waits_for_the_frames_in_flight(shared_m
     assert [f for sink in sinks for f in sink.frame_ids] == list(range(count))
     assert [(s.closed_while_busy, s.handled_after_close) for s in sinks] == [(0, 0)] * 5
     assert {t.name for t in threading.enumerate()} & {"edgedet-finish", "edgedet-prepare"} == set()
+
+
+def test_the_stand_in_invoke_takes_its_set_time_at_the_median_although_sleep_wakes_late() -> None:
+    """time.sleep wakes late; the stand-in's sleep, shortened by its head start, must make the median invoke
+    the set time (an injected clock: a sleep here lasts 0.14 to 0.19 ms longer than asked, and one in fifty
+    5 ms longer)."""
+    from edgedet.model.config import default_model_path
+    from edgedet.model.runtime import make_interpreter, select_runtime
+    from edgedet.model.simulated import SimulatedAccelerator
+
+    model = default_model_path()
+    assert model is not None
+    rng = np.random.default_rng(3)
+    now = [0.0]
+
+    def late_sleep(seconds: float) -> None:
+        now[0] += seconds + rng.uniform(0.14e-3, 0.19e-3) + (5e-3 if rng.random() < 0.02 else 0.0)
+
+    standin = SimulatedAccelerator(make_interpreter(model, select_runtime("auto"), 1), 0.0025, compute=False,
+                                   sleep=late_sleep, clock=lambda: now[0])
+
+    def invokes(count: int) -> list[float]:
+        durations = []
+        for _ in range(count):
+            started = now[0]
+            standin.invoke()
+            durations.append(now[0] - started)
+        return durations
+
+    first = invokes(1)[0]
+    assert first > 0.0025 + 0.14e-3  # a plain sleep: late
+    invokes(200)  # settling: about 35 steps of 5 us
+    median = float(np.median(invokes(1001)))
+    assert abs(median - 0.0025) <= 10e-6, median
+    assert 0.14e-3 <= standin.head_start_s <= 0.19e-3
