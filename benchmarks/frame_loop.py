@@ -284,6 +284,23 @@ def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[
     return samples, proc.returncode
 
 
+SOURCE_PROBE = """
+import ctypes, os, sys
+import edgedet.pipeline
+from edgedet.config import build_config
+from edgedet.frames import open_source
+from edgedet.frames.synthetic import DEFAULT_CYCLE
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+width, height = int(sys.argv[1]), int(sys.argv[2])
+cfg = build_config({"source": {"type": "synthetic", "width": width, "height": height}}, "probe")
+before = rss()
+source = open_source(cfg.source)
+source.open()
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # the drawing's freed temporaries: not held, so not counted
+print(f"{rss() - before:.1f} {DEFAULT_CYCLE} {DEFAULT_CYCLE * width * height * 3 / 2**20:.1f}")
+"""
+
+
 def cmd_memory(args: argparse.Namespace) -> None:
     model = bundled_model()
     port = free_port()
@@ -327,6 +344,11 @@ def cmd_memory(args: argparse.Namespace) -> None:
     print("RSS of a bare interpreter with the same model, then adding imports (MB): "
           + ", ".join(f"{label} {value}" for label, value in
                       zip(("bare interpreter", "+yaml+pydantic", "+Pillow", "+paho", "+cv2"), values)))
+    # What the stand-in camera itself holds: a real camera's frame buffers and library replace it on a Pi.
+    share, count, frames_mb = subprocess.run([sys.executable, "-c", SOURCE_PROBE, str(WIDTH), str(HEIGHT)],
+                                             cwd=HERE, env=DAEMON_ENV, capture_output=True, text=True).stdout.split()
+    print(f"of which the synthetic source (as the runs above: scenes, {WIDTH}x{HEIGHT}) holds {share} MB once opened: "
+          f"{frames_mb} MB its {count} frames, the rest the modules that draw them")
     modules = subprocess.run(
         [sys.executable, "-c", "import sys; from edgedet.pipeline import Pipeline; "
          "print(' '.join(m for m in ('cv2', 'PIL', 'paho', 'yaml', 'pydantic', 'edgedet.host', 'edgedet.bench') "
