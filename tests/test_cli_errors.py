@@ -124,6 +124,14 @@ def test_run_imports_no_tensorflow_bench_or_host(tmp_path: Path) -> None:
     assert forbidden == []
 
 
+def fresh_python(code: str) -> list[str]:
+    """What ``code`` prints, run in a new interpreter with this checkout on the path (split in words)."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
 def test_sqlite_is_imported_only_for_an_outbox_file() -> None:
     """SQLite (~1 MB resident) backs ``mqtt.outbox_path`` alone: the daemon's modules, MQTT's included, leave it
     out; opening an outbox file brings it in (tests/test_outbox*.py use it for real)."""
@@ -135,10 +143,7 @@ def test_sqlite_is_imported_only_for_an_outbox_file() -> None:
             "publisher = m.MqttPublisher(MqttConfig(enabled=True, outbox_path=path), 'dev')\n"
             "publisher._open_store()\n"
             "print(before, 'sqlite3' in sys.modules, path.exists())\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "True", "True"]
+    assert fresh_python(code) == ["False", "True", "True"]
 
 
 def test_numpy_resize_leaves_numpy_ma_out() -> None:
@@ -152,7 +157,4 @@ def test_numpy_resize_leaves_numpy_ma_out() -> None:
             "for shape in ((480, 640, 3), (7, 5, 3)):\n"
             "    pre(np.zeros(shape, np.uint8))\n"
             "print('numpy.ma' in sys.modules, pre.backend)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "numpy"]
+    assert fresh_python(code) == ["False", "numpy"]
