@@ -263,6 +263,11 @@ def cmd_cpu_per_frame(args: argparse.Namespace) -> None:
           f"rates {statistics.median(d[1] for d, _ in runs):.1f} / {statistics.median(b[1] for _, b in runs):.1f} fps")
 
 
+# The probes' own resident MB, as rss_mb reads it for another process.
+RSS_OF_SELF = ("import os\n"
+               "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20")
+
+
 def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -284,13 +289,12 @@ def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[
     return samples, proc.returncode
 
 
-SOURCE_PROBE = """
-import ctypes, os, sys
+SOURCE_PROBE = RSS_OF_SELF + """
+import ctypes, sys
 import edgedet.pipeline
 from edgedet.config import build_config
 from edgedet.frames import open_source
 from edgedet.frames.synthetic import DEFAULT_CYCLE
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 width, height = int(sys.argv[1]), int(sys.argv[2])
 cfg = build_config({"source": {"type": "synthetic", "width": width, "height": height}}, "probe")
 before = rss()
@@ -331,7 +335,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
               f"whole run {max(r for _, r in samples):.1f} MB")
     probe = ("import importlib, sys, os\n"
              "from pathlib import Path\n"
-             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
+             f"{RSS_OF_SELF}\n"
              "steps = sys.argv[2].split('|')\n"
              "for step in steps:\n"
              "    exec(step)\n"

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from paired import checkout_env
+from paired import checkout_env, paired
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -89,15 +89,10 @@ def main() -> int:
         if not model.is_file():
             print(f"skip {name}: not in {args.models}")
             continue
-        base, head, ratios = [], [], []
-        for i in range(args.pairs):
-            order = [("base", args.base), ("head", args.head)]
-            if i % 2:
-                order.reverse()
-            fps = {label: loop_fps(checkout.resolve(), model, frames) for label, checkout in order}
-            base.append(fps["base"])
-            head.append(fps["head"])
-            ratios.append(fps["head"] / fps["base"])
+        runs = paired(args.pairs, lambda m=model, n=frames: loop_fps(args.base.resolve(), m, n),
+                      lambda m=model, n=frames: loop_fps(args.head.resolve(), m, n))
+        base, head = [b for b, _ in runs], [h for _, h in runs]
+        ratios = [h / b for b, h in runs]
         print(f"| {model.stem} | {statistics.median(base):.1f} | {statistics.median(head):.1f} | "
               f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} | {args.pairs} |", flush=True)
     if args.overlap:
@@ -106,14 +101,10 @@ def main() -> int:
               "head/base fps, median of pairs | range | pairs |")
         print("|---|---|---|---|---|---|")
         for invoke_s in (0.0025, 0.001):
-            sims: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
-            for i in range(args.pairs):
-                order = [("base", args.base), ("head", args.head)]
-                if i % 2:
-                    order.reverse()
-                for label, checkout in order:
-                    sims[label].append(overlapped(checkout.resolve(), model, invoke_s))
-            ratios = [h[0] / b[0] for b, h in zip(sims["base"], sims["head"])]
+            pairs = paired(args.pairs, lambda s=invoke_s: overlapped(args.base.resolve(), model, s),
+                           lambda s=invoke_s: overlapped(args.head.resolve(), model, s))
+            sims = {"base": [b for b, _ in pairs], "head": [h for _, h in pairs]}
+            ratios = [h[0] / b[0] for b, h in pairs]
             cells = [f"{statistics.median(r[0] for r in sims[k]):.1f} / {statistics.median(r[1] for r in sims[k]):.3f}"
                      " ms" for k in ("base", "head")]
             print(f"| {invoke_s * 1e3:.1f} ms | {cells[0]} | {cells[1]} | {statistics.median(ratios):.3f} | "
