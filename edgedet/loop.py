@@ -286,9 +286,14 @@ def _one_line(exc: BaseException) -> str:
 Pending = tuple[Captured, Prepared, float, Classifier]  # a frame, its input tensor, capture wait ms, for whom
 
 
+Unfinished = tuple[Captured, Invoked, float, Classifier, Lane]  # an invoked frame, not yet ranked and delivered
+
+
 class Preparer(threading.Thread):
-    """The overlapped loop's second thread: on request, at the time it is asked for, takes the next frame and
-    preprocesses it into a staging buffer; one request at a time, so frames stay in order."""
+    """The overlapped loop's second thread: on request, first ranks and delivers the frame invoked before
+    (to the statistics, the sinks and ``on_frame``, in order), then, at the time it is asked for, takes the next
+    frame and preprocesses it into a staging buffer; one request at a time, so frames stay in order. One thread
+    for both, woken once per frame: only the copy in, the invoke and the copy out stay between two invokes."""
 
     # Started this much earlier than the estimate says: a late frame stalls the invoke, an early one ages
     # while it waits. Small, because the estimate is already cautious (the shortest invoke, the upper quartile
@@ -299,7 +304,8 @@ class Preparer(threading.Thread):
     def __init__(self, loop: FrameLoop) -> None:
         super().__init__(name="edgedet-prepare", daemon=True)
         self.loop = loop
-        self._requests: queue.SimpleQueue[Optional[tuple[Classifier, float]]] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Optional[tuple[Classifier, float, Optional[Unfinished]]]] = \
+            queue.SimpleQueue()
         self._results: queue.SimpleQueue[Optional[Pending]] = queue.SimpleQueue()
         self._invokes: deque[float] = deque(maxlen=self.HISTORY)
         self._prepares: deque[float] = deque(maxlen=self.HISTORY)
@@ -315,11 +321,12 @@ class Preparer(threading.Thread):
         prepares = sorted(self._prepares)
         return max(0.0, min(self._invokes) - prepares[len(prepares) * 3 // 4] - self.MARGIN_S)
 
-    def request(self, classifier: Classifier, due: float) -> None:
-        self._requests.put((classifier, due))
+    def request(self, classifier: Classifier, due: float, unfinished: Optional[Unfinished] = None) -> None:
+        self._requests.put((classifier, due, unfinished))
 
     def result(self) -> Optional[Pending]:
-        """The frame requested last (None: the source is exhausted or failed, or the loop stops)."""
+        """The frame requested last (None: the source is exhausted or failed, or the loop stops); the frame
+        handed over with the request has been delivered by then."""
         pending = self._results.get()
         if self._error is not None:
             raise self._error
@@ -344,7 +351,10 @@ class Preparer(threading.Thread):
     def run(self) -> None:
         try:
             while (request := self._requests.get()) is not None:
-                self._results.put(self._next(*request))
+                classifier, due, unfinished = request
+                if unfinished is not None:
+                    self.loop._finish_invoked(unfinished, self.clock)
+                self._results.put(self._next(classifier, due))
         except BaseException as exc:  # handed to the loop's thread, which raises it
             self._error = exc
             self._results.put(None)
@@ -404,58 +414,6 @@ class _Bounds:
         return False
 
 
-class Finisher(threading.Thread):
-    """The overlapped loop's third thread: ranks an invoked frame's scores and hands the result to the
-    statistics, the sinks and ``on_frame``, in order, while the next frame is being inferred, so only the copy
-    in, the invoke and the copy out stay between two invokes."""
-
-    def __init__(self, loop: FrameLoop) -> None:
-        super().__init__(name="edgedet-finish", daemon=True)
-        self.loop = loop
-        self._tasks: queue.SimpleQueue[Optional[tuple[Captured, Invoked, float, Classifier, Lane]]] = \
-            queue.SimpleQueue()
-        self._cond = threading.Condition()
-        self._pending = 0
-        self._error: Optional[BaseException] = None
-        self.clock = StageClock("finish")
-
-    def put(self, item: Captured, invoked: Invoked, capture_wait_ms: float, classifier: Classifier,
-            lane: Lane) -> None:
-        if self._error is not None:
-            raise self._error
-        with self._cond:
-            self._pending += 1
-        self._tasks.put((item, invoked, capture_wait_ms, classifier, lane))
-
-    def drain(self) -> None:
-        """Wait until every frame handed over is finished (before a reload may swap sinks or classifiers)."""
-        with self._cond:
-            while self._pending:
-                self._cond.wait()
-        if self._error is not None:
-            raise self._error
-
-    def run(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            item, invoked, capture_wait_ms, classifier, lane = task
-            try:
-                if self._error is None:
-                    self.clock.enter("postprocess")
-                    inference = classifier.rank(invoked)
-                    self.loop._finish(item, inference, capture_wait_ms, classifier.name, lane, clock=self.clock)
-            except BaseException as exc:  # handed to the loop's thread, which raises it
-                self._error = exc
-            finally:
-                self.clock.idle()
-                with self._cond:
-                    self._pending -= 1
-                    self._cond.notify_all()
-
-    def close(self) -> None:
-        self._tasks.put(None)
-        self.join(timeout=CAPTURE_JOIN_S)
-
-
 class FrameLoop:
     """Runs capture and classification until stopped, exhausted or bounded by frames/duration.
 
@@ -491,7 +449,6 @@ class FrameLoop:
         self.invoke_timeout_s = invoke_timeout_s
         self.clock = StageClock("loop")
         self._preparer_clock: Optional[StageClock] = None
-        self._finisher_clock: Optional[StageClock] = None
         self._attach(source, source_opened)
 
     def _attach(self, source: FrameSource, opened: bool) -> None:
@@ -562,7 +519,7 @@ class FrameLoop:
         clocks = [self.clock]
         if not self.inline:
             clocks.append(self.reader.clock)
-        for extra in (self._preparer_clock, self._finisher_clock):
+        for extra in (self._preparer_clock,):
             if extra is not None:
                 clocks.append(extra)
         return clocks
@@ -665,30 +622,36 @@ class FrameLoop:
         return stages
 
     def _run_overlapped(self) -> LoopStats:
-        """Invoke frame N on this thread while a Preparer thread captures and preprocesses frame N+1, in
-        lockstep: every frame taken is classified once, in order, and the two never touch the interpreter at
-        the same time (the Preparer writes a staging buffer, :meth:`Classifier.prepare`); a Finisher thread
-        ranks and delivers frame N during the invoke of frame N+1."""
+        """Invoke frame N on this thread while a Preparer thread ranks and delivers frame N-1, then captures
+        and preprocesses frame N+1, in lockstep: every frame taken is classified once, in order, and the two
+        never touch the interpreter at the same time (the Preparer writes a staging buffer and ranks a copy
+        of the scores, :meth:`Classifier.prepare`, :meth:`Classifier.invoke_staged`)."""
         with self._running_loop() as bounds:
             self._overlapped(bounds)
         return self.snapshot()
+
+    def _finish_invoked(self, unfinished: Unfinished, clock: StageClock) -> None:
+        item, invoked, capture_wait_ms, classifier, lane = unfinished
+        clock.enter("postprocess")
+        try:
+            self._finish(item, classifier.rank(invoked), capture_wait_ms, classifier.name, lane, clock=clock)
+        finally:
+            clock.idle()
 
     def _overlapped(self, bounds: _Bounds) -> None:
         preparer = Preparer(self)
         self._preparer_clock = preparer.clock
         preparer.start()
-        finisher = Finisher(self)
-        self._finisher_clock = finisher.clock
-        finisher.start()
-        invoked_frames = 0  # the finisher may not have counted the last ones yet
-        # The frame invoked last, handed to the finisher when the next invoke starts (see invoke_staged).
-        unfinished: Optional[tuple[Captured, Invoked, float, Classifier, Lane]] = None
+        invoked_frames = 0  # the Preparer may not have counted the last one yet
+        # The frame invoked last: handed to the Preparer with the next request, or finished here where the loop
+        # must have every frame delivered (a reload, the end).
+        unfinished: Optional[Unfinished] = None
 
-        def hand_over() -> None:
+        def finish_here() -> None:
             nonlocal unfinished
             if unfinished is not None:
-                finisher.put(*unfinished)
-                unfinished = None
+                done, unfinished = unfinished, None
+                self._finish_invoked(done, self.clock)
 
         try:
             pending = preparer.prepare(self.classifier, 0.0)
@@ -702,16 +665,21 @@ class FrameLoop:
                 if len(lanes) != 1 or not lanes[0].every_frame:
                     # A reload added classifiers: their frames go in series (the Preparer stays idle, since
                     # its staging shares the first classifier's preprocessing buffers).
-                    hand_over()
-                    finisher.drain()
+                    finish_here()
                     self._run_lanes(lanes, item, capture_wait_ms)
                     invoked_frames += 1
                     if self.between_frames is not None:
                         self.between_frames()
                     pending = preparer.prepare(self.classifier, 0.0)
                     continue
-                # the next frame is wanted when this invoke ends, so it is no older than it must be
-                preparer.request(classifier, time.perf_counter() + preparer.lead_s())
+
+                def hand_over(classifier: Classifier = classifier) -> None:
+                    # with this frame in the input tensor: the Preparer delivers the one before during this
+                    # invoke, and the next frame is wanted when it ends, so it is no older than it must be
+                    nonlocal unfinished
+                    preparer.request(classifier, time.perf_counter() + preparer.lead_s(), unfinished)
+                    unfinished = None
+
                 classifier.stage_clock = self.clock
                 try:
                     invoked = classifier.invoke_staged(prepared, hand_over)
@@ -723,8 +691,7 @@ class FrameLoop:
                 pending = preparer.result()
                 if self.between_frames is not None and (self.between_frames_due is None
                                                         or self.between_frames_due()):
-                    hand_over()
-                    finisher.drain()  # the frames in flight reach the sinks they were classified for
+                    finish_here()  # the frames in flight reach the sinks they were classified for
                     source = self.source
                     self.between_frames()  # the Preparer is idle here: a reload may swap anything
                     if self.source is not source:
@@ -733,13 +700,13 @@ class FrameLoop:
                         pending = preparer.reprepare(pending, self.classifier)
             if pending is None and self.reader.fatal is not None:
                 raise self.reader.fatal
-            hand_over()
-            finisher.drain()
+            finish_here()
         finally:
-            hand_over()
-            finisher.close()
-            self._preparer_clock = self._finisher_clock = None
-            preparer.close()
+            try:
+                finish_here()
+            finally:
+                self._preparer_clock = None
+                preparer.close()
 
     def _next_item(self) -> Optional[Captured]:
         if self.inline:

@@ -150,17 +150,21 @@ def test_max_frames_bound_is_exact_in_the_overlapped_loop(shared_models, photos)
 
 class ListSink:
     """Records the frames it got; ``handle`` takes longer than an invoke, and a close while a frame is being handled (a
-    reload racing the finisher thread) is recorded."""
+    reload racing the delivery on the Preparer's thread) is recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Optional[ListSource] = None) -> None:
         self.frame_ids: list[int] = []
+        self.source = source
+        self.frames_read_ahead: list[int] = []  # frames the source had given when each frame was handled, minus its id
         self.busy = self.closed = False
         self.closed_while_busy = self.handled_after_close = 0
 
     def handle(self, result: FrameResult, frame: Any = None) -> None:
         self.handled_after_close += self.closed
         self.busy = True
-        time.sleep(0.005)  # longer than an invoke: the finisher falls behind the loop
+        if self.source is not None:
+            self.frames_read_ahead.append(len(self.source.delivered) - result.frame_id)
+        time.sleep(0.005)  # longer than an invoke: delivery is what holds the loop back
         self.frame_ids.append(result.frame_id)
         self.busy = False
 
@@ -176,7 +180,7 @@ class ListSink:
 
 
 def test_a_reload_in_the_overlapped_loop_waits_for_the_frames_in_flight(shared_models, photos):
-    """Ranking and delivery run on a thread of their own during the next invoke: a reload that closes the sinks
+    """Ranking and delivery run on the Preparer's thread during the next invoke: a reload that closes the sinks
     between two frames finds none of them in use, and every frame reaches exactly one sink, in order."""
     count = 60
     sinks = [ListSink()]
@@ -198,7 +202,18 @@ def test_a_reload_in_the_overlapped_loop_waits_for_the_frames_in_flight(shared_m
     assert stats.frames_processed == count and not reloads and len(sinks) == 5
     assert [f for sink in sinks for f in sink.frame_ids] == list(range(count))
     assert [(s.closed_while_busy, s.handled_after_close) for s in sinks] == [(0, 0)] * 5
-    assert {t.name for t in threading.enumerate()} & {"edgedet-finish", "edgedet-prepare"} == set()
+    assert {t.name for t in threading.enumerate()} & {"edgedet-prepare"} == set()
+
+
+def test_a_slow_sink_holds_the_overlapped_loop_back_instead_of_queueing_frames(shared_models, photos):
+    """Delivery runs before the next frame is read, so behind a sink slower than the invoke (5 ms against 1 ms)
+    at most two frames are in flight: none is read, and held with its image, before the sink has taken the
+    frame two before it. Frames queued behind a slow sink would be memory that grows for as long as it is slow."""
+    source = ListSource(photos, 40)
+    sink = ListSink(source)
+    stats = FrameLoop(standin(shared_models, 0.001), source, [sink], overlap=True).run()
+    assert stats.frames_processed == 40 and sink.frame_ids == list(range(40))
+    assert max(sink.frames_read_ahead) <= 2, sink.frames_read_ahead
 
 
 def test_the_stand_in_invoke_takes_its_set_time_at_the_median_although_sleep_wakes_late() -> None:
