@@ -295,10 +295,10 @@ class Preparer(threading.Thread):
     frame and preprocesses it into a staging buffer; one request at a time, so frames stay in order. One thread
     for both, woken once per frame: only the copy in, the invoke and the copy out stay between two invokes."""
 
-    # Started this much earlier than the estimate says: a late frame stalls the invoke, an early one ages
-    # while it waits. Small, because the estimate is already cautious (the shortest invoke, the upper quartile
-    # of preparations); the README's performance section has the measured trade.
-    MARGIN_S = 0.0001
+    # Started this much earlier than the estimate says: a late frame stalls the invoke (and holds the GIL as it
+    # ends), an early one ages while it waits. Throughput stops rising at about this margin while the age keeps
+    # growing with it; the README's performance section has the measured trade.
+    MARGIN_S = 0.0003
     HISTORY = 16
 
     def __init__(self, loop: FrameLoop) -> None:
