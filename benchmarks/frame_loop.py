@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from paired import checkout_env, cpu_seconds, free_port, paired
+from paired import checkout_env, free_port, paired, thread_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
@@ -203,11 +203,11 @@ def bare_cpu_per_invoke(model: Path, fps: float, seconds: float) -> tuple[float,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdin and proc.stdout
     proc.stdout.readline()
-    before = cpu_seconds(proc.pid)
+    before = thread_cpu_seconds(proc.pid)
     proc.stdin.write("\n")
     proc.stdin.flush()
     count = int(proc.stdout.readline())
-    used = cpu_seconds(proc.pid) - before
+    used = thread_cpu_seconds(proc.pid) - before
     proc.stdin.write("\n")
     proc.stdin.flush()
     proc.wait()
@@ -231,9 +231,9 @@ def daemon_cpu_per_frame(config: Path, fps: float, seconds: float) -> tuple[floa
                                                           str(seconds + 3), "--stats-file", str(stats_file))),
                                 cwd=tmp, env=DAEMON_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # model loaded, first frames done
-        before, t0 = cpu_seconds(proc.pid), time.monotonic()
+        before, t0 = thread_cpu_seconds(proc.pid), time.monotonic()
         time.sleep(seconds - 0.5)
-        used, span = cpu_seconds(proc.pid) - before, time.monotonic() - t0
+        used, span = thread_cpu_seconds(proc.pid) - before, time.monotonic() - t0
         proc.wait()
         stats = json.loads(stats_file.read_text())
     rate = stats["fps_out"]

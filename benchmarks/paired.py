@@ -35,6 +35,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> float:
+    """The CPU time of the process's live threads so far, to the nanosecond (/proc/PID/task/*/schedstat, first
+    field). :func:`cpu_seconds` counts clock ticks of 10 ms: over a 3 s window at 30 fps that is 0.13 ms a frame.
+    A thread that ended is not counted: read it twice across a stretch in which no thread starts or ends."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):  # the thread ended between the listing and the read
+            continue
+    return total / 1e9
+
+
 def checkout_env(checkout: Path) -> dict[str, str]:
     """The environment for a subprocess that must run ``checkout``'s edgedet: it first on PYTHONPATH. Start the
     subprocess outside any other checkout too: ``python -m`` and ``-c`` put the working directory first."""
