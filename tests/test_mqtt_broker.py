@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -217,6 +218,39 @@ def test_outbox_overflow_drops_oldest_and_counts_exactly(tmp_path: Path,
         broker.stop()
     # Exactly the newest 100, in order: the oldest 900 were the ones dropped.
     assert [d["seq"] for d in collector.json("/detection")] == list(range(901, 1001))
+
+
+def test_a_full_outbox_drops_the_oldest_waiting_message_not_the_one_being_sent(tmp_path: Path) -> None:
+    # Right after a reconnect the sender takes the oldest message while the frame loop keeps appending: if the
+    # outbox fills up again before the sender takes the next one, that next one is the oldest *waiting* message
+    # and the one dropped (and counted); the message already taken is delivered.
+    with Mosquitto(tmp_path) as broker:
+        collector = Collector(broker, "edgedet/cam1/t")
+        publisher = MqttPublisher(mqtt_cfg(broker.port, outbox_max=3), "cam1")
+        publisher.start()
+        taken, release = threading.Event(), threading.Event()
+
+        def first() -> bytes:  # runs in the sender thread, after it took the message from the outbox
+            taken.set()
+            assert release.wait(10)
+            return b"1"
+
+        try:
+            assert wait_until(lambda: publisher.connected)
+            publisher.publish("edgedet/cam1/t", first)
+            assert taken.wait(10)
+            for n in range(2, 6):  # 2, 3, 4 fill the outbox; 5 drops 2
+                publisher.publish("edgedet/cam1/t", str(n))
+            assert publisher.stats()["dropped"] == 1
+            release.set()
+            assert publisher.flush(10)
+            assert wait_until(lambda: len(collector.payloads("/t")) >= 4)
+            assert publisher.stats()["dropped"] == 1
+        finally:
+            release.set()
+            publisher.stop(2)
+            collector.close()
+    assert collector.payloads("/t") == [b"1", b"3", b"4", b"5"]
 
 
 def test_tls_with_generated_ca(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
