@@ -253,6 +253,36 @@ def test_a_full_outbox_drops_the_oldest_waiting_message_not_the_one_being_sent(t
     assert collector.payloads("/t") == [b"1", b"3", b"4", b"5"]
 
 
+def test_an_acknowledgement_outside_the_outbox_is_not_taken_for_an_outbox_message_a_wrap_later(
+        tmp_path: Path) -> None:
+    # The retained ``online`` goes out beside the outbox (mid 1); its acknowledgement belongs to no outbox
+    # message. When paho's message ids come round to 1 again, the outbox message sent under it must still wait
+    # for its own acknowledgement: taken as acknowledged, a stop would not wait for it and the outbox file would
+    # delete its row.
+    with Mosquitto(tmp_path) as broker:
+        publisher = MqttPublisher(mqtt_cfg(broker.port), "cam1")
+        publisher.start()
+        assert broker.proc is not None
+        try:
+            assert wait_until(lambda: publisher.connected)
+            for n in range(2000):
+                publisher.publish("edgedet/cam1/t", str(n))
+            assert publisher.flush(20)  # the acknowledgement of ``online`` came before these
+            publisher._client._last_mid = 0  # type: ignore[attr-defined]  # instead of 63,534 more messages
+            broker.proc.send_signal(signal.SIGSTOP)  # no acknowledgement can come now
+            try:
+                publisher.publish("edgedet/cam1/t", "after the wrap")
+                assert wait_until(lambda: publisher.stats()["sent"] == 2001)
+                assert publisher.stats()["queued"] == 1
+                assert not publisher.flush(0.3)
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            assert publisher.flush(10)
+            assert (publisher.stats()["acked"], publisher.stats()["queued"]) == (2001, 0)
+        finally:
+            publisher.stop(2)
+
+
 def test_tls_with_generated_ca(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     tls = make_tls_files(tmp_path / "pki")

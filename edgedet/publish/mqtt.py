@@ -51,6 +51,12 @@ STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the "los
 # mosquitto drops a client whose publish its ACL denies at once (the retained status and info go out right
 # after CONNACK); a broker that flaps drops connections at any time, so only drops this quick count.
 QUICK_DROP_S = 0.5
+# paho numbers messages 1..65535 and starts again; an acknowledgement that beats the sender to recording its
+# message is for one of the last few numbers. Older unclaimed ones (the status and retained messages, which are
+# not tracked, and QoS 0 messages, acknowledged when written) are forgotten: kept, such a number would be
+# taken, one wrap later, as the acknowledgement of an outbox message that was never acknowledged.
+EARLY_ACK_SPAN = 1024
+MID_COUNT = 65535
 # MQTT 5 reason code "Not authorized" (PUBACK/SUBACK) and MQTT 3.1.1 SUBACK failure.
 RC_NOT_AUTHORIZED = 135
 SUBACK_FAILURE_311 = 128
@@ -162,7 +168,8 @@ class MqttPublisher:
         self._cond = threading.Condition()
         self._outbox: deque[OutMessage] = deque(maxlen=cfg.outbox_max)
         self._inflight: dict[int, OutMessage] = {}
-        self._acked_before_recorded: set[int] = set()
+        # mids acknowledged before the sender recorded them, oldest first (a dict as an ordered set)
+        self._early_acks: dict[int, None] = {}
         self._retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, qos)
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
         self._connected = False
@@ -438,12 +445,23 @@ class MqttPublisher:
             info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)  # type: ignore[arg-type]
             with self._cond:
                 self._sent += 1
-                if msg.qos > 0:
-                    if info.mid in self._acked_before_recorded:
-                        self._acked_before_recorded.discard(info.mid)
-                    else:
-                        self._inflight[info.mid] = msg
                 # QoS 0 returning NO_CONN is lost by definition (at most once); QoS>0 stays in paho's store.
+                self._record(info.mid, msg if msg.qos > 0 else None)
+
+    def _record(self, mid: int, msg: OutMessage | None) -> None:
+        """Track ``msg`` (None: a message nobody waits for) as published under ``mid``, unless its
+        acknowledgement came first; forget the early acknowledgements too old to be claimed. Under _cond."""
+        early = self._early_acks
+        if early.pop(mid, 0) is None:
+            if msg is not None:
+                self._acked += 1
+        elif msg is not None:
+            self._inflight[mid] = msg
+        while early:
+            oldest = next(iter(early))
+            if (mid - oldest) % MID_COUNT <= EARLY_ACK_SPAN:
+                break
+            del early[oldest]
 
     @staticmethod
     def _build(msg: OutMessage) -> bool:
@@ -608,8 +626,7 @@ class MqttPublisher:
         with self._cond:
             msg = self._inflight.pop(mid, None)
             if msg is None:
-                if len(self._acked_before_recorded) < 100_000:
-                    self._acked_before_recorded.add(mid)
+                self._early_acks[mid] = None  # claimed or forgotten by the sender's next _record
             else:
                 self._acked += 1
             if reason.value == RC_NOT_AUTHORIZED:
