@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgedet.errors import ModelError
 from edgedet.model.graph import inspect_graph
-from edgedet.model.tflite_file import read_tflite
+from edgedet.model.tflite_file import Operator, TensorSpec, read_tflite
 from tests.conftest import V1, V1_EDGETPU, V2
 
 
@@ -120,3 +121,89 @@ def test_not_a_tflite_file(tmp_path: Path) -> None:
         inspect_graph(bogus)
     assert "labels.tflite" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def _with_tflite_package(path: Path) -> dict[str, object]:
+    """The fields read_tflite reads, through the ``tflite`` package's generated accessors instead."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    types = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    ops = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+    def tensor(t: tflite.Tensor) -> TensorSpec:
+        q = t.Quantization()
+        one = q is not None and q.ScaleLength() == 1
+        return TensorSpec(
+            name=(t.Name() or b"").decode(), shape=tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else (),
+            dtype=types[t.Type()], scale=float(q.Scale(0)) if one else 0.0,
+            zero_point=int(q.ZeroPoint(0)) if one and q.ZeroPointLength() else 0,
+            dynamic_dims=tuple(i for i in range(t.ShapeSignatureLength()) if t.ShapeSignature(i) == -1))
+
+    def code(i: int) -> tuple[str, int]:
+        c = model.OperatorCodes(i)
+        builtin = max(c.BuiltinCode(), c.DeprecatedBuiltinCode())
+        return (c.CustomCode().decode() if builtin == tflite.BuiltinOperator.CUSTOM else ops[builtin]), c.Version()
+
+    def buffer_has_data(i: int) -> bool:
+        b = model.Buffers(i)
+        return (b.Offset() > 1 and b.Size() > 0) or b.DataLength() > 0
+
+    tensors = [tensor(graph.Tensors(i)) for i in range(graph.TensorsLength())]
+    return {
+        "tensors": tensors,
+        "inputs": [tensors[graph.Inputs(i)] for i in range(graph.InputsLength())],
+        "outputs": [tensors[graph.Outputs(i)] for i in range(graph.OutputsLength())],
+        "operators": [Operator(*code(op.OpcodeIndex()),
+                               tuple(op.Inputs(j) for j in range(op.InputsLength())),
+                               tuple(op.Outputs(j) for j in range(op.OutputsLength())))
+                      for op in (graph.Operators(i) for i in range(graph.OperatorsLength()))],
+        "constant_tensors": {i for i in range(graph.TensorsLength()) if buffer_has_data(graph.Tensors(i).Buffer())},
+        "description": (model.Description() or b"").decode(),
+    }
+
+
+def _conformance_models(tmp_path: Path) -> list[Path]:
+    from edgedet.model.config import default_model_path
+    from tests import tflite_builder as tb
+
+    bundled = default_model_path()
+    assert bundled is not None
+    built = [tb.write(tmp_path / f"{name}.tflite", data) for name, data in (
+        ("tiny_f32", tb.tiny_classifier()), ("tiny_u8", tb.tiny_classifier(dtype=np.uint8)),
+        ("tiny_i8", tb.tiny_classifier(dtype=np.int8)), ("two_inputs", tb.two_input_model()),
+        ("image_output", tb.image_output_model()), ("resize", tb.resize_model(4, 6, 2, 3)),
+        ("dynamic_batch", tb.build([tb.T("image", (1, 8, 8, 3), signature=(-1, 8, 8, 3)),
+                                    tb.T("doubled", (1, 8, 8, 3), signature=(-1, 8, 8, 3))],
+                                   [tb.Op(tb.tflite.BuiltinOperator.ADD, [0, 0], [1])], [0], [1])))]
+    return [bundled, *built]
+
+
+def test_the_reader_agrees_with_the_tflite_packages_accessors(tmp_path: Path) -> None:
+    # read_tflite reads the tables by field index (the package's __init__ costs 3.4 MB of the daemon's memory);
+    # the package's generated accessors are the reference for every field it reads.
+    for path in _conformance_models(tmp_path):
+        parsed = read_tflite(path)
+        assert {key: getattr(parsed, key) for key in _with_tflite_package(path)} == _with_tflite_package(path), path
+    covered = [read_tflite(p) for p in _conformance_models(tmp_path)]
+    assert any(f.tensors[0].scale for f in covered) and any(f.inputs[0].dynamic_dims == (0,) for f in covered)
+
+
+def test_the_reader_agrees_with_the_tflite_package_on_the_reference_models(shared_models: Path) -> None:
+    for name in (V1, V1_EDGETPU, V2):
+        parsed = read_tflite(shared_models / name)
+        reference = _with_tflite_package(shared_models / name)
+        assert {key: getattr(parsed, key) for key in reference} == reference, name
+    assert read_tflite(shared_models / V1_EDGETPU).is_edgetpu
+
+
+def test_the_daemon_does_not_import_the_tflite_package() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgedet.model.config import default_model_path; "
+            "from edgedet.model.tflite_file import read_tflite; read_tflite(default_model_path()); "
+            "import edgedet.pipeline; print('tflite' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -22,6 +22,7 @@ class T:
     data: Optional[np.ndarray] = None  # constant tensor
     scale: float = 0.0
     zero_point: int = 0
+    signature: Optional[tuple[int, ...]] = None  # shape_signature: -1 marks a dynamic dimension
 
 
 @dataclass
@@ -56,6 +57,8 @@ def build(tensors: list[T], ops: list[Op], inputs: list[int], outputs: list[int]
     for t in tensors:
         name = b.CreateString(t.name)
         shape = _vector(b, tflite.TensorStartShapeVector, list(t.shape), b.PrependInt32)
+        signature = (None if t.signature is None else
+                     _vector(b, tflite.TensorStartShapeSignatureVector, list(t.signature), b.PrependInt32))
         quant = None
         if t.scale:
             scale = _vector(b, tflite.QuantizationParametersStartScaleVector, [t.scale], b.PrependFloat32)
@@ -66,6 +69,8 @@ def build(tensors: list[T], ops: list[Op], inputs: list[int], outputs: list[int]
             quant = tflite.QuantizationParametersEnd(b)
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, shape)
+        if signature is not None:
+            tflite.TensorAddShapeSignature(b, signature)
         tflite.TensorAddType(b, TYPES[np.dtype(t.dtype)])
         tflite.TensorAddName(b, name)
         if quant is not None:

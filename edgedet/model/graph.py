@@ -19,8 +19,8 @@ What is counted, and why:
   parameters cannot be read from the file. They are reported as ``None`` with the opaque operator named;
   count the CPU build of the same model instead.
 
-The operators and tensors come from :func:`edgedet.model.tflite_file.read_tflite` (the flatbuffer parsed
-with the ``tflite`` schema bindings, not the interpreter), so inspection needs no runtime and allocates no
+The operators and tensors come from :func:`edgedet.model.tflite_file.read_tflite` (the flatbuffer read
+by its schema, not by the interpreter), so inspection needs no runtime and allocates no
 tensors. Only the main subgraph is counted: a classifier's layers all live there (other subgraphs hold
 control-flow bodies).
 """
@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import tflite
 
-from edgedet.model.tflite_file import EDGETPU_CUSTOM_OP, TfliteFile, read_tflite
+from edgedet.model.tflite_file import EDGETPU_CUSTOM_OP, TfliteFile, read_tflite, schema_enum
 
 MAC_OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-_BUILTIN_NAMES = frozenset(name for name in vars(tflite.BuiltinOperator) if not name.startswith("_"))
+_BUILTIN_NAMES = frozenset(schema_enum("BuiltinOperator"))
 
 
 @dataclass

@@ -1,15 +1,19 @@
 """Read and validate a .tflite file without running it.
 
-The flatbuffer is parsed with the ``tflite`` package (generated from TensorFlow's schema), so a model can be
-checked, described (``edgedet models info``) and refused with a clear message before an interpreter touches
-it: a truncated or foreign file must never reach the C++ loader. Labels and normalization stored in the TFLite
-metadata are read here too (labels are a zip archive appended to the flatbuffer, normalization is a
-``NormalizationOptions`` process unit of the input tensor).
+The flatbuffer is parsed before an interpreter touches it, so a model can be checked, described (``edgedet
+models info``) and refused with a clear message: a truncated or foreign file must never reach the C++ loader.
+The fields are read straight from the flatbuffer's tables by their index in TensorFlow's ``schema.fbs``
+(flatbuffers never renumber a field). The ``tflite`` package, generated from that schema, gives only the enum
+names (:func:`schema_enum`): its ``__init__`` imports all of its modules, a few MB of the daemon's memory
+(README, performance); ``tests/test_graph.py`` checks this reader against the package's accessors. Labels and
+normalization stored in the TFLite metadata are read here too (labels are a zip archive appended to the
+flatbuffer, normalization is a ``NormalizationOptions`` process unit of the input tensor).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import struct
@@ -18,11 +22,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Optional
 
 import flatbuffers
 import numpy as np
-import tflite
+from flatbuffers import number_types as fb
 from flatbuffers.table import Table
 
 from edgedet.errors import ModelError
@@ -30,8 +35,25 @@ from edgedet.errors import ModelError
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 SIDECAR_FORMAT = "edgedet-sidecar/1"
 
-_TENSOR_TYPES = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
-_OP_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def schema_enum(name: str) -> dict[str, int]:
+    """One enum of the TFLite schema (``TensorType``, ``BuiltinOperator``): name -> value, from the ``tflite``
+    package's generated module for it alone (it imports nothing), not through the package's ``__init__``."""
+    spec = importlib.util.find_spec("tflite")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the tflite package (pip install tflite) is missing")
+    path = Path(next(iter(spec.submodule_search_locations))) / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"edgedet._tflite_schema_{name}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = ModuleType(module_spec.name)
+    module_spec.loader.exec_module(module)
+    return {k: v for k, v in vars(getattr(module, name)).items() if not k.startswith("_")}
+
+
+_TENSOR_TYPES = {v: k for k, v in schema_enum("TensorType").items()}
+_OP_NAMES = {v: k for k, v in schema_enum("BuiltinOperator").items()}
+_CUSTOM = schema_enum("BuiltinOperator")["CUSTOM"]
 _NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT8": np.int8}
 
 
@@ -154,17 +176,37 @@ def _sub_table(tab: Table, index: int) -> Optional[Table]:
     return Table(tab.Bytes, tab.Indirect(off + tab.Pos)) if off else None
 
 
-def _floats(tab: Table, index: int) -> list[float]:
+def _numbers(tab: Table, index: int, flags: Any = fb.Int32Flags) -> list[Any]:
+    """A vector of scalars (int32 unless ``flags`` says otherwise); [] when absent."""
     off = _field_pos(tab, index)
     if not off:
         return []
     start, count = tab.Vector(off), tab.VectorLen(off)
-    return [tab.Get(flatbuffers.number_types.Float32Flags, start + 4 * i) for i in range(count)]
+    return [tab.Get(flags, start + flags.bytewidth * i) for i in range(count)]
+
+
+def _floats(tab: Table, index: int) -> list[float]:
+    return _numbers(tab, index, fb.Float32Flags)
+
+
+def _scalar(tab: Table, index: int, flags: Any, default: int = 0) -> int:
+    off = _field_pos(tab, index)
+    return tab.Get(flags, off + tab.Pos) if off else default
 
 
 def _u8(tab: Table, index: int) -> int:
+    return _scalar(tab, index, fb.Uint8Flags)
+
+
+def _string(tab: Table, index: int) -> Optional[bytes]:
     off = _field_pos(tab, index)
-    return tab.Get(flatbuffers.number_types.Uint8Flags, off + tab.Pos) if off else 0
+    return tab.String(off + tab.Pos) if off else None
+
+
+def _vector_span(tab: Table, index: int) -> tuple[int, int]:
+    """Where a [ubyte] vector lies in the buffer: (start, length); (0, 0) when absent."""
+    off = _field_pos(tab, index)
+    return (tab.Vector(off), tab.VectorLen(off)) if off else (0, 0)
 
 
 def _metadata_normalization(buf: bytes) -> Optional[tuple[list[float], list[float]]]:
@@ -211,16 +253,21 @@ def _has_broken_archive(data: bytes) -> bool:
     return False
 
 
-def _tensor_spec(t: Any) -> TensorSpec:
-    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-    signature = tuple(int(d) for d in t.ShapeSignatureAsNumpy()) if t.ShapeSignatureLength() else ()
+def _tensor_spec(t: Table) -> TensorSpec:
+    # schema.fbs, table Tensor: shape 0, type 1, buffer 2, name 3, quantization 4, shape_signature 7.
+    # QuantizationParameters: scale 2, zero_point 3.
+    shape = tuple(_numbers(t, 0))
+    signature = _numbers(t, 7)
     scale, zero_point = 0.0, 0
-    q = t.Quantization()
-    if q is not None and q.ScaleLength() == 1:
-        scale, zero_point = float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
-    name = t.Name().decode("utf-8", errors="replace") if t.Name() else ""
-    return TensorSpec(name=name, shape=shape, dtype=_TENSOR_TYPES.get(t.Type(), f"TYPE_{t.Type()}"),
-                      scale=scale, zero_point=zero_point,
+    q = _sub_table(t, 4)
+    scales = _floats(q, 2) if q is not None else []
+    if q is not None and len(scales) == 1:
+        zero_points = _numbers(q, 3, fb.Int64Flags)
+        scale, zero_point = float(scales[0]), int(zero_points[0]) if zero_points else 0
+    name = _string(t, 3)
+    kind = _scalar(t, 1, fb.Int8Flags)
+    return TensorSpec(name=name.decode("utf-8", errors="replace") if name else "", shape=shape,
+                      dtype=_TENSOR_TYPES.get(kind, f"TYPE_{kind}"), scale=scale, zero_point=zero_point,
                       dynamic_dims=tuple(i for i, d in enumerate(signature) if d == -1))
 
 
@@ -252,58 +299,52 @@ def read_tflite(path: str | Path) -> TfliteFile:
 
 
 def _parse(path: Path, data: bytes) -> TfliteFile:
+    # schema.fbs, table Model: operator_codes 1, subgraphs 2, description 3, buffers 4, metadata 6.
     size = len(data)
-    model = tflite.Model.GetRootAsModel(data, 0)
-    if model.SubgraphsLength() < 1:
+    model = Table(data, flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
+    subgraphs = _sub_tables(model, 2)
+    if not subgraphs:
         raise ModelError("model has no subgraph", where=path, fix="reconvert the model")
     # Every buffer must lie inside the file: a truncated download fails here instead of in the C++ loader.
     # Only where each buffer lies is kept (weights are not copied): a tensor is constant when its buffer has
     # data, and the metadata buffer is read from the file's bytes.
     spans: list[tuple[int, int]] = []
-    for i in range(model.BuffersLength()):
-        buffer = model.Buffers(i)
-        offset = buffer.Offset() if hasattr(buffer, "Offset") else 0
-        if offset > 1:
-            end = offset + buffer.Size()
-            if end > size:
-                raise ModelError(f"truncated: buffer {i} ends at byte {end} of a {size}-byte file", where=path,
-                                 fix="fetch the model again")
-            spans.append((offset, end))
-            continue
-        length = buffer.DataLength()
-        if length:
-            start = buffer._tab.Vector(buffer._tab.Offset(4))
-            if start + length > size:
-                raise ModelError(f"truncated: buffer {i} ends at byte {start + length} of a {size}-byte file",
-                                 where=path, fix="fetch the model again")
-            spans.append((start, start + length))
-        else:
-            spans.append((0, 0))
+    for i, buffer in enumerate(_sub_tables(model, 4)):
+        # Buffer: data 0 (inside the flatbuffer), or offset 1 and size 2 (after it, in models over 2 GB).
+        offset = _scalar(buffer, 1, fb.Uint64Flags)
+        start, length = (offset, _scalar(buffer, 2, fb.Uint64Flags)) if offset > 1 else _vector_span(buffer, 0)
+        if length and start + length > size:
+            raise ModelError(f"truncated: buffer {i} ends at byte {start + length} of a {size}-byte file",
+                             where=path, fix="fetch the model again")
+        spans.append((start, start + length) if length else (0, 0))
     codes = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = (code.CustomCode() or b"").decode() if builtin == tflite.BuiltinOperator.CUSTOM else \
-            _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
-        codes.append((name, code.Version()))
-    graph = model.Subgraphs(0)
-    tensors = [_tensor_spec(graph.Tensors(i)) for i in range(graph.TensorsLength())]
-    constant = {i for i in range(graph.TensorsLength())
-                if graph.Tensors(i).Buffer() < len(spans) and _nonempty(spans[graph.Tensors(i).Buffer()])}
+    for code in _sub_tables(model, 1):
+        # OperatorCode: deprecated_builtin_code 0 (int8), custom_code 1, version 2 (default 1), builtin_code 3.
+        builtin = max(_scalar(code, 3, fb.Int32Flags), _scalar(code, 0, fb.Int8Flags))
+        name = (_string(code, 1) or b"").decode() if builtin == _CUSTOM else _OP_NAMES.get(builtin,
+                                                                                         f"BUILTIN_{builtin}")
+        codes.append((name, _scalar(code, 2, fb.Int32Flags, 1)))
+    # SubGraph: tensors 0, inputs 1, outputs 2, operators 3. Operator: opcode_index 0, inputs 1, outputs 2.
+    graph = subgraphs[0]
+    tensor_tables = _sub_tables(graph, 0)
+    tensors = [_tensor_spec(t) for t in tensor_tables]
+    constant = set()
+    for i, t in enumerate(tensor_tables):
+        buffer_index = _scalar(t, 2, fb.Uint32Flags)
+        if buffer_index < len(spans) and _nonempty(spans[buffer_index]):
+            constant.add(i)
     operators = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        name, version = codes[op.OpcodeIndex()]
-        operators.append(Operator(name, version,
-                                  tuple(int(x) for x in op.InputsAsNumpy()) if op.InputsLength() else (),
-                                  tuple(int(x) for x in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
-    inputs = [tensors[int(i)] for i in graph.InputsAsNumpy()] if graph.InputsLength() else []
-    outputs = [tensors[int(i)] for i in graph.OutputsAsNumpy()] if graph.OutputsLength() else []
+    for op in _sub_tables(graph, 3):
+        name, version = codes[_scalar(op, 0, fb.Uint32Flags)]
+        operators.append(Operator(name, version, tuple(_numbers(op, 1)), tuple(_numbers(op, 2))))
+    inputs = [tensors[i] for i in _numbers(graph, 1)]
+    outputs = [tensors[i] for i in _numbers(graph, 2)]
     normalization = None
-    for i in range(model.MetadataLength()):
-        meta = model.Metadata(i)
-        if meta.Name() == b"TFLITE_METADATA" and meta.Buffer() < len(spans) and _nonempty(spans[meta.Buffer()]):
-            start, end = spans[meta.Buffer()]
+    for meta in _sub_tables(model, 6):
+        # Metadata: name 0, buffer 1.
+        buffer_index = _scalar(meta, 1, fb.Uint32Flags)
+        if _string(meta, 0) == b"TFLITE_METADATA" and buffer_index < len(spans) and _nonempty(spans[buffer_index]):
+            start, end = spans[buffer_index]
             try:
                 normalization = _metadata_normalization(data[start:end])
             except (struct.error, IndexError, ValueError):
@@ -311,7 +352,7 @@ def _parse(path: Path, data: bytes) -> TfliteFile:
     if _has_broken_archive(data):
         raise ModelError("truncated: the model's appended metadata archive (labels) is incomplete", where=path,
                          fix="the copy or download is incomplete; fetch the model again")
-    description = (model.Description() or b"").decode("utf-8", errors="replace")
+    description = (_string(model, 3) or b"").decode("utf-8", errors="replace")
     return TfliteFile(path=path, size_bytes=size, sha256=hashlib.sha256(data).hexdigest(), inputs=inputs,
                       outputs=outputs, tensors=tensors, operators=operators, constant_tensors=constant,
                       description=description, metadata_normalization=normalization,
