@@ -273,10 +273,13 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[list[tuple[float, float]], int]:
-    """``edgedet run`` for ``frames`` frames at fps 0: its RSS sampled every 50 ms, and its exit code."""
+def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = (),
+               env: Optional[dict[str, str]] = None) -> tuple[list[tuple[float, float]], int]:
+    """``edgedet run`` (of ``env``'s checkout, this one by default) for ``frames`` frames at fps 0: its RSS sampled
+    every 50 ms, and its exit code."""
     proc = subprocess.Popen(daemon_cmd(config, frames, ("--set", "source.fps=0", *extra)),
-                            cwd=config.parent, env=DAEMON_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=config.parent, env=env or DAEMON_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     samples: list[tuple[float, float]] = []
     started = time.monotonic()
     while proc.poll() is None:
@@ -288,6 +291,21 @@ def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = ()) -> tuple[
             pass
         time.sleep(0.05)
     return samples, proc.returncode
+
+
+def steady(samples: list[tuple[float, float]]) -> list[float]:
+    """The RSS samples after the first tenth of the run (start-up) and before the last (the loop has ended and
+    the run is tearing down, freeing the source's frames: that drop is not the frame loop's memory)."""
+    total = samples[-1][0]
+    return [r for t, r in samples if total / 10 <= t <= total * 9 / 10]
+
+
+def mqtt_config(folder: Path, port: int) -> Path:
+    """The bundled model with MQTT on, to a local broker on ``port``."""
+    config = folder / "c.yaml"
+    config.write_text(f"model:\n  path: {bundled_model()}\nmqtt:\n  enabled: true\n  host: 127.0.0.1\n"
+                      f"  port: {port}\n")
+    return config
 
 
 SOURCE_PROBE = RSS_OF_SELF + """
@@ -314,9 +332,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "c.yaml"
-            config.write_text(f"model:\n  path: {model}\nmqtt:\n  enabled: true\n  host: 127.0.0.1\n"
-                              f"  port: {port}\n")
+            config = mqtt_config(Path(tmp), port)
             # As this venv has it (OpenCV installed: the default preprocess backend uses it), and as a machine
             # without OpenCV runs (scripts/install.sh does not install it): OpenCV is then never imported.
             for label, extra in (("OpenCV installed", ()), ("no OpenCV (backend numpy)",
@@ -326,13 +342,10 @@ def cmd_memory(args: argparse.Namespace) -> None:
         broker.terminate()
         broker.wait()
     for label, (samples, code) in runs.items():
-        total = samples[-1][0]
-        # Steady: after the first tenth (start-up) and before the last (the loop has ended and the run is
-        # tearing down, freeing the source's frames: that drop is not the frame loop's memory).
-        steady = [r for t, r in samples if total / 10 <= t <= total * 9 / 10]
+        kept = steady(samples)
         print(f"edgedet run, {model.name}, MQTT on (local mosquitto), {label}, {args.frames} frames at fps 0 in "
-              f"{total:.0f} s (exit {code}): steady RSS (10 % to 90 % of the run) first {steady[0]:.1f} MB, last "
-              f"{steady[-1]:.1f} MB, max {max(steady):.1f} MB, growth {steady[-1] - steady[0]:+.1f} MB; peak of the "
+              f"{samples[-1][0]:.0f} s (exit {code}): steady RSS (10 % to 90 % of the run) first {kept[0]:.1f} MB, "
+              f"last {kept[-1]:.1f} MB, max {max(kept):.1f} MB, growth {kept[-1] - kept[0]:+.1f} MB; peak of the "
               f"whole run {max(r for _, r in samples):.1f} MB")
     probe = ("import importlib, sys, os\n"
              "from pathlib import Path\n"

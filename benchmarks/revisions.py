@@ -3,7 +3,7 @@
 
     git worktree add /tmp/base <commit>
     python benchmarks/revisions.py --base /tmp/base [--head .] [--pairs 10] [--frames-v2 600] [--frames-v1 4000]
-                                   [--overlap]
+                                   [--overlap] [--memory]
 
 Each round runs one real `edgedet run` process per checkout (its own package first on PYTHONPATH, the same
 interpreter and venv), synthetic 640x480 frames read as fast as the model takes them, console and MQTT off,
@@ -13,6 +13,10 @@ alternates, and the verdict is the median of the per-pair ratios head/base, with
 `--overlap` also compares the overlapped loop on a SIMULATED accelerator (edgedet.model.simulated, invoke =
 a 2.5 ms and a 1.0 ms sleep, V2 scores; `run` cannot use it), each checkout's own `frame_loop.loop_run` in a
 process of its own: fps head/base and the frame age p50 minus the invoke.
+
+`--memory` compares, instead, the steady RSS of `edgedet run` as `frame_loop.py memory` measures it (the bundled
+model, MQTT on to a local mosquitto, backend numpy, 10,000 synthetic 640x480 frames at fps 0, the maximum
+between 10 % and 90 % of the run): head - base in MB, median of the paired differences.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from paired import checkout_env, paired
+from paired import checkout_env, free_port, paired
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -70,6 +74,33 @@ def overlapped(checkout: Path, model: Path, invoke_s: float) -> tuple[float, flo
     return float(out[0]), float(out[1])
 
 
+def compare_memory(base: Path, head: Path, pairs: int, frames: int = 10_000) -> None:
+    import frame_loop
+
+    port = free_port()
+    broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = frame_loop.mqtt_config(Path(tmp), port)
+
+            def rss(checkout: Path) -> float:
+                samples, code = frame_loop.daemon_rss(config, frames, ("--set", "model.preprocess.backend=numpy"),
+                                                      env=checkout_env(checkout))
+                assert code == 0, f"edgedet run of {checkout} exited {code}"
+                return max(frame_loop.steady(samples))
+
+            runs = paired(pairs, lambda: rss(base), lambda: rss(head))
+    finally:
+        broker.terminate()
+        broker.wait()
+    diffs = [h - b for b, h in runs]
+    print("| steady RSS, MQTT on, backend numpy | base MB (median) | head MB (median) | head - base, median of pairs "
+          "| range | pairs |\n|---|---|---|---|---|---|")
+    print(f"| {frames} frames at fps 0 | {statistics.median(b for b, _ in runs):.1f} | "
+          f"{statistics.median(h for _, h in runs):.1f} | {statistics.median(diffs):+.1f} | "
+          f"{min(diffs):+.1f} to {max(diffs):+.1f} | {pairs} |\n", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="the checkout to compare against")
@@ -79,7 +110,11 @@ def main() -> int:
     parser.add_argument("--frames-v2", type=int, default=600)
     parser.add_argument("--frames-v1", type=int, default=4000)
     parser.add_argument("--overlap", action="store_true", help="also the overlapped loop, simulated accelerator")
+    parser.add_argument("--memory", action="store_true", help="the steady RSS with MQTT on, instead")
     args = parser.parse_args()
+    if args.memory:
+        compare_memory(args.base.resolve(), args.head.resolve(), args.pairs)
+        return 0
     runs = [("mobilenet_v2_1.0_224_quant.tflite", args.frames_v2),
             ("mobilenet_v1_0.25_128_quant.tflite", args.frames_v1)]
     print("| model | base fps (median) | head fps (median) | head/base, median of pairs | range | pairs |")
