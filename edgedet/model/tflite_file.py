@@ -36,7 +36,6 @@ EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 SIDECAR_FORMAT = "edgedet-sidecar/1"
 
 
-
 def schema_enum(name: str) -> dict[str, int]:
     """One enum of the TFLite schema (``TensorType``, ``BuiltinOperator``): name -> value, from the ``tflite``
     package's generated module for it alone (it imports nothing), not through the package's ``__init__``."""
@@ -52,8 +51,9 @@ def schema_enum(name: str) -> dict[str, int]:
 
 
 _TENSOR_TYPES = {v: k for k, v in schema_enum("TensorType").items()}
-_OP_NAMES = {v: k for k, v in schema_enum("BuiltinOperator").items()}
-_CUSTOM = schema_enum("BuiltinOperator")["CUSTOM"]
+_BUILTIN_OPERATORS = schema_enum("BuiltinOperator")
+_OP_NAMES = {v: k for k, v in _BUILTIN_OPERATORS.items()}
+_CUSTOM = _BUILTIN_OPERATORS["CUSTOM"]
 _NUMPY_TYPES = {"FLOAT32": np.float32, "UINT8": np.uint8, "INT8": np.int8}
 
 

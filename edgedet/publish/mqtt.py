@@ -451,15 +451,20 @@ class MqttPublisher:
     def _record(self, mid: int, msg: OutMessage | None) -> None:
         """Track ``msg`` (None: a message nobody waits for) as published under ``mid``, unless its
         acknowledgement came first; forget the early acknowledgements too old to be claimed. Under _cond."""
-        early = self._early_acks
-        if early.pop(mid, 0) is None:
+        if mid in self._early_acks:
+            del self._early_acks[mid]
             if msg is not None:
                 self._acked += 1
         elif msg is not None:
             self._inflight[mid] = msg
+        self._forget_early_acks(mid)
+
+    def _forget_early_acks(self, newest: int) -> None:
+        """Drop the early acknowledgements more than EARLY_ACK_SPAN ids before ``newest``. Under _cond."""
+        early = self._early_acks
         while early:
             oldest = next(iter(early))
-            if (mid - oldest) % MID_COUNT <= EARLY_ACK_SPAN:
+            if (newest - oldest) % MID_COUNT <= EARLY_ACK_SPAN:
                 break
             del early[oldest]
 
@@ -626,7 +631,8 @@ class MqttPublisher:
         with self._cond:
             msg = self._inflight.pop(mid, None)
             if msg is None:
-                self._early_acks[mid] = None  # claimed or forgotten by the sender's next _record
+                self._early_acks[mid] = None  # claimed by the sender's _record, or forgotten
+                self._forget_early_acks(mid)
             else:
                 self._acked += 1
             if reason.value == RC_NOT_AUTHORIZED:
