@@ -270,34 +270,41 @@ RSS_OF_SELF = ("import os\n"
 
 
 def rss_mb(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss_and_file_mb(pid)[0]
+
+
+def rss_and_file_mb(pid: int) -> tuple[float, float]:
+    """Resident MB, and how much of it maps files (shared libraries, the model; statm's "shared")."""
+    fields = Path(f"/proc/{pid}/statm").read_text().split()
+    page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+    return int(fields[1]) * page_mb, int(fields[2]) * page_mb
 
 
 def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = (),
-               env: Optional[dict[str, str]] = None) -> tuple[list[tuple[float, float]], int]:
-    """``edgedet run`` (of ``env``'s checkout, this one by default) for ``frames`` frames at fps 0: its RSS sampled
-    every 50 ms, and its exit code."""
+               env: Optional[dict[str, str]] = None) -> tuple[list[tuple[float, float, float]], int]:
+    """``edgedet run`` (of ``env``'s checkout, this one by default) for ``frames`` frames at fps 0: its RSS and the
+    file-backed part of it, sampled every 50 ms as (seconds, MB, MB), and its exit code."""
     proc = subprocess.Popen(daemon_cmd(config, frames, ("--set", "source.fps=0", *extra)),
                             cwd=config.parent, env=env or DAEMON_ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     started = time.monotonic()
     while proc.poll() is None:
         try:
-            value = rss_mb(proc.pid)
+            value, files = rss_and_file_mb(proc.pid)
             if value > 0:
-                samples.append((time.monotonic() - started, value))
+                samples.append((time.monotonic() - started, value, files))
         except (OSError, ValueError, IndexError):
             pass
         time.sleep(0.05)
     return samples, proc.returncode
 
 
-def steady(samples: list[tuple[float, float]]) -> list[float]:
+def steady(samples: list[tuple[float, float, float]]) -> list[float]:
     """The RSS samples after the first tenth of the run (start-up) and before the last (the loop has ended and
     the run is tearing down, freeing the source's frames: that drop is not the frame loop's memory)."""
     total = samples[-1][0]
-    return [r for t, r in samples if total / 10 <= t <= total * 9 / 10]
+    return [r for t, r, _ in samples if total / 10 <= t <= total * 9 / 10]
 
 
 def mqtt_config(folder: Path, port: int) -> Path:
@@ -343,10 +350,12 @@ def cmd_memory(args: argparse.Namespace) -> None:
         broker.wait()
     for label, (samples, code) in runs.items():
         kept = steady(samples)
+        last_rss, last_files = [(r, f) for t, r, f in samples if t <= samples[-1][0] * 9 / 10][-1]
         print(f"edgedet run, {model.name}, MQTT on (local mosquitto), {label}, {args.frames} frames at fps 0 in "
               f"{samples[-1][0]:.0f} s (exit {code}): steady RSS (10 % to 90 % of the run) first {kept[0]:.1f} MB, "
-              f"last {kept[-1]:.1f} MB, max {max(kept):.1f} MB, growth {kept[-1] - kept[0]:+.1f} MB; peak of the "
-              f"whole run {max(r for _, r in samples):.1f} MB")
+              f"last {kept[-1]:.1f} MB (anonymous {last_rss - last_files:.1f}, mapped files {last_files:.1f}), max "
+              f"{max(kept):.1f} MB, growth {kept[-1] - kept[0]:+.1f} MB; peak of the whole run "
+              f"{max(s[1] for s in samples):.1f} MB")
     probe = ("import importlib, sys, os\n"
              "from pathlib import Path\n"
              f"{RSS_OF_SELF}\n"
