@@ -198,7 +198,9 @@ def test_no_outbox_writes_while_the_broker_keeps_up(tmp_path: Path) -> None:
         sub = Subscriber(broker, "edgedet/up/detection")
         # A message is written once it has waited outbox_sync_s undelivered: 5 s, so that "the broker keeps up"
         # holds even when a loaded CI machine stalls the sender for a second or two (once seen with 1 s).
-        daemon = Daemon(tmp_path, broker.port, "up", fps=FPS, max_frames=frames,
+        # Unbounded, stopped only after the second look at the files: a clean stop closes the outbox file (its
+        # write-ahead log is checkpointed and removed), and a bounded run could end before that look.
+        daemon = Daemon(tmp_path, broker.port, "up", fps=FPS,
                         config={"mqtt": {"outbox_path": str(outbox), "outbox_sync_s": 5.0},
                                 "publish": {"jsonl_path": None}})
         try:
@@ -211,6 +213,8 @@ def test_no_outbox_writes_while_the_broker_keeps_up(tmp_path: Path) -> None:
             before, io_before = files(), proc_write_bytes(daemon.proc.pid)
             assert wait_until(lambda: len(sub.seqs()) >= frames - 50, 60)
             after, io_after = files(), proc_write_bytes(daemon.proc.pid)
+            assert daemon.proc.poll() is None  # still running: what was seen is the steady state
+            daemon.proc.send_signal(signal.SIGTERM)
             finished(daemon)
         finally:
             daemon.kill()
