@@ -19,6 +19,7 @@ fixed tensor; no Edge TPU was used.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -300,11 +302,24 @@ def daemon_rss(config: Path, frames: int, extra: tuple[str, ...] = (),
     return samples, proc.returncode
 
 
-def steady(samples: list[tuple[float, float, float]]) -> list[float]:
-    """The RSS samples after the first tenth of the run (start-up) and before the last (the loop has ended and
-    the run is tearing down, freeing the source's frames: that drop is not the frame loop's memory)."""
+def steady(samples: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """The samples after the first tenth of the run (start-up) and before the last (the loop has ended and the
+    run is tearing down, freeing the source's frames: that drop is not the frame loop's memory)."""
     total = samples[-1][0]
-    return [r for t, r, _ in samples if total / 10 <= t <= total * 9 / 10]
+    return [s for s in samples if total / 10 <= s[0] <= total * 9 / 10]
+
+
+@contextlib.contextmanager
+def local_mosquitto() -> Iterator[int]:
+    """A mosquitto on a free loopback port for the runs inside the block; yields the port."""
+    port = free_port()
+    broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait()
 
 
 def mqtt_config(folder: Path, port: int) -> Path:
@@ -333,24 +348,18 @@ print(f"{rss() - before:.1f} {DEFAULT_CYCLE} {DEFAULT_CYCLE * width * height * 3
 
 def cmd_memory(args: argparse.Namespace) -> None:
     model = bundled_model()
-    port = free_port()
-    broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = {}
-    try:
-        time.sleep(0.5)
-        with tempfile.TemporaryDirectory() as tmp:
-            config = mqtt_config(Path(tmp), port)
-            # As this venv has it (OpenCV installed: the default preprocess backend uses it), and as a machine
-            # without OpenCV runs (scripts/install.sh does not install it): OpenCV is then never imported.
-            for label, extra in (("OpenCV installed", ()), ("no OpenCV (backend numpy)",
-                                                            ("--set", "model.preprocess.backend=numpy"))):
-                runs[label] = daemon_rss(config, args.frames, extra)
-    finally:
-        broker.terminate()
-        broker.wait()
+    with local_mosquitto() as port, tempfile.TemporaryDirectory() as tmp:
+        config = mqtt_config(Path(tmp), port)
+        # As this venv has it (OpenCV installed: the default preprocess backend uses it), and as a machine
+        # without OpenCV runs (scripts/install.sh does not install it): OpenCV is then never imported.
+        for label, extra in (("OpenCV installed", ()), ("no OpenCV (backend numpy)",
+                                                        ("--set", "model.preprocess.backend=numpy"))):
+            runs[label] = daemon_rss(config, args.frames, extra)
     for label, (samples, code) in runs.items():
-        kept = steady(samples)
-        last_rss, last_files = [(r, f) for t, r, f in samples if t <= samples[-1][0] * 9 / 10][-1]
+        window = steady(samples)
+        kept = [rss for _, rss, _ in window]
+        last_rss, last_files = window[-1][1:]
         print(f"edgedet run, {model.name}, MQTT on (local mosquitto), {label}, {args.frames} frames at fps 0 in "
               f"{samples[-1][0]:.0f} s (exit {code}): steady RSS (10 % to 90 % of the run) first {kept[0]:.1f} MB, "
               f"last {kept[-1]:.1f} MB (anonymous {last_rss - last_files:.1f}, mapped files {last_files:.1f}), max "

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from paired import checkout_env, free_port, paired
+from paired import checkout_env, paired
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("EDGEDET_SHARED_MODELS", HERE.parents[1] / "shared" / "models"))
@@ -77,22 +77,16 @@ def overlapped(checkout: Path, model: Path, invoke_s: float) -> tuple[float, flo
 def compare_memory(base: Path, head: Path, pairs: int, frames: int = 10_000) -> None:
     import frame_loop
 
-    port = free_port()
-    broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            config = frame_loop.mqtt_config(Path(tmp), port)
+    with frame_loop.local_mosquitto() as port, tempfile.TemporaryDirectory() as tmp:
+        config = frame_loop.mqtt_config(Path(tmp), port)
 
-            def rss(checkout: Path) -> float:
-                samples, code = frame_loop.daemon_rss(config, frames, ("--set", "model.preprocess.backend=numpy"),
-                                                      env=checkout_env(checkout))
-                assert code == 0, f"edgedet run of {checkout} exited {code}"
-                return max(frame_loop.steady(samples))
+        def rss(checkout: Path) -> float:
+            samples, code = frame_loop.daemon_rss(config, frames, ("--set", "model.preprocess.backend=numpy"),
+                                                  env=checkout_env(checkout))
+            assert code == 0, f"edgedet run of {checkout} exited {code}"
+            return max(rss for _, rss, _ in frame_loop.steady(samples))
 
-            runs = paired(pairs, lambda: rss(base), lambda: rss(head))
-    finally:
-        broker.terminate()
-        broker.wait()
+        runs = paired(pairs, lambda: rss(base), lambda: rss(head))
     diffs = [h - b for b, h in runs]
     print("| steady RSS, MQTT on, backend numpy | base MB (median) | head MB (median) | head - base, median of pairs "
           "| range | pairs |\n|---|---|---|---|---|---|")

@@ -12,6 +12,7 @@ flatbuffer, normalization is a ``NormalizationOptions`` process unit of the inpu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -36,6 +37,7 @@ EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 SIDECAR_FORMAT = "edgedet-sidecar/1"
 
 
+@functools.cache
 def schema_enum(name: str) -> dict[str, int]:
     """One enum of the TFLite schema (``TensorType``, ``BuiltinOperator``): name -> value, from the ``tflite``
     package's generated module for it alone (it imports nothing), not through the package's ``__init__``."""

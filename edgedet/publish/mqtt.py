@@ -446,16 +446,16 @@ class MqttPublisher:
             with self._cond:
                 self._sent += 1
                 # QoS 0 returning NO_CONN is lost by definition (at most once); QoS>0 stays in paho's store.
-                self._record(info.mid, msg if msg.qos > 0 else None)
+                if msg.qos > 0:
+                    self._record(info.mid, msg)
 
-    def _record(self, mid: int, msg: OutMessage | None) -> None:
-        """Track ``msg`` (None: a message nobody waits for) as published under ``mid``, unless its
-        acknowledgement came first; forget the early acknowledgements too old to be claimed. Under _cond."""
+    def _record(self, mid: int, msg: OutMessage) -> None:
+        """Track ``msg`` as sent under ``mid`` until its acknowledgement, unless that came first; forget the early
+        acknowledgements too old to be claimed. Under _cond."""
         if mid in self._early_acks:
             del self._early_acks[mid]
-            if msg is not None:
-                self._acked += 1
-        elif msg is not None:
+            self._acked += 1
+        else:
             self._inflight[mid] = msg
         self._forget_early_acks(mid)
 
@@ -631,7 +631,8 @@ class MqttPublisher:
         with self._cond:
             msg = self._inflight.pop(mid, None)
             if msg is None:
-                self._early_acks[mid] = None  # claimed by the sender's _record, or forgotten
+                # Claimed by the sender's _record, or forgotten by it or by a later unclaimed one.
+                self._early_acks[mid] = None
                 self._forget_early_acks(mid)
             else:
                 self._acked += 1
