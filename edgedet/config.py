@@ -7,7 +7,6 @@ that names the file, the key path and the expected form.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import socket
@@ -352,6 +351,8 @@ def _describe(errors: list[Any], model: type[BaseModel]) -> str:
     first = errors[0]
     dotted = _dotted(first)
     if first["type"] == "extra_forbidden":
+        import difflib  # here, not at the top: only a wrong config needs it
+
         loc = dotted.split(".")
         known = _known_keys(model, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)

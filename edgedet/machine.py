@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -55,6 +54,8 @@ def throttling(firmware: Optional[Path] = None) -> Optional[Throttling]:
     raw: Optional[str] = None
     tool = shutil.which("vcgencmd")
     if tool:
+        import subprocess  # here, not at the top: only a Raspberry Pi has the tool
+
         try:
             out = subprocess.run([tool, "get_throttled"], capture_output=True, text=True, timeout=3).stdout
             raw = out.strip().partition("=")[2] or None

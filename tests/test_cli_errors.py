@@ -106,7 +106,8 @@ runpy.run_module("edgedet", run_name="__main__", alter_sys=True)
 """
 
 
-def test_run_imports_no_tensorflow_bench_or_host(tmp_path: Path) -> None:
+def run_modules(tmp_path: Path) -> list[str]:
+    """The modules a one-frame ``edgedet run`` (bundled model, synthetic source, no MQTT) has imported at exit."""
     config = tmp_path / "config.yaml"
     config.write_text("source:\n  type: synthetic\n")  # the bundled model; no MQTT broker configured
     modules_file, stats_file = tmp_path / "modules.json", tmp_path / "stats.json"
@@ -118,10 +119,22 @@ def test_run_imports_no_tensorflow_bench_or_host(tmp_path: Path) -> None:
     assert json.loads(stats_file.read_text())["frames_processed"] == 1
     modules = json.loads(modules_file.read_text())
     assert "edgedet.daemon" in modules and "edgedet.model.classifier" in modules  # the daemon did run here
+    return modules
+
+
+def test_run_imports_no_tensorflow_bench_or_host(tmp_path: Path) -> None:
+    modules = run_modules(tmp_path)
     forbidden = [m for m in modules
                  if m.split(".")[0] in {"tensorflow", "keras", "tf_keras"}
                  or m == "edgedet.bench" or m.startswith(("edgedet.bench.", "edgedet.host"))]
     assert forbidden == []
+
+
+def test_run_leaves_out_what_only_a_wrong_config_or_a_pi_tool_needs(tmp_path: Path) -> None:
+    """``difflib`` (the "did you mean" of a config error) and ``subprocess`` (dpkg-query for libedgetpu,
+    vcgencmd on a Pi) are imported where they are used: about 0.5 MB resident a run does not need."""
+    modules = run_modules(tmp_path)
+    assert [m for m in ("difflib", "subprocess") if m in modules] == []
 
 
 def fresh_python(code: str) -> list[str]:

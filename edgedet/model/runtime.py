@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -150,6 +149,8 @@ def installed_libedgetpu() -> Optional[LibedgetpuPackage]:
     dpkg_query = shutil.which("dpkg-query")
     if dpkg_query is None:
         return None
+    import subprocess  # here, not at the top: a run without the Edge TPU never starts a process
+
     try:
         out = subprocess.run([dpkg_query, "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\\n",
                               *LIBEDGETPU_PACKAGES], capture_output=True, text=True, timeout=10).stdout
