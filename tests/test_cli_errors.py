@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from helpers import REPO, Run, run_cli
@@ -106,8 +105,11 @@ runpy.run_module("edgedet", run_name="__main__", alter_sys=True)
 """
 
 
-def run_modules(tmp_path: Path) -> list[str]:
-    """The modules a one-frame ``edgedet run`` (bundled model, synthetic source, no MQTT) has imported at exit."""
+@pytest.fixture(scope="module")
+def run_modules(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The modules a one-frame ``edgedet run`` (bundled model, synthetic source, no MQTT) has imported at exit;
+    one run for every test that reads them."""
+    tmp_path = tmp_path_factory.mktemp("run-modules")
     config = tmp_path / "config.yaml"
     config.write_text("source:\n  type: synthetic\n")  # the bundled model; no MQTT broker configured
     modules_file, stats_file = tmp_path / "modules.json", tmp_path / "stats.json"
@@ -122,19 +124,17 @@ def run_modules(tmp_path: Path) -> list[str]:
     return modules
 
 
-def test_run_imports_no_tensorflow_bench_or_host(tmp_path: Path) -> None:
-    modules = run_modules(tmp_path)
-    forbidden = [m for m in modules
+def test_run_imports_no_tensorflow_bench_or_host(run_modules: list[str]) -> None:
+    forbidden = [m for m in run_modules
                  if m.split(".")[0] in {"tensorflow", "keras", "tf_keras"}
                  or m == "edgedet.bench" or m.startswith(("edgedet.bench.", "edgedet.host"))]
     assert forbidden == []
 
 
-def test_run_leaves_out_what_only_a_wrong_config_or_a_pi_tool_needs(tmp_path: Path) -> None:
+def test_run_leaves_out_what_only_a_wrong_config_or_a_pi_tool_needs(run_modules: list[str]) -> None:
     """``difflib`` (the "did you mean" of a config error) and ``subprocess`` (dpkg-query for libedgetpu,
-    vcgencmd on a Pi) are imported where they are used: about 0.5 MB resident a run does not need."""
-    modules = run_modules(tmp_path)
-    assert [m for m in ("difflib", "subprocess") if m in modules] == []
+    vcgencmd on a Pi) are imported where they are used: resident memory a run does not need (README)."""
+    assert [m for m in ("difflib", "subprocess") if m in run_modules] == []
 
 
 def fresh_python(code: str) -> list[str]:
