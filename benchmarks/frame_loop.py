@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from paired import checkout_env, free_port, paired, thread_cpu_seconds
+from paired import checkout_env, cpu_between, free_port, paired, task_cpu_ns
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
@@ -205,11 +205,11 @@ def bare_cpu_per_invoke(model: Path, fps: float, seconds: float) -> tuple[float,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdin and proc.stdout
     proc.stdout.readline()
-    before = thread_cpu_seconds(proc.pid)
+    before = task_cpu_ns(proc.pid)
     proc.stdin.write("\n")
     proc.stdin.flush()
     count = int(proc.stdout.readline())
-    used = thread_cpu_seconds(proc.pid) - before
+    used = cpu_between(before, task_cpu_ns(proc.pid))
     proc.stdin.write("\n")
     proc.stdin.flush()
     proc.wait()
@@ -223,19 +223,21 @@ def daemon_cmd(config: Path, frames: int = 0, extra: tuple[str, ...] = ()) -> li
     return cmd + (["--max-frames", str(frames)] if frames else [])
 
 
-def daemon_cpu_per_frame(config: Path, fps: float, seconds: float) -> tuple[float, float]:
-    """``edgedet run`` at a fixed source rate: CPU seconds per frame over a window after warm-up."""
+def daemon_cpu_per_frame(config: Path, fps: float, seconds: float,
+                         env: Optional[dict[str, str]] = None) -> tuple[float, float]:
+    """``edgedet run`` at a fixed source rate: CPU milliseconds per frame over a window after warm-up (in which
+    the loop has settled on reading the source itself or through its capture thread), and the rate."""
     import json
 
     with tempfile.TemporaryDirectory() as tmp:
         stats_file = Path(tmp) / "stats.json"
         proc = subprocess.Popen(daemon_cmd(config, extra=("--set", f"source.fps={fps}", "--duration",
                                                           str(seconds + 3), "--stats-file", str(stats_file))),
-                                cwd=tmp, env=DAEMON_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=tmp, env=env or DAEMON_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)  # model loaded, first frames done
-        before, t0 = thread_cpu_seconds(proc.pid), time.monotonic()
+        before, t0 = task_cpu_ns(proc.pid), time.monotonic()
         time.sleep(seconds - 0.5)
-        used, span = thread_cpu_seconds(proc.pid) - before, time.monotonic() - t0
+        used, span = cpu_between(before, task_cpu_ns(proc.pid)), time.monotonic() - t0
         proc.wait()
         stats = json.loads(stats_file.read_text())
     rate = stats["fps_out"]

@@ -35,17 +35,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_seconds(pid: int) -> float:
-    """The CPU time of the process's live threads so far, to the nanosecond (/proc/PID/task/*/schedstat, first
-    field). :func:`cpu_seconds` counts clock ticks of 10 ms: over a 3 s window at 30 fps that is 0.13 ms a frame.
-    A thread that ended is not counted: read it twice across a stretch in which no thread starts or ends."""
-    total = 0
+def task_cpu_ns(pid: int) -> dict[int, int]:
+    """The CPU time of each live thread of the process so far, by thread id, to the nanosecond
+    (/proc/PID/task/*/schedstat, first field). :func:`cpu_seconds` counts clock ticks of 10 ms: over a 3 s window
+    at 30 fps that is 0.13 ms a frame. A thread that ended is not listed: see :func:`cpu_between`."""
+    times = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            times[int(task.name)] = int((task / "schedstat").read_text().split()[0])
         except (OSError, IndexError, ValueError):  # the thread ended between the listing and the read
             continue
-    return total / 1e9
+    return times
+
+
+def cpu_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds the process used between two :func:`task_cpu_ns` readings. A thread that started or ended in
+    between would make the sum wrong (an ended thread's time is no longer listed), so that raises."""
+    if before.keys() != after.keys():
+        raise RuntimeError(f"threads started or ended during the measured window (before {sorted(before)}, after "
+                           f"{sorted(after)}): the CPU time of an ended one cannot be read")
+    return sum(after[tid] - before[tid] for tid in after) / 1e9
 
 
 def checkout_env(checkout: Path) -> dict[str, str]:

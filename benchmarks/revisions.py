@@ -3,7 +3,7 @@
 
     git worktree add /tmp/base <commit>
     python benchmarks/revisions.py --base /tmp/base [--head .] [--pairs 10] [--frames-v2 600] [--frames-v1 4000]
-                                   [--overlap] [--memory]
+                                   [--overlap] [--memory] [--cpu-per-frame]
 
 Each round runs one real `edgedet run` process per checkout (its own package first on PYTHONPATH, the same
 interpreter and venv), synthetic 640x480 frames read as fast as the model takes them, console and MQTT off,
@@ -13,6 +13,9 @@ alternates, and the verdict is the median of the per-pair ratios head/base, with
 `--overlap` also compares the overlapped loop on a SIMULATED accelerator (edgedet.model.simulated, invoke =
 a 2.5 ms and a 1.0 ms sleep, V2 scores; `run` cannot use it), each checkout's own `frame_loop.loop_run` in a
 process of its own: fps head/base and the frame age p50 minus the invoke.
+
+`--cpu-per-frame` compares, instead, the CPU time per frame of `edgedet run` at a 30 fps synthetic source as
+`frame_loop.py cpu-per-frame` measures it (bundled model, MQTT off, 6 s windows after 3 s): head - base in ms.
 
 `--memory` compares, instead, the steady RSS of `edgedet run` as `frame_loop.py memory` measures it (the bundled
 model, MQTT on to a local mosquitto, backend numpy, 10,000 synthetic 640x480 frames at fps 0, the maximum
@@ -95,6 +98,23 @@ def compare_memory(base: Path, head: Path, pairs: int, frames: int = 10_000) -> 
           f"{min(diffs):+.1f} to {max(diffs):+.1f} | {pairs} |\n", flush=True)
 
 
+def compare_cpu_per_frame(base: Path, head: Path, pairs: int, seconds: float = 6.0) -> None:
+    import frame_loop
+
+    model = frame_loop.bundled_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "c.yaml"
+        config.write_text(f"model:\n  path: {model}\n")
+        runs = paired(pairs, lambda: frame_loop.daemon_cpu_per_frame(config, 30.0, seconds, checkout_env(base)),
+                      lambda: frame_loop.daemon_cpu_per_frame(config, 30.0, seconds, checkout_env(head)))
+    diffs = [h[0] - b[0] for b, h in runs]
+    print("| CPU per frame, 30 fps source, bundled model, MQTT off | base ms (median) | head ms (median) "
+          "| head - base, median of pairs | range | pairs |\n|---|---|---|---|---|---|")
+    print(f"| {seconds:.0f} s windows | {statistics.median(b[0] for b, _ in runs):.3f} | "
+          f"{statistics.median(h[0] for _, h in runs):.3f} | {statistics.median(diffs):+.3f} | "
+          f"{min(diffs):+.3f} to {max(diffs):+.3f} | {pairs} |\n", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="the checkout to compare against")
@@ -105,7 +125,12 @@ def main() -> int:
     parser.add_argument("--frames-v1", type=int, default=4000)
     parser.add_argument("--overlap", action="store_true", help="also the overlapped loop, simulated accelerator")
     parser.add_argument("--memory", action="store_true", help="the steady RSS with MQTT on, instead")
+    parser.add_argument("--cpu-per-frame", action="store_true",
+                        help="the CPU time per frame of `edgedet run` at a 30 fps source, instead")
     args = parser.parse_args()
+    if args.cpu_per_frame:
+        compare_cpu_per_frame(args.base.resolve(), args.head.resolve(), args.pairs)
+        return 0
     if args.memory:
         compare_memory(args.base.resolve(), args.head.resolve(), args.pairs)
         return 0
