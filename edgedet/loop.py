@@ -1,9 +1,11 @@
-"""The bounded frame loop: capture on its own thread into a one-slot latest-frame buffer, classify the newest.
+"""The bounded frame loop: capture into a one-slot latest-frame buffer, classify the newest.
 
-The capture thread reads frames (a camera or a stream on its own clock, continuously, so the newest frame is
-always at hand; a source that has a frame whenever asked — synthetic, files read as fast as possible — just
-before the model becomes free). A newer frame replaces an unread one (counted as dropped), so a slow model
-never builds a backlog and memory stays flat. The inference side preprocesses the frame it takes, invokes
+A source that has a frame whenever asked (synthetic, files read as fast as possible) is read just before the
+model becomes free. A camera or a stream on its own clock is read continuously by a capture thread, so the
+newest frame is always at hand; while the loop's work takes well under the camera's frame interval the loop
+reads it itself instead, which gets the same frames without a thread hand-over per frame (``ReadChooser``).
+A newer frame replaces an unread one (counted as dropped), so a slow model never builds a backlog and memory
+stays flat. The inference side preprocesses the frame it takes, invokes
 and post-processes: only frames that are classified are preprocessed, and with every core given to the
 interpreter nothing else competes with ``invoke()`` (README, "The frame loop", has the measurements).
 """
@@ -50,6 +52,8 @@ SWITCH_INTERVAL_S = 0.0002
 # ends on its own may wait longer, so the old pipeline releases the camera before the new one opens it.
 CAPTURE_JOIN_STOP_S = 0.5
 CAPTURE_JOIN_S = 2.0
+# How often the thread that unblocks an inline camera read on SIGTERM looks whether the loop has ended.
+STOPWATCH_POLL_S = 0.5
 
 
 def auto_threads(cores: Optional[int] = None) -> int:
@@ -261,21 +265,95 @@ class FrameReader:
 
 
 class CaptureThread(threading.Thread):
-    """For cameras and streams: reads continuously into the slot, so the newest frame is always at hand."""
+    """For cameras and streams: reads continuously into the slot, so the newest frame is always at hand.
+
+    :meth:`give_back` ends it after the read in progress (its frame still goes to the slot) with the source left
+    open, so the loop can read it inline from then on; ``handed_back`` is set once the reader is free."""
 
     def __init__(self, reader: FrameReader, slot: LatestSlot) -> None:
         super().__init__(name="edgedet-capture", daemon=True)
         self.reader, self.slot = reader, slot
         self.exhausted = threading.Event()
+        self.handed_back = threading.Event()
+        self._give_back = threading.Event()
+
+    def give_back(self) -> None:
+        self._give_back.set()
 
     def run(self) -> None:
+        given_back = False
         try:
-            while (item := self.reader.next_frame()) is not None:
+            while True:
+                if self._give_back.is_set():
+                    given_back = True
+                    break
+                item = self.reader.next_frame()
+                if item is None:
+                    break
                 self.slot.put(item)
         finally:
-            self.exhausted.set()
+            if given_back:
+                self.handed_back.set()
+            else:
+                self.exhausted.set()
             self.slot.wake()
-            self.reader.close()
+            if not given_back:
+                self.reader.close()
+
+
+class ReadChooser:
+    """For a source on its own clock (a camera, a stream, paced files): whether the loop reads it inline, on the
+    thread that classifies, or through the capture thread.
+
+    The capture thread costs a thread wake-up and a hand-over per frame (README, performance). While the loop's
+    work between two reads is well under the source's frame interval, a read issued right after that work
+    returns the next frame as soon as it is captured, so reading ahead gains nothing; once the work approaches
+    the interval, a blocking read would delay or skip frames, and the capture thread takes over again. Decided
+    once per ``WINDOW`` frames, on the upper quartile of the work, with a gap between the two bounds so the
+    mode does not flap. The interval is what the capture thread saw (it reads every frame): read inline, a
+    source skips frames the loop was too late for, and their intervals would look longer than the camera's.
+    """
+
+    WINDOW = 30
+    INLINE_BELOW = 0.5  # the work's upper quartile, as a fraction of the frame interval
+    THREAD_ABOVE = 0.75
+
+    def __init__(self, window: int = WINDOW) -> None:
+        self.window = window
+        self.inline = False
+        self.interval_s: Optional[float] = None
+        self._work: list[float] = []
+        self._intervals: list[float] = []
+        self._last: Optional[tuple[int, float]] = None  # (frame id, captured_mono) of the frame taken before
+
+    def taken(self, frame_id: int, captured_mono: float) -> None:
+        """A frame the loop took; ids are the reader's, so a gap is the frames the slot replaced."""
+        last, self._last = self._last, (frame_id, captured_mono)
+        if self.inline or last is None or frame_id <= last[0]:
+            return
+        self._intervals.append((captured_mono - last[1]) / (frame_id - last[0]))
+
+    def worked(self, seconds: float) -> Optional[bool]:
+        """The loop's work from taking a frame to asking for the next; the new mode (True: inline) when it
+        changes, else None."""
+        self._work.append(seconds)
+        if len(self._work) < self.window:
+            return None
+        work = sorted(self._work)[len(self._work) * 3 // 4]
+        if self._intervals:
+            intervals = sorted(self._intervals)
+            self.interval_s = intervals[len(intervals) // 2]
+        self._work.clear()
+        self._intervals.clear()
+        if self.interval_s is None or self.interval_s <= 0:
+            return None
+        wanted = work < self.INLINE_BELOW * self.interval_s if not self.inline \
+            else work <= self.THREAD_ABOVE * self.interval_s
+        if wanted == self.inline:
+            return None
+        self.inline = wanted
+        self._last = None
+        return wanted
 
 
 def _one_line(exc: BaseException) -> str:
@@ -429,7 +507,8 @@ class FrameLoop:
                  between_frames: Optional[Callable[[], None]] = None, source_opened: bool = False,
                  overlap: Optional[bool] = None, invoke_timeout_s: float = 0.0,
                  lanes: Optional[list[Lane]] = None,
-                 between_frames_due: Optional[Callable[[], bool]] = None) -> None:
+                 between_frames_due: Optional[Callable[[], bool]] = None,
+                 read_chooser: Callable[[], ReadChooser] = ReadChooser) -> None:
         # Every classifier that runs on the frames (``models:``); one unnamed lane for the one ``model:``.
         self.lanes = lanes or [Lane("", classifier)]
         self.sinks = sinks
@@ -449,20 +528,30 @@ class FrameLoop:
         self.invoke_timeout_s = invoke_timeout_s
         self.clock = StageClock("loop")
         self._preparer_clock: Optional[StageClock] = None
+        self._chooser_factory = read_chooser  # one per source with its own clock
         self._attach(source, source_opened)
 
     def _attach(self, source: FrameSource, opened: bool) -> None:
         self.source = source
         self._capture_stop = threading.Event()
         # A source with a frame whenever asked is read inline, just before each inference: the freshest frame,
-        # no thread hand-over. A camera or a stream has its own clock and gets the capture thread.
+        # no thread hand-over. A camera or a stream has its own clock: it starts with the capture thread, and
+        # is read inline while the loop's work leaves most of each frame interval idle (ReadChooser).
         self.inline = source.on_demand
+        self._chooser = None if source.on_demand else self._chooser_factory()
+        self._taken_at: Optional[float] = None
+        self.reader = FrameReader(source, self.stats, self._capture_stop, self.timeout_s, self.max_retries,
+                                  opened=opened)
+        self.capture: Optional[CaptureThread] = None
+        self._read_here(self.inline)
+
+    def _read_here(self, inline: bool) -> None:
+        """Read inline from now on, or start a capture thread (the reader is not in use by another thread)."""
+        self.inline = inline
         # inline, a backoff wait must end on SIGTERM; the capture thread's ends when the loop ends
-        self.reader = FrameReader(source, self.stats, self.stop if self.inline else self._capture_stop,
-                                  self.timeout_s, self.max_retries, opened=opened)
-        if self.inline:
-            self.reader.clock = self.clock
-        self.capture = None if self.inline else CaptureThread(self.reader, self.slot)
+        self.reader.stop = self.stop if inline else self._capture_stop
+        self.reader.clock = self.clock if inline else StageClock("capture")
+        self.capture = None if inline else CaptureThread(self.reader, self.slot)
         if self._running and self.capture is not None:
             self.capture.start()
 
@@ -532,12 +621,25 @@ class FrameLoop:
         self._running = True
         if self.capture is not None:
             self.capture.start()
+        ended = threading.Event()
+        threading.Thread(target=self._unblock_on_stop, args=(ended,), name="edgedet-stopwatch", daemon=True).start()
         try:
             yield _Bounds(self)
         finally:
+            ended.set()
             self._running = False
             sys.setswitchinterval(previous_switch)
             self._detach(CAPTURE_JOIN_STOP_S if self.stop.is_set() else CAPTURE_JOIN_S)
+
+    def _unblock_on_stop(self, ended: threading.Event) -> None:
+        """A camera read inline may wait up to source.timeout_s on a stalled device: when the loop is stopped,
+        the source is closed under that read (``FrameSource.close`` may be called from another thread), so
+        SIGTERM ends the run in time whoever reads."""
+        while not self.stop.wait(STOPWATCH_POLL_S):
+            if ended.is_set():
+                return
+        if not ended.is_set() and self.inline and self._chooser is not None:
+            self.reader.close()
 
     def _run_serial(self) -> LoopStats:
         with self._running_loop() as bounds:
@@ -709,11 +811,40 @@ class FrameLoop:
                 preparer.close()
 
     def _next_item(self) -> Optional[Captured]:
-        if self.inline:
-            if self.stop.is_set():
-                return None
-            return self.reader.next_frame()
-        return self.slot.take(0.1)
+        """The next frame to classify (None: none yet, or none any more); on one thread at a time (the loop's,
+        or the overlapped loop's Preparer)."""
+        chooser = self._chooser
+        item = self._choose_reader(chooser) if chooser is not None else None
+        if item is None:
+            if self.inline:
+                if self.stop.is_set():
+                    return None
+                item = self.reader.next_frame()
+            else:
+                item = self.slot.take(0.1)
+        if item is not None and chooser is not None:
+            chooser.taken(item.frame_id, item.frame.captured_mono)
+            self._taken_at = time.perf_counter()
+        return item
+
+    def _choose_reader(self, chooser: ReadChooser) -> Optional[Captured]:
+        """Switches between the capture thread and inline reads as ``chooser`` decides; a frame the capture
+        thread read last before it let go of the source, if it is still in the slot."""
+        if self._taken_at is not None:
+            inline = chooser.worked(time.perf_counter() - self._taken_at)
+            self._taken_at = None
+            if inline is True and self.capture is not None:
+                self.capture.give_back()  # the slot is read until the thread has let go of the reader
+            elif inline is False and self.inline:
+                log.debug("the loop's work nears the source's frame interval: the capture thread reads it")
+                self._read_here(False)
+        capture = self.capture
+        if capture is None or not capture.handed_back.is_set():
+            return None
+        capture.join()
+        log.debug("the loop keeps up with the source: it reads the source itself")
+        self._read_here(True)
+        return self.slot.take(0)
 
     def _deliver(self, result: FrameResult, frame: Frame, clock: StageClock) -> None:
         for sink in self.sinks:

@@ -21,7 +21,7 @@ from PIL import Image
 from edgedet.config import build_config
 from edgedet.frames import open_source
 from edgedet.frames.base import Frame, FrameSource
-from edgedet.loop import Captured, FrameLoop, LatestSlot, RollingStats, auto_threads, percentiles
+from edgedet.loop import Captured, FrameLoop, LatestSlot, ReadChooser, RollingStats, auto_threads, percentiles
 from edgedet.model.classifier import Classifier
 from edgedet.model.config import ModelConfig
 from edgedet.publish.jsonl import JsonlSink
@@ -243,6 +243,143 @@ class FlakySource(FrameSource):
 
     def describe(self) -> dict[str, Any]:
         return {"type": "flaky"}
+
+
+def test_read_chooser_reads_inline_only_while_the_work_leaves_most_of_the_interval_idle():
+    chooser = ReadChooser(window=4)
+    decisions = []
+
+    def window(work_s: float, first_id: int, step: int = 1) -> None:
+        for n in range(4):
+            frame_id = first_id + n * step
+            chooser.taken(frame_id, frame_id / 30)  # a 30 fps camera: 33.3 ms between frames
+            decisions.append(chooser.worked(work_s))
+
+    window(0.005, 0, step=3)  # two of every three frames replaced in the slot: the interval is still 33 ms
+    assert decisions == [None, None, None, True] and chooser.inline
+    assert chooser.interval_s == pytest.approx(1 / 30)
+    decisions.clear()
+    window(0.022, 100)  # 0.66 of the interval: between the bounds, no flapping
+    window(0.024, 200)  # 0.72
+    assert decisions == [None] * 8 and chooser.inline
+    window(0.026, 300)  # 0.78: above 0.75, the capture thread again
+    assert decisions[-1] is False and not chooser.inline
+    decisions.clear()
+    window(0.017, 400)  # 0.51: not below 0.5
+    assert decisions == [None] * 4 and not chooser.inline
+    window(0.015, 500)
+    assert decisions[-1] is True
+
+
+def test_read_chooser_decides_on_the_upper_quartile_and_needs_an_interval():
+    def decide(slow: int) -> bool | None:
+        chooser = ReadChooser(window=8)
+        result = None
+        for n in range(8):
+            chooser.taken(n, n / 30)
+            result = chooser.worked(0.030 if n < slow else 0.001)
+        return result
+
+    assert decide(slow=1) is True  # one slow frame of eight: the upper quartile is fast
+    assert decide(slow=2) is None  # two: it is slow, the capture thread stays
+    blind = ReadChooser(window=2)
+    assert [blind.worked(0.001), blind.worked(0.001)] == [None, None]  # no frame taken: no interval known
+
+
+class Flipping(ReadChooser):
+    """Switches between inline reads and the capture thread every few frames, whatever the timing."""
+
+    def __init__(self, every: int = 5) -> None:
+        super().__init__()
+        self.every, self.calls, self.switches = every, 0, 0
+
+    def worked(self, seconds: float) -> bool | None:
+        self.calls += 1
+        if self.calls % self.every:
+            return None
+        self.inline = not self.inline
+        self.switches += 1
+        return self.inline
+
+
+def test_switching_between_inline_reads_and_the_capture_thread_loses_and_repeats_no_frame(models):
+    sink, choosers, modes = Collect(), [], []
+
+    def chooser() -> ReadChooser:
+        choosers.append(Flipping())
+        return choosers[-1]
+
+    loop = FrameLoop(classifier(models["tiny"]), synthetic(fps=200), [sink], max_frames=120, read_chooser=chooser)
+
+    def on_frame(result: FrameResult) -> None:
+        capture = loop.capture
+        modes.append("inline" if loop.inline and capture is None else
+                     "thread" if not loop.inline and capture is not None and capture.is_alive() else "other")
+
+    loop.on_frame = on_frame
+    stats = loop.run()
+    assert stats.frames_processed == 120 and choosers[0].switches >= 8
+    assert modes.count("inline") >= 30 and modes.count("thread") >= 30, modes
+    ids = [r.frame_id for r in sink.results]
+    assert ids == sorted(set(ids))  # in order, none twice
+    # every frame read was classified or counted as replaced in the slot; at the end at most the one in the slot
+    # and the one the capture thread was reading are neither (the capture thread's last frame before it hands
+    # the source back is classified, not lost)
+    assert 0 <= stats.frames_captured - stats.frames_processed - stats.frames_dropped <= 2, stats
+    assert loop.capture is None or not loop.capture.is_alive()
+
+
+def test_the_capture_threads_last_frame_before_it_hands_back_is_the_next_one_classified(models):
+    loop = FrameLoop(classifier(models["tiny"]), synthetic(fps=200), [])
+    capture = loop.capture
+    assert capture is not None and not loop.inline
+    capture.start()
+    try:
+        capture.give_back()
+        assert capture.handed_back.wait(30) and not capture.exhausted.is_set()
+        read = loop.stats.frames_captured
+        assert read >= 1  # it was reading when asked: that frame is in the slot, and the source is still open
+        item = loop._next_item()
+        assert item is not None and item.frame_id == read - 1 and loop.stats.frames_captured == read
+        assert loop.inline and loop.capture is None
+        following = loop._next_item()  # read inline now, from the same open source
+        assert following is not None and following.frame_id == read and loop.stats.source_reopens == 0
+    finally:
+        loop._detach(2.0)
+
+
+class BlockingSource(FlakySource):
+    """Delivers a few frames, then its read waits until the source is closed (a camera that stalled)."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__(fail_after=frames, stall=True)
+        self.blocked = threading.Event()
+
+    def read(self, timeout_s: float) -> Frame | None:
+        if self._count >= self.fail_after:
+            self.blocked.set()
+        return super().read(timeout_s)
+
+
+class Inline(ReadChooser):
+    def worked(self, seconds: float) -> bool | None:
+        if self.inline:
+            return None
+        self.inline = True
+        return True
+
+
+def test_stop_ends_an_inline_read_that_waits_on_a_stalled_camera(models):
+    source = BlockingSource(frames=6)
+    loop = FrameLoop(classifier(models["tiny"]), source, [], timeout_s=300.0, read_chooser=Inline)
+    done: list[Any] = []
+    runner = threading.Thread(target=lambda: done.append(loop.run()), daemon=True)
+    runner.start()
+    assert source.blocked.wait(60)
+    assert loop.inline and loop.capture is None  # the loop's own thread is in the read
+    loop.stop.set()
+    runner.join(60)  # without the source closed under it, the read would wait its 300 s
+    assert not runner.is_alive() and done and done[0].frames_processed >= 2
 
 
 def test_failing_source_is_reopened_with_backoff_and_counted(models):
