@@ -253,11 +253,17 @@ def bundled_model() -> Path:
     return path
 
 
+def bundled_model_config(folder: Path) -> Path:
+    """A config file in ``folder`` that names the bundled model and leaves the rest at the defaults."""
+    config = folder / "c.yaml"
+    config.write_text(f"model:\n  path: {bundled_model()}\n")
+    return config
+
+
 def cmd_cpu_per_frame(args: argparse.Namespace) -> None:
     model = bundled_model()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "c.yaml"
-        config.write_text(f"model:\n  path: {model}\n")
+        config = bundled_model_config(Path(tmp))
         runs = paired(args.pairs, lambda: daemon_cpu_per_frame(config, 30.0, args.seconds),
                       lambda: bare_cpu_per_invoke(model, 30.0, args.seconds))
     extra = [d[0] - b[0] for d, b in runs]

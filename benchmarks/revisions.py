@@ -101,10 +101,8 @@ def compare_memory(base: Path, head: Path, pairs: int, frames: int = 10_000) -> 
 def compare_cpu_per_frame(base: Path, head: Path, pairs: int, seconds: float = 6.0) -> None:
     import frame_loop
 
-    model = frame_loop.bundled_model()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "c.yaml"
-        config.write_text(f"model:\n  path: {model}\n")
+        config = frame_loop.bundled_model_config(Path(tmp))
         runs = paired(pairs, lambda: frame_loop.daemon_cpu_per_frame(config, 30.0, seconds, checkout_env(base)),
                       lambda: frame_loop.daemon_cpu_per_frame(config, 30.0, seconds, checkout_env(head)))
     diffs = [h[0] - b[0] for b, h in runs]

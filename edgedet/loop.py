@@ -283,19 +283,10 @@ class CaptureThread(threading.Thread):
     def run(self) -> None:
         given_back = False
         try:
-            while True:
-                if self._give_back.is_set():
-                    given_back = True
-                    break
-                item = self.reader.next_frame()
-                if item is None:
-                    break
+            while not (given_back := self._give_back.is_set()) and (item := self.reader.next_frame()) is not None:
                 self.slot.put(item)
         finally:
-            if given_back:
-                self.handed_back.set()
-            else:
-                self.exhausted.set()
+            (self.handed_back if given_back else self.exhausted).set()
             self.slot.wake()
             if not given_back:
                 self.reader.close()
@@ -352,7 +343,6 @@ class ReadChooser:
         if wanted == self.inline:
             return None
         self.inline = wanted
-        self._last = None
         return wanted
 
 
@@ -547,6 +537,9 @@ class FrameLoop:
 
     def _read_here(self, inline: bool) -> None:
         """Read inline from now on, or start a capture thread (the reader is not in use by another thread)."""
+        if self._running:
+            log.debug("frame loop: %s", "the loop reads the source itself, it keeps up" if inline
+                      else "the capture thread reads the source, the loop's work nears its frame interval")
         self.inline = inline
         # inline, a backoff wait must end on SIGTERM; the capture thread's ends when the loop ends
         self.reader.stop = self.stop if inline else self._capture_stop
@@ -828,23 +821,22 @@ class FrameLoop:
         return item
 
     def _choose_reader(self, chooser: ReadChooser) -> Optional[Captured]:
-        """Switches between the capture thread and inline reads as ``chooser`` decides; a frame the capture
-        thread read last before it let go of the source, if it is still in the slot."""
+        """Follows ``chooser.inline``: hands the source from the capture thread to inline reads or back. Returns
+        the frame the capture thread read last before it let go of the source, if it is still in the slot."""
         if self._taken_at is not None:
-            inline = chooser.worked(time.perf_counter() - self._taken_at)
+            chooser.worked(time.perf_counter() - self._taken_at)
             self._taken_at = None
-            if inline is True and self.capture is not None:
-                self.capture.give_back()  # the slot is read until the thread has let go of the reader
-            elif inline is False and self.inline:
-                log.debug("the loop's work nears the source's frame interval: the capture thread reads it")
-                self._read_here(False)
+        leftover = None
         capture = self.capture
-        if capture is None or not capture.handed_back.is_set():
-            return None
-        capture.join()
-        log.debug("the loop keeps up with the source: it reads the source itself")
-        self._read_here(True)
-        return self.slot.take(0)
+        if capture is not None and capture.handed_back.is_set():
+            capture.join()
+            self._read_here(True)
+            leftover = self.slot.take(0)
+        if chooser.inline and self.capture is not None:
+            self.capture.give_back()  # the slot is read until the thread has let go of the reader
+        elif not chooser.inline and self.inline:
+            self._read_here(False)
+        return leftover
 
     def _deliver(self, result: FrameResult, frame: Frame, clock: StageClock) -> None:
         for sink in self.sinks:
