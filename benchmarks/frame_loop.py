@@ -382,12 +382,15 @@ def cmd_memory(args: argparse.Namespace) -> None:
              "    print(f'{rss():.1f}', end=' ')\n")
     bare = ("import numpy as np; from ai_edge_litert.interpreter import Interpreter;"
             f"it = Interpreter(model_path='{model}', num_threads=2); it.allocate_tensors(); it.invoke()")
-    steps = [bare, "import yaml, pydantic", "import PIL.Image", "import paho.mqtt.client", "import cv2"]
-    out = subprocess.run([sys.executable, "-c", probe, "", "|".join(steps)], capture_output=True, text=True).stdout
+    steps = [bare, "import yaml, pydantic", "import edgedet.config", "import PIL.Image", "import paho.mqtt.client",
+             "import cv2"]
+    out = subprocess.run([sys.executable, "-c", probe, "", "|".join(steps)], cwd=HERE, env=DAEMON_ENV,
+                         capture_output=True, text=True).stdout
     values = out.split()
     print("RSS of a bare interpreter with the same model, then adding imports (MB): "
           + ", ".join(f"{label} {value}" for label, value in
-                      zip(("bare interpreter", "+yaml+pydantic", "+Pillow", "+paho", "+cv2"), values)))
+                      zip(("bare interpreter", "+yaml+pydantic", "+edgedet.config", "+Pillow", "+paho", "+cv2"),
+                          values)))
     # What the stand-in camera itself holds: a real camera's frame buffers and library replace it on a Pi.
     share, count, frames_mb = subprocess.run([sys.executable, "-c", SOURCE_PROBE, str(WIDTH), str(HEIGHT)],
                                              cwd=HERE, env=DAEMON_ENV, capture_output=True, text=True).stdout.split()
