@@ -17,7 +17,7 @@ MASK = "********"
 
 def effective_config(config: EdgedetConfig) -> dict[str, Any]:
     """The config as plain data, with every secret replaced by a mask (it gets pasted into bug reports)."""
-    data = config.model_dump(mode="json")
+    data = config.as_dict(json=True)
     mqtt = data.get("mqtt", {})
     if mqtt.get("password") is not None:
         # A password from mqtt.password_file is never copied into the config: only its path is shown.

@@ -7,32 +7,35 @@ that names the file, the key path and the expected form.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from edgedet.errors import ConfigError
 from edgedet.frames.config import SourceConfig
 from edgedet.http.config import HttpConfig
-from edgedet.model.config import ModelConfig, Strict, default_model_path
+from edgedet.model.config import ModelConfig, default_model_path
 from edgedet.publish.config import ConsensusConfig, HomeAssistantConfig, MqttConfig, PublishConfig, Threshold
+from edgedet.section import Check, Invalid, Problem, Range, Section, dotted, field_types, section_type
 
 CONFIG_ENV = "EDGEDET_CONFIG"
 SYSTEM_CONFIG = Path("/etc/edgedet/config.yaml")
 
 
-class LoopConfig(Strict):
-    max_fps: float = Field(default=0.0, ge=0)  # 0 = no throttle
-    max_frames: int = Field(default=0, ge=0)  # 0 = unbounded
-    duration_s: float = Field(default=0.0, ge=0)  # 0 = unbounded
+@dataclasses.dataclass(init=False)
+class LoopConfig(Section):
+    max_fps: Annotated[float, Range(ge=0)] = 0.0  # 0 = no throttle
+    max_frames: Annotated[int, Range(ge=0)] = 0  # 0 = unbounded
+    duration_s: Annotated[float, Range(ge=0)] = 0.0  # 0 = unbounded
 
 
-class LoggingConfig(Strict):
+@dataclasses.dataclass(init=False)
+class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "plain", "json"] = "auto"
 
@@ -49,57 +52,59 @@ def clean_device_id(raw: str) -> str:
 CLASSIFIER_PUBLISH_KEYS = ("mode", "min_score", "debounce_frames", "thresholds", "consensus", "republish_s")
 
 
-class ClassifierPublishConfig(Strict):
+@dataclasses.dataclass(init=False)
+class ClassifierPublishConfig(Section):
     mode: Optional[Literal["every_frame", "on_change"]] = None
-    min_score: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    debounce_frames: Optional[int] = Field(default=None, ge=1)
+    min_score: Optional[Annotated[float, Range(ge=0.0, le=1.0)]] = None
+    debounce_frames: Optional[Annotated[int, Range(ge=1)]] = None
     thresholds: Optional[dict[str, float]] = None
     consensus: Optional[ConsensusConfig] = None
-    republish_s: Optional[float] = Field(default=None, ge=0)
+    republish_s: Optional[Annotated[float, Range(ge=0)]] = None
 
 
+def _topic_level(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("must be 1 to 64 characters of A-Z a-z 0-9 _ - (it becomes an MQTT topic level), "
+                         "e.g. door")
+    return value
+
+
+@dataclasses.dataclass(init=False)
 class ClassifierConfig(ModelConfig):
     """One entry of ``models:``: a model section plus its name, its schedule and its own publishing."""
 
-    name: str
+    # Required, after the model fields' defaults: the section builds itself (init=False), so order is free.
+    name: Annotated[str, Check(_topic_level)]  # type: ignore[misc]
     # Classify every n-th frame the camera delivers (1 = every frame) and at most once per interval_s.
-    every_n_frames: int = Field(default=1, ge=1)
-    interval_s: float = Field(default=0.0, ge=0)
-    publish: ClassifierPublishConfig = Field(default_factory=ClassifierPublishConfig)
+    every_n_frames: Annotated[int, Range(ge=1)] = 1
+    interval_s: Annotated[float, Range(ge=0)] = 0.0
+    publish: ClassifierPublishConfig = dataclasses.field(default_factory=ClassifierPublishConfig)
     # Home Assistant binary sensors of this classifier (label: threshold), as homeassistant.binary_sensors.
-    binary_sensors: dict[str, Threshold] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _topic_level(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
-            raise ValueError("must be 1 to 64 characters of A-Z a-z 0-9 _ - (it becomes an MQTT topic level), "
-                             "e.g. door")
-        return value
+    binary_sensors: dict[str, Threshold] = dataclasses.field(default_factory=dict)
 
 
-class EdgedetConfig(Strict):
-    device_id: Optional[str] = None  # Optional, not `|`: pydantic evaluates it at runtime, also on 3.9
-    model: ModelConfig = Field(default_factory=ModelConfig)
+@dataclasses.dataclass(init=False)
+class EdgedetConfig(Section):
+    device_id: Optional[str] = None  # Optional, not `|`: evaluated at run time, also on Python 3.9
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     # Several named classifiers on the one camera, each on its own region; None = the one ``model:``.
     models: Optional[list[ClassifierConfig]] = None
-    source: SourceConfig = Field(default_factory=SourceConfig)
-    loop: LoopConfig = Field(default_factory=LoopConfig)
-    publish: PublishConfig = Field(default_factory=PublishConfig)
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
+    source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+    publish: PublishConfig = dataclasses.field(default_factory=PublishConfig)
+    mqtt: MqttConfig = dataclasses.field(default_factory=MqttConfig)
+    homeassistant: HomeAssistantConfig = dataclasses.field(default_factory=HomeAssistantConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
 
     def resolved_device_id(self) -> str:
         """``device_id``, else the host name, through ``clean_device_id``."""
         return clean_device_id(self.device_id or socket.gethostname())
 
-    @model_validator(mode="after")
-    def _model_or_models(self) -> EdgedetConfig:
+    def _check(self) -> None:
         if self.models is None:
-            return self
-        if "model" in self.model_fields_set:
+            return
+        if "model" in self.fields_set:
             raise ValueError("set model: (one classifier) or models: (a list of named classifiers), not both")
         if not self.models:
             raise ValueError("models: must list at least one classifier (or leave it out and use model:)")
@@ -113,20 +118,19 @@ class EdgedetConfig(Strict):
         for index, entry in enumerate(self.models):
             try:
                 self.publish_for(entry)
-            except ValidationError as exc:
-                error = exc.errors()[0]
-                where = ".".join(str(p) for p in error["loc"])
+            except Invalid as exc:
+                where = dotted(exc.problems[0].loc)
                 raise ValueError(f"models[{index}].publish{'.' + where if where else ''}: "
-                                 f"{error['msg'].removeprefix('Value error, ')}") from None
-        return self
+                                 f"{exc.problems[0].text}") from None
 
     def classifiers(self) -> list[ClassifierConfig]:
         """Every classifier to run, in order: ``models:``, or the one ``model:`` (name "", topics as ever)."""
         if self.models is not None:
             return list(self.models)
-        single = ClassifierConfig.model_construct(**dict(self.model), name="", every_n_frames=1, interval_s=0.0,
-                                                  publish=ClassifierPublishConfig(),
-                                                  binary_sensors=dict(self.homeassistant.binary_sensors))
+        # Unchecked: the name "" is no valid models: entry's name; the values are the checked model: section's.
+        single = ClassifierConfig.construct(**self.model.values(), name="", every_n_frames=1, interval_s=0.0,
+                                            publish=ClassifierPublishConfig(),
+                                            binary_sensors=dict(self.homeassistant.binary_sensors))
         return [single]
 
     def classifier(self, name: str) -> ClassifierConfig:
@@ -165,8 +169,7 @@ class EdgedetConfig(Strict):
                if getattr(entry.publish, key) is not None}
         if not own:
             return self.publish
-        return PublishConfig.model_validate({**self.publish.model_dump(), **{
-            key: value.model_dump() if isinstance(value, BaseModel) else value for key, value in own.items()}})
+        return PublishConfig.from_data({**self.publish.values(), **own})
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -300,94 +303,48 @@ def parse_yaml(text: str, path: Path) -> dict[str, Any]:
     return data
 
 
-# pydantic names union branches in an error's location ("int", "literal['auto']", "list[float]"):
-# they are not keys the user wrote, so they are dropped from the dotted path.
-_BRANCH_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
-
-
-def _is_branch_tag(part: str) -> bool:
-    return "[" in part or part in _BRANCH_TAGS
-
-
-def _dotted(error: Any) -> str:
-    parts = [str(p) for p in error["loc"]]
-    out: list[str] = []
-    for part in parts:
-        if _is_branch_tag(part):
-            continue
-        if part.isdigit() and out:
-            out[-1] = f"{out[-1]}[{part}]"
-        else:
-            out.append(part)
-    return ".".join(out)
-
-
-def _expected(error: Any) -> str:
-    """The expected form of a value, in the words of pydantic's message ("must be ...")."""
-    kind = error["type"]
-    if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
-    if kind in {"model_type", "model_attributes_type", "dict_type"}:
-        return "must be a section (a mapping of keys)"
-    if kind == "path_type":
-        return "must be a file path (a string)"
-    if kind == "missing":
-        return "is required"
-    msg = error["msg"].split(", unable to")[0]  # drop pydantic's parser detail
-    msg = re.sub(r"^Input should be ", "must be ", msg)
-    return msg
-
-
-def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
-    parent: Any = model
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the section at ``loc`` (list indexes step into a list's entries)."""
+    section: Optional[type[Section]] = EdgedetConfig
     for part in loc:
-        field = parent.model_fields.get(part) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
-        parent = field.annotation if field is not None else None
-    return list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        if isinstance(part, int) or section is None:
+            continue
+        hint = field_types(section).get(part)
+        section = section_type(hint) if hint is not None else None
+    return list(field_types(section)) if section is not None else []
 
 
-def _describe(errors: list[Any], model: type[BaseModel]) -> str:
-    """One line for the first wrong key; every branch of a union is named ("'auto' or an integer")."""
-    first = errors[0]
-    dotted = _dotted(first)
-    if first["type"] == "extra_forbidden":
+def _describe(problems: list[Problem]) -> str:
+    """One line for the first wrong key, with "did you mean" for a key that is close to a known one."""
+    first = problems[0]
+    where = dotted(first.loc)
+    if first.kind == "unknown":
         import difflib  # here, not at the top: only a wrong config needs it
 
-        loc = dotted.split(".")
-        known = _known_keys(model, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
-        hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
+        known = _known_keys(first.loc[:-1])
+        close = difflib.get_close_matches(str(first.loc[-1]), known, n=1, cutoff=0.5)
+        hint = f"; did you mean '{dotted((*first.loc[:-1], close[0]))}'?" if close else ""
         allowed = f" (known keys: {', '.join(known)})" if known and not close else ""
-        return f"{dotted}: unknown key{hint}{allowed}"
-    same_key = [e for e in errors if _dotted(e) == dotted and e["type"] != "extra_forbidden"]
-    forms: list[str] = []
-    for error in same_key:
-        form = _expected(error)
-        if forms and form.startswith("must be "):
-            form = form[len("must be "):]
-        if form not in forms:
-            forms.append(form)
-    value = first.get("input")
-    if isinstance(value, dict) and first["type"] == "value_error":
-        # A check across keys of one section (e.g. reconnect_max_s >= reconnect_min_s) names its values; a
-        # check across sections names its keys itself.
-        return f"{dotted}: {' or '.join(forms)}" if dotted else " or ".join(forms)
-    got = repr(value)
+        return f"{where}: unknown key{hint}{allowed}"
+    if first.kind in ("rule", "missing"):
+        # A rule across keys of one section (e.g. reconnect_max_s >= reconnect_min_s) names its values; a
+        # rule across sections names its keys itself.
+        return f"{where}: {first.text}" if where else first.text
+    got = repr(first.value)
     if len(got) > 60:
         got = got[:57] + "..."
-    return f"{dotted}: {' or '.join(forms)}, got {got}"
+    return f"{where}: {first.text}, got {got}"
 
 
 def build_config(data: dict[str, Any], source: str) -> EdgedetConfig:
     data = _expand_env(data, "", source)
     try:
-        return EdgedetConfig.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = _describe(errors, EdgedetConfig)
-        other_keys = {_dotted(e) for e in errors} - {_dotted(errors[0])}
+        return EdgedetConfig.from_data(data)
+    except Invalid as exc:
+        other_keys = {dotted(p.loc) for p in exc.problems} - {dotted(exc.problems[0].loc)}
         more = f" (and {len(other_keys)} more)" if other_keys else ""
-        raise ConfigError(f"{first}{more}", where=source, fix="see config.yaml for every key") from None
+        raise ConfigError(f"{_describe(exc.problems)}{more}", where=source,
+                          fix="see config.yaml for every key") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -37,7 +37,7 @@ class RunOptions:
 
 
 def freeze_heap() -> None:
-    """Move everything allocated at start-up (runtime, numpy, pydantic, the model) out of the GC's reach: with
+    """Move everything allocated at start-up (runtime, numpy, the config, the model) out of the GC's reach: with
     the broker down, the outbox's churn triggers full collections, and each one would walk the whole start-up
     heap (see README, performance)."""
     gc.unfreeze()  # a reload: let the old parts be collected

@@ -291,7 +291,7 @@ def install(args: argparse.Namespace) -> int:
         shutil.copyfile(source, staged)
         if sidecar is not None:
             shutil.copyfile(sidecar, staged.with_suffix(".json"))
-        check_cfg = model.model_copy(update={"path": staged, "cpu_model": None, "fallback": "fail"})
+        check_cfg = model.replace(path=staged, cpu_model=None, fallback="fail")
         name = check_model(check_cfg, args.images)
         text = config_path.read_text(encoding="utf-8")
         new_text = set_classifier_path(text, chosen, str(target)) if chosen is not None \

@@ -66,13 +66,13 @@ class ModelStamp:
 
 def changed_sections(old: EdgedetConfig, new: EdgedetConfig) -> list[str]:
     """The top-level sections whose effective values differ."""
-    before, after = old.model_dump(), new.model_dump()
+    before, after = old.as_dict(), new.as_dict()
     return [name for name in SECTIONS if before.get(name) != after.get(name)]
 
 
 def _interpreter_part(entry: ClassifierConfig) -> dict[str, Any]:
     """The settings that need a new classifier (model file, runtime, delegate, preprocessing) when they change."""
-    dump = entry.model_dump()
+    dump = entry.as_dict()
     for key in LIGHT_KEYS:
         dump.pop(key, None)
     return dump

@@ -180,7 +180,7 @@ def test_edgetpu_model_on_cpu(shared_models: Path, capsys: pytest.CaptureFixture
     (["--threads", "2,0"], "--threads: must be 1 or more"),
     (["--budget-ms", "0"], "--budget-ms: must be more than 0"),
     (["--json", "--csv"], "not allowed with argument"),
-    (["--edgetpu-device", "usb0"], "--edgetpu-device: Value error, must be one of usb, usb:N, pci, pci:N or :N"),
+    (["--edgetpu-device", "usb0"], "--edgetpu-device: must be one of usb, usb:N, pci, pci:N or :N"),
 ])
 def test_bad_options(shared_models: Path, argv: list[str], needle: str,
                      capsys: pytest.CaptureFixture[str]) -> None:

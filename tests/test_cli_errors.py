@@ -137,6 +137,12 @@ def test_run_leaves_out_what_only_a_wrong_config_or_a_pi_tool_needs(run_modules:
     assert [m for m in ("difflib", "subprocess") if m in run_modules] == []
 
 
+def test_run_validates_its_config_without_pydantic(run_modules: list[str]) -> None:
+    """The config sections are stdlib dataclasses (edgedet/section.py): pydantic's import and validators cost
+    about 11 MB of the daemon's resident memory (README), and no module of a run brings it in."""
+    assert [m for m in run_modules if m.split(".")[0] in {"pydantic", "pydantic_core"}] == []
+
+
 def fresh_python(code: str) -> list[str]:
     """What ``code`` prints, run in a new interpreter with this checkout on the path (split in words)."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -17,7 +17,6 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from PIL import Image
-from pydantic import ValidationError
 
 from edgedet.config import EdgedetConfig, build_config, clean_device_id
 from edgedet.errors import ConfigError
@@ -28,6 +27,7 @@ from edgedet.publish.policy import PublishPolicy
 from edgedet.publish.problems import REPEAT_LOG_S, ProblemLog, describe_connect_error, describe_refused
 from edgedet.publish.sink import QueuedDetection, encode_snapshot
 from edgedet.results import Class, FrameResult, LoopStats
+from edgedet.section import Invalid
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -389,7 +389,7 @@ def test_password_precedence_file_then_environment_then_inline(tmp_path: Path,
 
 
 def test_password_and_password_file_together_is_an_error() -> None:
-    with pytest.raises(ValidationError, match="password and password_file are both set"):
+    with pytest.raises(Invalid, match="password and password_file are both set"):
         MqttConfig(password="a", password_file=Path("b"))
     with pytest.raises(ConfigError) as err:
         build_config({"mqtt": {"password": "a", "password_file": "b"}}, "t.yaml")

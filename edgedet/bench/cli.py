@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pydantic import ValidationError
-
 from edgedet.cmdline import report_error
 from edgedet.errors import ConfigError, EdgedetError
 from edgedet.model.config import ModelConfig, PreprocessConfig
+from edgedet.section import Invalid
 
 DESCRIPTION = "Latency, size, cost and accuracy of TFLite models on this machine, side by side."
 
@@ -59,19 +58,19 @@ def _positive_float(text: str) -> float:
 def _edgetpu_device(text: str) -> str:
     try:
         return ModelConfig(edgetpu_device=text).edgetpu_device  # the daemon's own check of the device string
-    except ValidationError as err:
-        raise argparse.ArgumentTypeError(err.errors()[0]["msg"]) from None
+    except Invalid as err:
+        raise argparse.ArgumentTypeError(err.problems[0].text) from None
 
 
 def _roi(text: str) -> tuple[float, float, float, float]:
     """``x1,y1,x2,y2`` checked by the daemon's own rule (model.preprocess.roi)."""
     try:
         parts = [float(part) for part in text.split(",")]
-        return PreprocessConfig(roi=parts).roi  # type: ignore[arg-type,return-value]
-    except (ValueError, ValidationError) as err:
-        detail = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) \
-            else "expected four numbers x1,y1,x2,y2"
-        raise argparse.ArgumentTypeError(detail) from None
+        return PreprocessConfig(roi=parts).roi  # type: ignore[return-value]
+    except Invalid as err:
+        raise argparse.ArgumentTypeError(err.problems[0].text) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected four numbers x1,y1,x2,y2") from None
 
 
 def _thread_list(text: str) -> list[int]:

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+import dataclasses
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field
-
-from edgedet.model.config import Strict
+from edgedet.section import Range, Section
 
 SourceType = Literal["auto", "picamera2", "opencv", "images", "synthetic"]
 
 
-class SourceConfig(Strict):
+@dataclasses.dataclass(init=False)
+class SourceConfig(Section):
     type: SourceType = "auto"
     # images: a directory or glob; opencv: a camera index, /dev/videoN, an RTSP/HTTP URL or a video file.
-    # Optional/Union, not "|": pydantic evaluates this annotation at runtime, also on Python 3.9.
+    # Optional/Union, not "|": the annotation is evaluated at run time, also on Python 3.9.
     path: Optional[Union[str, int]] = None
-    width: int = Field(default=640, ge=1, le=16384)
-    height: int = Field(default=480, ge=1, le=16384)
-    fps: float = Field(default=30.0, ge=0)  # 0 = as fast as possible
+    width: Annotated[int, Range(ge=1, le=16384)] = 640
+    height: Annotated[int, Range(ge=1, le=16384)] = 480
+    fps: Annotated[float, Range(ge=0)] = 30.0  # 0 = as fast as possible
     loop: bool = True
-    timeout_s: float = Field(default=5.0, gt=0)
-    max_retries: int = Field(default=0, ge=0)  # 0 = retry forever
+    timeout_s: Annotated[float, Range(gt=0)] = 5.0
+    max_retries: Annotated[int, Range(ge=0)] = 0  # 0 = retry forever
     # synthetic: scenes = drawn scenes with and without the creature the bundled model knows; gradient = a
     # colour field (cheap, content-free, for benchmarks)
     pattern: Literal["scenes", "halves", "gradient"] = "scenes"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from typing import Optional
+from typing import Annotated, Optional
 
-from pydantic import Field, model_validator
-
-from edgedet.model.config import Strict
+from edgedet.section import Range, Section
 
 
 def is_loopback(host: str) -> bool:
@@ -20,16 +19,15 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
-class HttpConfig(Strict):
+@dataclasses.dataclass(init=False)
+class HttpConfig(Section):
     enabled: bool = False
     bind: str = "127.0.0.1"
-    port: int = Field(default=8321, ge=1, le=65535)
+    port: Annotated[int, Range(ge=1, le=65535)] = 8321
     # Required when bind is not loopback; clients send "Authorization: Bearer <token>" (a browser: ?token=).
     token: Optional[str] = None
 
-    @model_validator(mode="after")
-    def _token_off_loopback(self) -> HttpConfig:
+    def _check(self) -> None:
         if self.enabled and not is_loopback(self.bind) and not self.token:
             raise ValueError(f"http.bind {self.bind} is reachable from other machines: set http.token (a long "
                              "random string) or bind 127.0.0.1")
-        return self

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
-
 from edgedet.errors import ConfigError
-from edgedet.model.config import Strict
+from edgedet.section import Check, Range, Section
 
 PASSWORD_ENV = "EDGEDET_MQTT_PASSWORD"
 log = logging.getLogger("edgedet.config")
@@ -24,117 +23,114 @@ def _no_trailing_slash(value: str) -> str:
     return value.rstrip("/")
 
 
-class ConsensusConfig(Strict):
+TopicPrefix = Annotated[str, Check(_no_trailing_slash)]
+Threshold = Annotated[float, Range(ge=0.0, le=1.0)]
+
+
+def _scores(value: dict[str, float]) -> dict[str, float]:
+    bad = [f"{k}={v}" for k, v in value.items() if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"each threshold must be a score in 0..1, got {', '.join(bad)}")
+    return value
+
+
+Thresholds = Annotated[dict[str, float], Check(_scores)]
+
+
+@dataclasses.dataclass(init=False)
+class ConsensusConfig(Section):
     """on_change: a new top class is published once it wins ``frames`` of the last ``of`` frames."""
 
-    frames: int = Field(ge=1)
-    of: int = Field(ge=1)
+    frames: Annotated[int, Range(ge=1)]
+    of: Annotated[int, Range(ge=1)]
 
-    @model_validator(mode="after")
-    def _majority(self) -> ConsensusConfig:
+    def _check(self) -> None:
         if not (self.frames <= self.of and 2 * self.frames > self.of):
             raise ValueError(f"frames ({self.frames}) must be more than half of of ({self.of}) and at most of, "
                              "e.g. {frames: 3, of: 5}")
-        return self
 
 
-class SaveUncertainConfig(Strict):
+@dataclasses.dataclass(init=False)
+class SaveUncertainConfig(Section):
     """Keep hard examples (the model's view, PNG) for retraining: ``dir/<predicted label>/``."""
 
     dir: Path
-    below: float = Field(default=0.6, ge=0.0, le=1.0)  # a top score below this is uncertain
-    max_mb: float = Field(default=200.0, gt=0)  # the oldest files go first beyond this
+    below: Annotated[float, Range(ge=0.0, le=1.0)] = 0.6  # a top score below this is uncertain
+    max_mb: Annotated[float, Range(gt=0)] = 200.0  # the oldest files go first beyond this
 
 
-class PublishConfig(Strict):
+@dataclasses.dataclass(init=False)
+class PublishConfig(Section):
     mode: Literal["every_frame", "on_change"] = "every_frame"
-    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
-    debounce_frames: int = Field(default=1, ge=1)
+    min_score: Annotated[float, Range(ge=0.0, le=1.0)] = 0.0
+    debounce_frames: Annotated[int, Range(ge=1)] = 1
     # on_change: the score a class's frames need, per label, and `default` for the others (else min_score).
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    thresholds: Thresholds = dataclasses.field(default_factory=dict)
     # on_change: instead of debounce_frames' consecutive run, a majority of the last `of` frames.
     consensus: Optional[ConsensusConfig] = None
-    republish_s: float = Field(default=60.0, ge=0)
-    stats_interval_s: float = Field(default=30.0, gt=0)
+    republish_s: Annotated[float, Range(ge=0)] = 60.0
+    stats_interval_s: Annotated[float, Range(gt=0)] = 30.0
     snapshot: bool = False
-    snapshot_max_bytes: int = Field(default=100_000, ge=1000)
+    snapshot_max_bytes: Annotated[int, Range(ge=1000)] = 100_000
     jsonl_path: Optional[Path] = None
     console: bool = True
     save_uncertain: Optional[SaveUncertainConfig] = None
 
-    @field_validator("thresholds")
-    @classmethod
-    def _scores(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [f"{k}={v}" for k, v in value.items() if not 0.0 <= v <= 1.0]
-        if bad:
-            raise ValueError(f"each threshold must be a score in 0..1, got {', '.join(bad)}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_change_rule(self) -> PublishConfig:
+    def _check(self) -> None:
         if self.consensus is not None and self.debounce_frames != 1:
             raise ValueError("set debounce_frames or consensus, not both (consensus replaces the consecutive run)")
-        return self
 
 
-class TlsConfig(Strict):
+@dataclasses.dataclass(init=False)
+class TlsConfig(Section):
     enabled: bool = False
     ca_file: Optional[Path] = None
     cert_file: Optional[Path] = None
     key_file: Optional[Path] = None
     insecure: bool = False
 
-    @model_validator(mode="after")
-    def _cert_with_key(self) -> TlsConfig:
+    def _check(self) -> None:
         if self.enabled and (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be set together (a client certificate) or neither")
-        return self
 
 
-class MqttConfig(Strict):
+@dataclasses.dataclass(init=False)
+class MqttConfig(Section):
     enabled: bool = False
     host: str = "localhost"
-    port: int = Field(default=1883, ge=1, le=65535)
+    port: Annotated[int, Range(ge=1, le=65535)] = 1883
     protocol: Literal["3.1.1", "5"] = "3.1.1"
-    topic_prefix: str = "edgedet"
+    topic_prefix: TopicPrefix = "edgedet"
     qos: Literal[0, 1, 2] = 1
     client_id: Optional[str] = None
     username: Optional[str] = None
     password: Optional[str] = None
     password_file: Optional[Path] = None
-    keepalive_s: int = Field(default=30, ge=5, le=65535)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
+    keepalive_s: Annotated[int, Range(ge=5, le=65535)] = 30
+    reconnect_min_s: Annotated[float, Range(gt=0)] = 1.0
+    reconnect_max_s: Annotated[float, Range(gt=0)] = 60.0
     # Each reconnect delay is drawn within +- this fraction, and a backlog drains after a random 0..this x
     # reconnect_min_s: a fleet that lost its broker at once does not come back (and drain) at once. 0 = off.
-    reconnect_jitter: float = Field(default=0.5, ge=0, lt=1)
-    outbox_max: int = Field(default=10000, ge=1)
+    reconnect_jitter: Annotated[float, Range(ge=0, lt=1)] = 0.5
+    outbox_max: Annotated[int, Range(ge=1)] = 10000
     # The outbox file (SQLite): what cannot be delivered survives a restart and a power cut. None: memory only.
     outbox_path: Optional[Path] = None
     # The longest a message waits in memory only while undeliverable (what a kill -9 or a power cut can lose).
-    outbox_sync_s: float = Field(default=1.0, gt=0)
+    outbox_sync_s: Annotated[float, Range(gt=0)] = 1.0
     # The most payload bytes the outbox file holds (the oldest are dropped first, like outbox_max).
-    outbox_max_mb: float = Field(default=64.0, gt=0)
+    outbox_max_mb: Annotated[float, Range(gt=0)] = 64.0
     # QoS>0 messages handed to paho and not yet acknowledged (PUBACK); bounds paho's own in-memory store.
-    inflight_max: int = Field(default=100, ge=1, le=65000)
+    inflight_max: Annotated[int, Range(ge=1, le=65000)] = 100
     # On a clean stop: how long to wait for the outbox to drain before publishing ``offline``.
-    flush_timeout_s: float = Field(default=5.0, ge=0)
-    tls: TlsConfig = Field(default_factory=TlsConfig)
+    flush_timeout_s: Annotated[float, Range(ge=0)] = 5.0
+    tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
 
-    _prefix = field_validator("topic_prefix")(_no_trailing_slash)
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> MqttConfig:
+    def _check(self) -> None:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s "
                              f"({self.reconnect_min_s})")
-        return self
-
-    @model_validator(mode="after")
-    def _one_password_source(self) -> MqttConfig:
         if self.password is not None and self.password_file is not None:
             raise ValueError("password and password_file are both set; keep only one of them")
-        return self
 
     def effective_password(self, *, where: str | None = None,
                            environ: Mapping[str, str] | None = None) -> str | None:
@@ -175,28 +171,22 @@ def _read_password_file(path: Path, where: str | None) -> str:
     return lines[0]
 
 
-Threshold = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class HomeAssistantConfig(Strict):
+@dataclasses.dataclass(init=False)
+class HomeAssistantConfig(Section):
     enabled: bool = False
-    prefix: str = "homeassistant"
+    prefix: TopicPrefix = "homeassistant"
     # The entities read one retained state message (<topic_prefix>/<device_id>/state): sent at once when the
     # label or a binary sensor changes, else at most (and, while frames flow, at least) this often.
-    state_interval_s: float = Field(default=5.0, gt=0)
+    state_interval_s: Annotated[float, Range(gt=0)] = 5.0
     # Entities go "unavailable" when no state message arrived for this long (a stalled stream); 0 = never.
-    expire_after_s: int = Field(default=60, ge=0)
+    expire_after_s: Annotated[int, Range(ge=0)] = 60
     # The label sensor is an enum with the model's labels as its options up to this many labels; above it,
     # a plain text sensor (Home Assistant sends the options with every state change to every open UI).
-    enum_max_labels: int = Field(default=100, ge=0)
+    enum_max_labels: Annotated[int, Range(ge=0)] = 100
     # One binary sensor per class: on while that class is the top class with a score >= its threshold.
-    binary_sensors: dict[str, Threshold] = Field(default_factory=dict)
+    binary_sensors: dict[str, Threshold] = dataclasses.field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _expire_after_the_heartbeat(self) -> HomeAssistantConfig:
+    def _check(self) -> None:
         if self.expire_after_s and self.expire_after_s <= self.state_interval_s:
             raise ValueError(f"expire_after_s ({self.expire_after_s}) must be > state_interval_s "
                              f"({self.state_interval_s}) or 0 (never)")
-        return self
-
-    _prefix = field_validator("prefix")(_no_trailing_slash)
