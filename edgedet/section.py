@@ -258,8 +258,7 @@ class Section:
         return typing.cast(S, built)
 
     @classmethod
-    def _build(cls: type[S], data: Mapping[Any, Any], loc: Loc, problems: list[Problem],
-               given: Optional[set[str]] = None) -> S:
+    def _build(cls: type[S], data: Mapping[Any, Any], loc: Loc, problems: list[Problem]) -> S:
         before = len(problems)
         self = object.__new__(cls)
         types = field_types(cls)
@@ -273,7 +272,7 @@ class Section:
             object.__setattr__(self, f.name, value)
         problems.extend(Problem((*loc, str(key)), "unknown key", data[key], "unknown") for key in data
                         if key not in types)
-        object.__setattr__(self, "_fields_set", set(given if given is not None else data) & set(types))
+        object.__setattr__(self, "_fields_set", set(data) & set(types))
         if len(problems) == before:
             try:
                 self._check()
@@ -324,12 +323,24 @@ class Section:
         return typing.cast("dict[str, Any]", _plain(self, json))
 
     def replace(self: S, **changes: Any) -> S:
-        """A copy with ``changes`` validated and applied (what was set stays set)."""
+        """A copy with ``changes`` checked and applied, and the section's rule run again; the other values are
+        taken as they are (what was set stays set)."""
+        types = field_types(type(self))
         problems: list[Problem] = []
-        built = type(self)._build({**self.values(), **changes}, (), problems, given=self._fields_set | set(changes))
+        checked = {name: convert(types[name], value, (name,), problems) if name in types else value
+                   for name, value in changes.items()}
+        problems += [Problem((name,), "unknown key", value, "unknown") for name, value in changes.items()
+                     if name not in types]
+        copy = type(self).construct(**{**self.values(), **checked})
+        object.__setattr__(copy, "_fields_set", self._fields_set | set(changes))
+        if not problems:
+            try:
+                copy._check()
+            except ValueError as err:
+                problems.append(Problem((), str(err), copy.values(), "rule"))
         if problems:
             raise Invalid(problems)
-        return built
+        return copy
 
 
 def _plain(value: Any, json: bool) -> Any:

@@ -145,3 +145,13 @@ def test_as_dict_nests_and_json_gives_plain_types() -> None:
 
 def test_sections_compare_by_value() -> None:
     assert EdgedetConfig() == EdgedetConfig() and MqttConfig(port=1) != MqttConfig(port=2)
+
+
+def test_replace_takes_the_other_values_as_they_are() -> None:
+    """The one model: runs as a classifier named "" (no valid models: name): a copy of it with another model file
+    checks the new file's path, not the name."""
+    single = EdgedetConfig().classifiers()[0]
+    copy = single.replace(path="other.tflite", fallback="fail")
+    assert (copy.name, copy.path, copy.fallback, single.fallback) == ("", Path("other.tflite"), "fail", "cpu")
+    with pytest.raises(Invalid, match="fallback: must be 'cpu' or 'fail'"):
+        single.replace(fallback="never")
