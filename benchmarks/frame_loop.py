@@ -382,15 +382,14 @@ def cmd_memory(args: argparse.Namespace) -> None:
              "    print(f'{rss():.1f}', end=' ')\n")
     bare = ("import numpy as np; from ai_edge_litert.interpreter import Interpreter;"
             f"it = Interpreter(model_path='{model}', num_threads=2); it.allocate_tensors(); it.invoke()")
-    # pydantic and our config classes last before OpenCV: what they add beyond the modules the daemon loads anyway
-    steps = [bare, "import yaml, PIL.Image", "import paho.mqtt.client", "import pydantic", "import edgedet.config",
-             "import cv2"]
+    # Our config classes last before OpenCV: what they add beyond the modules the daemon loads anyway
+    steps = [bare, "import yaml, PIL.Image", "import paho.mqtt.client", "import edgedet.config", "import cv2"]
     out = subprocess.run([sys.executable, "-c", probe, "", "|".join(steps)], cwd=HERE, env=DAEMON_ENV,
                          capture_output=True, text=True).stdout
     values = out.split()
     print("RSS of a bare interpreter with the same model, then adding imports (MB): "
           + ", ".join(f"{label} {value}" for label, value in
-                      zip(("bare interpreter", "+yaml+Pillow", "+paho", "+pydantic", "+edgedet.config", "+cv2"),
+                      zip(("bare interpreter", "+yaml+Pillow", "+paho", "+edgedet.config", "+cv2"),
                           values)))
     # What the stand-in camera itself holds: a real camera's frame buffers and library replace it on a Pi.
     share, count, frames_mb = subprocess.run([sys.executable, "-c", SOURCE_PROBE, str(WIDTH), str(HEIGHT)],
