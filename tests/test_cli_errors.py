@@ -132,9 +132,10 @@ def test_run_imports_no_tensorflow_bench_or_host(run_modules: list[str]) -> None
 
 
 def test_run_leaves_out_what_only_a_wrong_config_or_a_pi_tool_needs(run_modules: list[str]) -> None:
-    """``difflib`` (the "did you mean" of a config error) and ``subprocess`` (dpkg-query for libedgetpu,
-    vcgencmd on a Pi) are imported where they are used: resident memory a run does not need (README)."""
-    assert [m for m in ("difflib", "subprocess") if m in run_modules] == []
+    """``difflib`` (the "did you mean" of a config error), ``subprocess`` (dpkg-query for libedgetpu,
+    vcgencmd on a Pi) and ``importlib.metadata`` (a runtime's version when its package does not say it, the
+    pairing with libedgetpu) are imported where they are used: resident memory a run does not need (README)."""
+    assert [m for m in ("difflib", "subprocess", "importlib.metadata") if m in run_modules] == []
 
 
 def test_run_validates_its_config_without_pydantic(run_modules: list[str]) -> None:

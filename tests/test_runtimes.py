@@ -24,6 +24,10 @@ def test_auto_prefers_litert_and_reports_its_version():
     runtime = select_runtime("auto")
     assert runtime.name == "litert" and runtime.version.count(".") >= 1
     assert select_runtime("litert").version == runtime.version
+    # Read from the package's __version__: the same as its distribution's metadata says.
+    from importlib import metadata
+
+    assert runtime.version == metadata.version("ai-edge-litert")
 
 
 def test_unknown_and_missing_runtimes_are_clear_errors():

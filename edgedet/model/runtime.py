@@ -20,7 +20,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
@@ -58,12 +57,12 @@ class Runtime:
 
 
 def _version(dists: tuple[str, ...], module: ModuleType) -> str:
-    for dist in dists:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return str(getattr(module, "__version__", "unknown"))
+    # The package's own __version__ (each runtime sets it to its distribution's version) spares a run the
+    # import of importlib.metadata and what it pulls in; the distribution's metadata is the fallback.
+    version = getattr(sys.modules[module.__name__.split(".")[0]], "__version__", None)
+    if isinstance(version, str) and version:
+        return version
+    return next((v for v in (_dist_version(d) for d in dists) if v), "unknown")
 
 
 def _import(name: str) -> Runtime:
@@ -201,6 +200,8 @@ def paired_runtime(package: Optional[LibedgetpuPackage] = None) -> Optional[Runt
 
 
 def _dist_version(dist: str) -> Optional[str]:
+    from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
