@@ -117,26 +117,16 @@ def _scalar(tp: Any, value: Any) -> Any:
         return _FAIL
     if isinstance(value, bool):  # `port: true` is a mistake, not 1
         return _FAIL
+    if tp in (int, float) and isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            return _FAIL
     if tp is int:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                return _FAIL
-        return _FAIL
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        return int(value) if integral else _FAIL
     if tp is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                return _FAIL
-        return _FAIL
+        return float(value) if isinstance(value, (int, float)) else _FAIL
     if tp is str:
         return value if isinstance(value, str) else _FAIL
     if tp is Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,7 +13,6 @@ import pytest
 
 from edgedet.config import load_config
 from edgedet.errors import ConfigError
-from edgedet.section import Invalid, Section
 
 REPO = Path(__file__).resolve().parents[1]
 SEE = "; see config.yaml for every key"
@@ -221,30 +219,6 @@ def test_env_config_pointing_nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EDGEDET_CONFIG", str(tmp_path / "gone.yaml"))
     with pytest.raises(ConfigError, match=r"gone\.yaml: config file not found"):
         load_config(None)
-
-
-@dataclasses.dataclass(init=False)
-class Backoff(Section):
-    low: float = 1.0
-    high: float = 2.0
-
-    def _check(self) -> None:
-        if self.high < self.low:
-            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
-
-
-@dataclasses.dataclass(init=False)
-class Top(Section):
-    backoff: Backoff = dataclasses.field(default_factory=Backoff)
-
-
-def test_section_level_check_names_its_values_without_dumping_the_section() -> None:
-    """A validator across keys (like mqtt's reconnect_max_s >= reconnect_min_s) reports on its section."""
-    from edgedet.config import _describe
-
-    with pytest.raises(Invalid) as info:
-        Top.from_data({"backoff": {"low": 5, "high": 1}})
-    assert _describe(info.value.problems) == "backoff: high (1.0) must be >= low (5.0)"
 
 
 def test_binary_sensor_for_a_class_the_model_lacks_stops_the_start(tmp_path: Path) -> None:

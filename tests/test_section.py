@@ -94,6 +94,15 @@ def test_every_problem_is_listed_fields_first_then_unknown_keys() -> None:
         ("zzz", "unknown key")]
 
 
+def test_a_section_rule_names_its_values_without_dumping_the_section() -> None:
+    """A rule across keys (like mqtt's reconnect_max_s >= reconnect_min_s) reports on its section."""
+    from edgedet.config import _describe
+
+    with pytest.raises(Invalid) as info:
+        Outer.from_data({"inner": {"low": 5, "high": 1}})
+    assert _describe(info.value.problems) == "inner: high (1.0) must be >= low (5.0)"
+
+
 def test_the_section_rule_runs_only_on_valid_values() -> None:
     assert problems({"inner": {"low": "x", "high": 1}}) == [("inner.low", "must be a valid number")]
 
