@@ -3,6 +3,7 @@ mosquitto, and the real daemon SIGTERM'd and kill -9'd while the broker is down.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -105,6 +106,17 @@ def test_stop_keeps_the_undelivered_and_hand_over_delivers_them_in_order(tmp_pat
 FPS = 300
 
 
+def last_row_seq(path: Path, run_id: str) -> int:
+    """The seq of the newest detection of ``run_id`` in the outbox file (0: none yet)."""
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=10) as db:
+        row = db.execute("SELECT payload FROM outbox WHERE topic LIKE '%/detection' ORDER BY id DESC LIMIT 1")
+        found = row.fetchone()
+    detection = json.loads(bytes(found[0])) if found else {}
+    return int(detection["seq"]) if detection.get("run_id") == run_id else 0
+
+
 def run_id_of(daemon: Daemon) -> str:
     assert wait_until(lambda: re.search(r"\(run ([0-9a-f]{12})\)", daemon.stderr()) is not None, 60), \
         daemon.stderr()[-3000:]
@@ -121,8 +133,9 @@ def proc_write_bytes(pid: int) -> int:
 @needs_broker
 def test_nothing_lost_across_sigterm_and_kill9_while_the_broker_is_down(tmp_path: Path) -> None:
     """3000 detections; the broker down from frame 1000 to 2000; the daemon SIGTERM'd at 1500 and restarted,
-    kill -9'd at 1800 and restarted. A persistent QoS 1 subscriber sees every (run_id, seq) the daemon queued,
-    except at most outbox_sync_s worth before the kill -9."""
+    kill -9'd at its first outbox write after frame 1800 and restarted. A persistent QoS 1 subscriber sees every
+    (run_id, seq) the daemon queued, except at most outbox_sync_s worth before the kill -9, none of them written
+    to the file."""
     outbox = tmp_path / "outbox.db"
     config = {"mqtt": {"outbox_path": str(outbox), "outbox_sync_s": 1.0}, "publish": {"stats_interval_s": 60}}
     broker = Mosquitto(tmp_path / "broker", persistence=True).start()
@@ -145,6 +158,12 @@ def test_nothing_lost_across_sigterm_and_kill9_while_the_broker_is_down(tmp_path
         run_b = run_id_of(second)
         assert wait_until(lambda: "left by the last run" in second.stderr(), 60), second.stderr()[-3000:]
         assert wait_until(lambda: queued_a + second.frames_written() >= 1800, 60, 0.01)
+        # The kill follows the next write of this run's messages to the file (an event, not a frame count
+        # against the clock: this run lasts about outbox_sync_s, so a kill timed by frames alone raced that
+        # write). Every seq written before the kill must arrive; only the ones after it may be lost.
+        before = last_row_seq(outbox, run_b)
+        assert wait_until(lambda: last_row_seq(outbox, run_b) > before, 30, 0.005), second.stderr()[-2000:]
+        synced_b = last_row_seq(outbox, run_b)
         # The bytes this run wrote per queued message, the broker down all along (minus the JSON-lines file).
         written, jsonl_bytes, frames_b = proc_write_bytes(second.proc.pid), second.jsonl.stat().st_size, \
             second.frames_written()
@@ -187,6 +206,7 @@ def test_nothing_lost_across_sigterm_and_kill9_while_the_broker_is_down(tmp_path
     # Only the kill -9 may lose, only its newest messages, and at most outbox_sync_s of them.
     assert {r for r, _ in missing} <= {run_b}, sorted(missing)[:20]
     assert all(s > queued_b - FPS * 1.0 for s in missing_b), missing_b[:20]
+    assert all(s > synced_b for s in missing_b), (synced_b, missing_b[:20])
     assert per_message > 0  # the outbox file was written while the broker was down
 
 
