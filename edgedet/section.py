@@ -11,7 +11,6 @@ validators were most of the config's resident memory (README, performance).
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -344,7 +343,5 @@ def _plain(value: Any, json: bool) -> Any:
         items = [_plain(item, json) for item in value]
         return items if json or isinstance(value, list) else tuple(items)
     if json and isinstance(value, Path):
-        return str(value)
-    if json and isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
