@@ -42,14 +42,14 @@ class Inference(NamedTuple):
 class Prepared(NamedTuple):
     """A frame preprocessed by :meth:`Classifier.prepare` into one of two staging buffers, not yet invoked."""
 
-    tensor: np.ndarray  # HxWx3, the model's input dtype
+    tensor: np.ndarray  # 1xHxWx3, the input tensor's shape and dtype
     preprocess_ms: float
 
 
 class Invoked(NamedTuple):
     """A frame invoked by :meth:`Classifier.invoke_staged`: a copy of its raw scores, not yet ranked."""
 
-    scores: np.ndarray  # the output tensor as it was (quantized), copied: the next invoke overwrites it
+    scores: bytes  # the output tensor's bytes as they were (quantized): the next invoke overwrites it
     preprocess_ms: float
     inference_ms: float
 
@@ -205,12 +205,13 @@ class Classifier:
         # while one is alive; writing through it saves set_tensor's copy.
         self._input_view = self._interpreter.tensor(self._input_index)
         self._output_view = self._interpreter.tensor(self._output_index)
-        self._staging = [np.empty((height, width, 3), numpy_dtype(model_file.inputs[0])) for _ in range(2)]
+        # Shaped as the input tensor, so that set_tensor takes them as they are.
+        self._staging = [np.empty((1, height, width, 3), numpy_dtype(model_file.inputs[0])) for _ in range(2)]
         self._staged = 0
         in_spec = model_file.inputs[0]
         out_spec = model_file.outputs[0]
         self._out_scale, self._out_zero = out_spec.scale, out_spec.zero_point
-        out_dtype = np.dtype(numpy_dtype(out_spec))
+        out_dtype = self._out_dtype = np.dtype(numpy_dtype(out_spec))
         self._rank_key = _DESCENDING_KEY.get(out_dtype)  # None: not an 8-bit output
         # An 8-bit score has 256 possible values: each one's dequantized score, indexed by its byte.
         self._score_of_byte = [] if self._rank_key is None else dequantize(
@@ -318,20 +319,21 @@ class Classifier:
         raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         return dequantize(raw, self._out_scale, self._out_zero)
 
-    def _top_classes(self, top_k: Optional[int], raw: Optional[np.ndarray] = None) -> list[Class]:
+    def _top_classes(self, top_k: Optional[int], data: Optional[bytes] = None) -> list[Class]:
         """Ranks the raw (quantized) scores and dequantizes only the k it returns: dequantization is monotonic
-        (scale > 0), so the per-frame cost stays tiny. ``raw``: scores copied out earlier (else the output
-        tensor, read in place)."""
-        if raw is None:
-            raw = self._output_view().reshape(-1)
-        k = max(1, min(top_k or self.top_k, raw.size))
+        (scale > 0), so the per-frame cost stays tiny. ``data``: the output tensor's bytes, copied out earlier
+        (else copied from it now). One ``tobytes`` of a view is the copy out: right after an invoke, on cold
+        caches, numpy's ``copy()`` costs more (README, performance)."""
+        if data is None:
+            data = self._output_view().tobytes()
+        k = max(1, min(top_k or self.top_k, len(data) // self._out_dtype.itemsize))
         labels = self.labels
         if self._rank_key is not None:
-            # 8-bit scores: one copy out as bytes, then only Python over them (see smallest_bytes)
-            data = raw.tobytes()
+            # 8-bit scores: only Python over the bytes (see smallest_bytes)
             score_of = self._score_of_byte
             return [Class(i, score_of[data[i]], labels[i] if i < len(labels) else f"class {i}")
                     for i in smallest_bytes(data.translate(self._rank_key), k)]
+        raw = np.frombuffer(data, self._out_dtype)
         order = top_indices(raw, k)
         scores = dequantize(raw[order], self._out_scale, self._out_zero)
         return [Class(i, float(score), labels[i] if i < len(labels) else f"class {i}")
@@ -384,7 +386,7 @@ class Classifier:
         """Preprocess ``frame`` into the next of two staging buffers, without touching the interpreter (safe
         during an invoke() on another thread). A Prepared stays valid until the second prepare() after it."""
         buffer = self._staging[self._staged]
-        preprocess_ms = self._preprocess_into(frame, buffer)
+        preprocess_ms = self._preprocess_into(frame, buffer[0])
         # Only a frame that was prepared takes its buffer: after a bad frame the next one must not go into the
         # buffer the previous Prepared is still read from.
         self._staged ^= 1
@@ -398,12 +400,14 @@ class Classifier:
         clock = self.stage_clock
         if clock is not None:
             clock.enter("inference")
-        np.copyto(self._input_view()[0], prepared.tensor)
+        # set_tensor, not np.copyto into a view: one C call, which on the cold caches an invoke leaves costs
+        # less (README, performance)
+        self._interpreter.set_tensor(self._input_index, prepared.tensor)
         if before_invoke is not None:
             before_invoke()
         self._interpreter.invoke()
         t2 = time.perf_counter()
-        return Invoked(self._output_view().reshape(-1).copy(), prepared.preprocess_ms, (t2 - t1) * 1e3)
+        return Invoked(self._output_view().tobytes(), prepared.preprocess_ms, (t2 - t1) * 1e3)
 
     def rank(self, invoked: Invoked, top_k: Optional[int] = None) -> Inference:
         """The top classes of an :class:`Invoked` frame (the postprocess stage of :meth:`infer`)."""
