@@ -7,6 +7,7 @@ edgedet costs per frame at 30 fps, and memory.
     python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 3]
     python benchmarks/frame_loop.py memory   [--frames 20000]
     python benchmarks/frame_loop.py floors   --frames 2000   # the resize and the wake-ups, timed alone
+    python benchmarks/frame_loop.py overlap-floor [--pairs 6] [--seconds 2]   # the least an overlapped loop does
 
 Every comparison is paired: the two sides run back to back, the order alternating from pair to pair, and
 the figure is the median of the per-pair ratios (this 2-core machine is shared and noisy). The script
@@ -496,16 +497,93 @@ def cmd_floors(args: argparse.Namespace) -> None:
           f"thread (a lock released) {woken:.1f} us")
 
 
+def minimal_overlapped(classifier: Any, seconds: float, frames: Optional[list[np.ndarray]]) -> float:
+    """fps of the least an overlapped loop must do, on the classifier's (simulated) interpreter: per frame one
+    set_tensor of a staged frame, one hand-over to a second thread and one back (a queue each way), the invoke,
+    the scores copied out. With ``frames`` the second thread resizes the next one into the other staging buffer
+    as soon as it is asked (the earliest start, the most favourable to fps); without, it answers at once."""
+    import queue
+
+    import cv2
+
+    interpreter, index = classifier._interpreter, classifier._input_index
+    output = classifier._output_view
+    staging = [np.zeros((1, *classifier.input_size[::-1], 3), np.uint8) for _ in range(2)]
+    width, height = classifier.input_size
+    requests: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()
+    results: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def helper() -> None:
+        while (n := requests.get()) is not None:
+            if frames is not None:
+                cv2.resize(frames[n % len(frames)], (width, height), dst=staging[n % 2][0],
+                           interpolation=cv2.INTER_LINEAR)
+            results.put(n)
+
+    thread = threading.Thread(target=helper, daemon=True)
+    thread.start()
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)  # as the frame loop sets it
+    results.put(0)
+    count, started = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - started < seconds:
+            n = results.get()
+            interpreter.set_tensor(index, staging[n % 2])
+            requests.put(n + 1)
+            interpreter.invoke()
+            output().tobytes()
+            count += 1
+        return count / (time.perf_counter() - started)
+    finally:
+        requests.put(None)
+        thread.join()
+        results.get()
+        sys.setswitchinterval(previous)
+
+
+def cmd_overlap_floor(args: argparse.Namespace) -> None:
+    """The bare stand-in loop against the least an overlapped loop does (minimal_overlapped), in alternating
+    rounds: how close to 1/invoke any loop with one hand-over per frame gets on this machine."""
+    from edgedet.model.classifier import Classifier
+    from edgedet.model.config import ModelConfig
+    from edgedet.model.simulated import simulated_accelerator
+
+    frames = [np.ascontiguousarray(np.random.default_rng(n).integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8))
+              for n in range(8)]
+    for invoke_s in (0.0025, 0.001):
+        classifier = Classifier.from_config(ModelConfig(path=args.models / V2, num_threads=1),
+                                            interpreter_factory=simulated_accelerator(invoke_s))
+        sides: dict[str, Any] = {
+            "bare stand-in loop (invoke only)": lambda c=classifier: bare_fps(c._interpreter, args.seconds)[0],
+            "+ set_tensor, a hand-over each way, the scores copied out":
+                lambda c=classifier: minimal_overlapped(c, args.seconds, None),
+            f"+ the other thread resizing a {WIDTH}x{HEIGHT} frame meanwhile":
+                lambda c=classifier: minimal_overlapped(c, args.seconds, frames),
+            "edgedet's overlapped loop (loop_run)": lambda c=classifier: loop_run(c, args.seconds, overlap=True)["fps"],
+        }
+        names = list(sides)
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(args.pairs):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                rates[name].append(sides[name]() * invoke_s)
+        print(f"SIMULATED accelerator, invoke = sleep {invoke_s * 1e3:.1f} ms, {args.pairs} rounds of "
+              f"{args.seconds:.0f} s (order alternating): fps / (1/invoke), median (min-max)")
+        for name in names:
+            values = rates[name]
+            print(f"  {name}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[1])
-    parser.add_argument("what", choices=("cpu", "overlap", "cpu-per-frame", "memory", "floors"))
+    parser.add_argument("what", choices=("cpu", "overlap", "cpu-per-frame", "memory", "floors", "overlap-floor"))
     parser.add_argument("--models", type=Path, default=SHARED)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--frames", type=int, default=20000)
     args = parser.parse_args()
     {"cpu": cmd_cpu, "overlap": cmd_overlap, "cpu-per-frame": cmd_cpu_per_frame, "memory": cmd_memory,
-     "floors": cmd_floors}[args.what](args)
+     "floors": cmd_floors, "overlap-floor": cmd_overlap_floor}[args.what](args)
     return 0
 
 
