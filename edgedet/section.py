@@ -261,14 +261,10 @@ class Section:
                 if value is _FAIL:
                     problems.append(Problem((*loc, f.name), "is required", None, "missing"))
             object.__setattr__(self, f.name, value)
-        problems.extend(Problem((*loc, str(key)), "unknown key", data[key], "unknown") for key in data
-                        if key not in types)
+        problems.extend(_unknown_keys(data, types, loc))
         object.__setattr__(self, "_fields_set", set(data) & set(types))
-        if len(problems) == before:
-            try:
-                self._check()
-            except ValueError as err:
-                problems.append(Problem(loc, str(err), dict(data), "rule"))
+        if len(problems) == before and (broken := self._broken_rule(loc, dict(data))) is not None:
+            problems.append(broken)
         return self
 
     @classmethod
@@ -283,6 +279,14 @@ class Section:
     def _check(self) -> None:
         """A rule across this section's keys: raise ValueError with the message (overridden where needed)."""
 
+    def _broken_rule(self, loc: Loc, shown: Any) -> Optional[Problem]:
+        """:meth:`_check` as a problem at ``loc`` that shows ``shown`` (None: the rule holds)."""
+        try:
+            self._check()
+        except ValueError as err:
+            return Problem(loc, str(err), shown, "rule")
+        return None
+
     def __setattr__(self, name: str, value: Any) -> None:
         types = field_types(type(self))
         if name not in types:
@@ -293,11 +297,10 @@ class Section:
             raise Invalid(problems)
         old = self.__dict__[name]
         object.__setattr__(self, name, value)
-        try:
-            self._check()
-        except ValueError as err:
+        broken = self._broken_rule((), self.values())
+        if broken is not None:
             object.__setattr__(self, name, old)
-            raise Invalid([Problem((), str(err), self.values(), "rule")]) from None
+            raise Invalid([broken])
         self._fields_set.add(name)
 
     @property
@@ -320,18 +323,18 @@ class Section:
         problems: list[Problem] = []
         checked = {name: convert(types[name], value, (name,), problems) if name in types else value
                    for name, value in changes.items()}
-        problems += [Problem((name,), "unknown key", value, "unknown") for name, value in changes.items()
-                     if name not in types]
+        problems.extend(_unknown_keys(changes, types, ()))
         copy = type(self).construct(**{**self.values(), **checked})
         object.__setattr__(copy, "_fields_set", self._fields_set | set(changes))
-        if not problems:
-            try:
-                copy._check()
-            except ValueError as err:
-                problems.append(Problem((), str(err), copy.values(), "rule"))
+        if not problems and (broken := copy._broken_rule((), copy.values())) is not None:
+            problems.append(broken)
         if problems:
             raise Invalid(problems)
         return copy
+
+
+def _unknown_keys(data: Mapping[Any, Any], types: Mapping[str, Any], loc: Loc) -> list[Problem]:
+    return [Problem((*loc, str(key)), "unknown key", data[key], "unknown") for key in data if key not in types]
 
 
 def _plain(value: Any, json: bool) -> Any:
