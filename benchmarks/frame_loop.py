@@ -497,27 +497,22 @@ def cmd_floors(args: argparse.Namespace) -> None:
           f"thread (a lock released) {woken:.1f} us")
 
 
-def minimal_overlapped(classifier: Any, seconds: float, frames: Optional[list[np.ndarray]]) -> float:
+def minimal_overlapped(classifier: Any, seconds: float, frames: list[np.ndarray], resize: bool) -> float:
     """fps of the least an overlapped loop must do, on the classifier's (simulated) interpreter: per frame one
     set_tensor of a staged frame, one hand-over to a second thread and one back (a queue each way), the invoke,
-    the scores copied out. With ``frames`` the second thread resizes the next one into the other staging buffer
-    as soon as it is asked (the earliest start, the most favourable to fps); without, it answers at once."""
+    the scores copied out. With ``resize`` the second thread preprocesses the next frame (Classifier.prepare) as
+    soon as it is asked (the earliest start, the most favourable to fps); without, it answers at once."""
     import queue
 
-    import cv2
-
-    interpreter, index = classifier._interpreter, classifier._input_index
-    output = classifier._output_view
-    staging = [np.zeros((1, *classifier.input_size[::-1], 3), np.uint8) for _ in range(2)]
-    width, height = classifier.input_size
+    interpreter, index, output = classifier._interpreter, classifier._input_index, classifier._output_view
+    staged = [classifier.prepare(frames[0])]
     requests: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()
     results: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def helper() -> None:
         while (n := requests.get()) is not None:
-            if frames is not None:
-                cv2.resize(frames[n % len(frames)], (width, height), dst=staging[n % 2][0],
-                           interpolation=cv2.INTER_LINEAR)
+            if resize:  # into the staging buffer the frame in the input tensor was not copied from
+                staged[0] = classifier.prepare(frames[n % len(frames)])
             results.put(n)
 
     thread = threading.Thread(target=helper, daemon=True)
@@ -529,7 +524,7 @@ def minimal_overlapped(classifier: Any, seconds: float, frames: Optional[list[np
     try:
         while time.perf_counter() - started < seconds:
             n = results.get()
-            interpreter.set_tensor(index, staging[n % 2])
+            interpreter.set_tensor(index, staged[0].tensor)
             requests.put(n + 1)
             interpreter.invoke()
             output().tobytes()
@@ -557,9 +552,9 @@ def cmd_overlap_floor(args: argparse.Namespace) -> None:
         sides: dict[str, Any] = {
             "bare stand-in loop (invoke only)": lambda c=classifier: bare_fps(c._interpreter, args.seconds)[0],
             "+ set_tensor, a hand-over each way, the scores copied out":
-                lambda c=classifier: minimal_overlapped(c, args.seconds, None),
-            f"+ the other thread resizing a {WIDTH}x{HEIGHT} frame meanwhile":
-                lambda c=classifier: minimal_overlapped(c, args.seconds, frames),
+                lambda c=classifier: minimal_overlapped(c, args.seconds, frames, False),
+            f"+ the other thread preprocessing a {WIDTH}x{HEIGHT} frame meanwhile":
+                lambda c=classifier: minimal_overlapped(c, args.seconds, frames, True),
             "edgedet's overlapped loop (loop_run)": lambda c=classifier: loop_run(c, args.seconds, overlap=True)["fps"],
         }
         names = list(sides)
