@@ -498,21 +498,26 @@ def cmd_floors(args: argparse.Namespace) -> None:
 
 
 def minimal_overlapped(classifier: Any, seconds: float, frames: list[np.ndarray], resize: bool) -> float:
-    """fps of the least an overlapped loop must do, on the classifier's (simulated) interpreter: per frame one
-    set_tensor of a staged frame, one hand-over to a second thread and one back (a queue each way), the invoke,
-    the scores copied out. With ``resize`` the second thread preprocesses the next frame (Classifier.prepare) as
-    soon as it is asked (the earliest start, the most favourable to fps); without, it answers at once."""
+    """fps of the least an overlapped loop must do, on the classifier's two (simulated) interpreters taking
+    turns: per frame one hand-over to a second thread and one back (a queue each way) and the invoke. With
+    ``resize`` the second thread also copies the last frame's scores out and preprocesses the next frame into
+    the idle interpreter (Classifier.prepare) as soon as it is asked (the earliest start, the most favourable
+    to fps); without, it answers at once."""
     import queue
 
-    interpreter, index, output = classifier._interpreter, classifier._input_index, classifier._output_view
-    staged = [classifier.prepare(frames[0])]
+    assert classifier.double_buffered()
+    slots = classifier._slots
+    turn = [classifier.prepare(frames[0]).slot]  # the interpreter invoked next
     requests: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()
     results: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def helper() -> None:
         while (n := requests.get()) is not None:
-            if resize:  # into the staging buffer the frame in the input tensor was not copied from
-                staged[0] = classifier.prepare(frames[n % len(frames)])
+            idle = 1 - turn[0]  # turn[0] is invoking
+            if resize:  # the idle interpreter: the scores of the frame before out, the next frame in
+                slots[idle].output_view().tobytes()
+                idle = classifier.prepare(frames[n % len(frames)]).slot
+            turn[0] = idle
             results.put(n)
 
     thread = threading.Thread(target=helper, daemon=True)
@@ -524,10 +529,9 @@ def minimal_overlapped(classifier: Any, seconds: float, frames: list[np.ndarray]
     try:
         while time.perf_counter() - started < seconds:
             n = results.get()
-            interpreter.set_tensor(index, staged[0].tensor)
+            interpreter = slots[turn[0]].interpreter
             requests.put(n + 1)
             interpreter.invoke()
-            output().tobytes()
             count += 1
         return count / (time.perf_counter() - started)
     finally:
@@ -551,9 +555,9 @@ def cmd_overlap_floor(args: argparse.Namespace) -> None:
                                             interpreter_factory=simulated_accelerator(invoke_s))
         sides: dict[str, Any] = {
             "bare stand-in loop (invoke only)": lambda c=classifier: bare_fps(c._interpreter, args.seconds)[0],
-            "+ set_tensor, a hand-over each way, the scores copied out":
+            "+ a hand-over each way, two interpreters taking turns":
                 lambda c=classifier: minimal_overlapped(c, args.seconds, frames, False),
-            f"+ the other thread preprocessing a {WIDTH}x{HEIGHT} frame meanwhile":
+            f"+ the other thread copying the scores out and preprocessing a {WIDTH}x{HEIGHT} frame meanwhile":
                 lambda c=classifier: minimal_overlapped(c, args.seconds, frames, True),
             "edgedet's overlapped loop (loop_run)": lambda c=classifier: loop_run(c, args.seconds, overlap=True)["fps"],
         }

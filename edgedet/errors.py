@@ -11,6 +11,12 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line: its type and its message with the line breaks folded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class EdgedetError(Exception):
     """A problem the user can fix. ``str(err)`` is the one line shown to them."""
 

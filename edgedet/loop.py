@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgedet.errors import SourceError
+from edgedet.errors import SourceError, one_line
 from edgedet.frames.base import Frame, FrameSource
 from edgedet.lanes import Lane
 from edgedet.model.classifier import Classifier, Inference, Invoked, Prepared
@@ -248,10 +248,10 @@ class FrameReader:
         self.close()
         if self.max_retries and self._failures > self.max_retries:
             self.fatal = SourceError(f"source failed {self._failures} times in a row, more than "
-                                     f"source.max_retries={self.max_retries} ({_one_line(exc)})", where="source",
+                                     f"source.max_retries={self.max_retries} ({one_line(exc)})", where="source",
                                      fix="check the camera or stream, or raise source.max_retries (0 = forever)")
             return False
-        log.warning("source failed (%s); reopening in %.0f s", _one_line(exc), self._backoff)
+        log.warning("source failed (%s); reopening in %.0f s", one_line(exc), self._backoff)
         self.stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
         return True
@@ -346,12 +346,7 @@ class ReadChooser:
         return wanted
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-Pending = tuple[Captured, Prepared, float, Classifier]  # a frame, its input tensor, capture wait ms, for whom
+Pending = tuple[Captured, Prepared, float, Classifier]  # a frame, where it is prepared, capture wait ms, for whom
 
 
 Unfinished = tuple[Captured, Invoked, float, Classifier, Lane]  # an invoked frame, not yet ranked and delivered
@@ -360,8 +355,9 @@ Unfinished = tuple[Captured, Invoked, float, Classifier, Lane]  # an invoked fra
 class Preparer(threading.Thread):
     """The overlapped loop's second thread: on request, first ranks and delivers the frame invoked before
     (to the statistics, the sinks and ``on_frame``, in order), then, at the time it is asked for, takes the next
-    frame and preprocesses it into a staging buffer; one request at a time, so frames stay in order. One thread
-    for both, woken once per frame: only the copy in, the invoke and the copy out stay between two invokes."""
+    frame and preprocesses it into the input tensor of the classifier's idle interpreter; one request at a time,
+    so frames stay in order. One thread for both, woken once per frame: only the hand-over and the invoke stay
+    between two invokes."""
 
     # Started this much earlier than the estimate says: a late frame stalls the invoke (and holds the GIL as it
     # ends), an early one ages while it waits. Throughput stops rising at about this margin while the age keeps
@@ -590,7 +586,8 @@ class FrameLoop:
         monitor.start()
         try:
             single = len(self.lanes) == 1 and self.lanes[0].every_frame
-            if single and (self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free):
+            if single and (self.overlap if self.overlap is not None else self.classifier.leaves_cpu_free) \
+                    and self.classifier.double_buffered():
                 return self._run_overlapped()
             return self._run_serial()
         finally:
@@ -719,8 +716,8 @@ class FrameLoop:
     def _run_overlapped(self) -> LoopStats:
         """Invoke frame N on this thread while a Preparer thread ranks and delivers frame N-1, then captures
         and preprocesses frame N+1, in lockstep: every frame taken is classified once, in order, and the two
-        never touch the interpreter at the same time (the Preparer writes a staging buffer and ranks a copy
-        of the scores, :meth:`Classifier.prepare`, :meth:`Classifier.invoke_staged`)."""
+        never touch the same interpreter at the same time: the classifier's two interpreters take turns, and the
+        Preparer fills and reads the one not invoking (:meth:`Classifier.prepare`, :meth:`Classifier.rank`)."""
         with self._running_loop() as bounds:
             self._overlapped(bounds)
         return self.snapshot()
@@ -757,9 +754,9 @@ class FrameLoop:
                 if bounds.throttle():
                     break
                 lanes = self.lanes
-                if len(lanes) != 1 or not lanes[0].every_frame:
-                    # A reload added classifiers: their frames go in series (the Preparer stays idle, since
-                    # its staging shares the first classifier's preprocessing buffers).
+                if len(lanes) != 1 or not lanes[0].every_frame or not classifier.double_buffered():
+                    # A reload added classifiers (or brought one with a single interpreter): their frames go in
+                    # series (the Preparer stays idle, since it shares the first classifier's interpreters).
                     finish_here()
                     self._run_lanes(lanes, item, capture_wait_ms)
                     invoked_frames += 1
@@ -847,4 +844,4 @@ class FrameLoop:
                 self.stats.sink_errors += 1
                 if self.stats.sink_errors <= 3 or self.stats.sink_errors % 1000 == 0:
                     log.error("sink %s failed (%d so far): %s", type(sink).__name__, self.stats.sink_errors,
-                              _one_line(exc))
+                              one_line(exc))

@@ -20,7 +20,8 @@ from edgedet.loop import FrameLoop
 from edgedet.model.classifier import Classifier
 from edgedet.model.config import ModelConfig
 from edgedet.model.preprocess import FrameError, load_image
-from edgedet.model.simulated import simulated_accelerator
+from edgedet.model.runtime import make_interpreter
+from edgedet.model.simulated import SimulatedAccelerator, simulated_accelerator
 from edgedet.results import FrameResult
 
 V1 = "mobilenet_v1_0.25_128_quant.tflite"
@@ -127,17 +128,73 @@ def test_bad_frames_in_the_overlapped_loop_are_counted_not_classified(shared_mod
         assert r.top_k == serial.infer(photos[r.frame_id % len(photos)]).top_k
 
 
-def test_a_bad_frame_does_not_take_a_staging_buffer(shared_models, photos):
-    # The overlapped loop reads a Prepared's buffer while the next frame is prepared: a frame that fails to
-    # prepare must leave the next one in the other buffer, not in the one still being read.
+def test_a_bad_frame_does_not_take_an_interpreter(shared_models, photos):
+    # The overlapped loop invokes a Prepared's interpreter while the next frame is prepared: a frame that fails to
+    # prepare must leave the next one in the other interpreter, not in the one still holding the previous frame.
     classifier = standin(shared_models)
+    assert classifier.double_buffered()
     first = classifier.prepare(photos[0])
-    kept = first.tensor.copy()
+    kept = classifier._slots[first.slot].input_view().copy()
     with pytest.raises(FrameError):
         classifier.prepare(np.zeros((4, 4, 2), np.uint8))
     second = classifier.prepare(photos[1])
-    assert second.tensor is not first.tensor
-    assert np.array_equal(first.tensor, kept)
+    assert {first.slot, second.slot} == {0, 1}
+    assert np.array_equal(classifier._slots[first.slot].input_view(), kept)
+    assert not np.array_equal(classifier._slots[second.slot].input_view(), kept)
+
+
+def test_an_invoked_frames_scores_stay_until_its_interpreter_invokes_again(shared_models, photos):
+    # The Preparer ranks frame N during the invoke of frame N+1, on the other interpreter.
+    classifier = standin(shared_models)
+    assert classifier.double_buffered()
+    serial = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5))
+    first = classifier.invoke_staged(classifier.prepare(photos[0]))
+    second = classifier.invoke_staged(classifier.prepare(photos[1]))
+    assert first.slot != second.slot
+    assert classifier.rank(first).top_k == serial.infer(photos[0]).top_k
+    assert classifier.rank(second).top_k == serial.infer(photos[1]).top_k
+
+
+def test_the_second_interpreter_gets_its_own_edge_tpu_delegate(shared_models, monkeypatch):
+    # No Coral here: the delegate loader and the interpreter factory record what each interpreter was built with
+    # (pycoral loads one delegate per interpreter as well; libedgetpu shares the device between them).
+    delegates: list[object] = []
+    built: list[list[object]] = []
+
+    def fake_delegate(runtime: Any, device: str) -> object:
+        delegates.append(object())
+        assert device == "usb:0"
+        return delegates[-1]
+
+    def factory(path: Path, runtime: Any, threads: int, given: list[Any]) -> Any:
+        built.append(list(given))
+        return simulated_accelerator(0.001)(path, runtime, threads, [])
+
+    monkeypatch.setattr("edgedet.model.classifier.load_edgetpu_delegate", fake_delegate)
+    classifier = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, delegate="edgetpu",
+                                                    edgetpu_device="usb:0"), interpreter_factory=factory)
+    assert classifier.delegate_info["active"] == "edgetpu" and classifier.double_buffered()
+    assert built == [[delegates[0]], [delegates[1]]]
+
+
+def test_without_a_second_interpreter_the_frames_go_in_series(shared_models, photos, caplog):
+    calls = []
+
+    def factory(path: Path, runtime: Any, threads: int, delegates: list[Any]) -> Any:
+        calls.append(path)
+        if len(calls) > 1:
+            raise RuntimeError("out of device memory\nsecond line")
+        return simulated_accelerator(0.001, compute=True)(path, runtime, threads, delegates)
+
+    classifier = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5),
+                                        interpreter_factory=factory)
+    assert classifier.leaves_cpu_free and not classifier.double_buffered() and len(calls) == 2
+    assert f"{V1}: a second interpreter could not be built (RuntimeError: out of device memory second line)" \
+        in caplog.text
+    results, (stats, threads) = run(classifier, ListSource(photos, 6), overlap=None)
+    assert "edgedet-prepare" not in threads and stats.frames_processed == 6
+    serial = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5))
+    assert [r.top_k for r in results] == [serial.infer(photos[n % 3]).top_k for n in range(6)]
 
 
 def test_max_frames_bound_is_exact_in_the_overlapped_loop(shared_models, photos):
@@ -205,6 +262,61 @@ def test_a_reload_in_the_overlapped_loop_waits_for_the_frames_in_flight(shared_m
     assert {t.name for t in threading.enumerate()} & {"edgedet-prepare"} == set()
 
 
+def test_a_classifier_swapped_in_by_a_reload_takes_turns_on_two_interpreters_from_its_first_frame(shared_models,
+                                                                                                   photos):
+    """The frame prepared for the old classifier is prepared again for the new one, which gets its second
+    interpreter only then (the loop asks for it): the frames after the swap are the new classifier's, each
+    classified from the interpreter it was prepared in."""
+    overwritten: list[int] = []
+
+    class Guarded(SimulatedAccelerator):
+        """Notes an input tensor written while its interpreter invokes."""
+
+        def invoke(self) -> None:
+            index = self._real.get_input_details()[0]["index"]
+            before = self._real.get_tensor(index)
+            super().invoke()
+            if not np.array_equal(before, self._real.get_tensor(index)):
+                overwritten.append(len(results))
+
+    def guarded(path: Path, runtime: Any, threads: int, delegates: list[Any]) -> Guarded:
+        return Guarded(make_interpreter(path, runtime, threads, delegates), 0.002, compute=True)
+
+    new = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=3),
+                                 interpreter_factory=guarded)
+    assert len(new._slots) == 1
+    results: list[FrameResult] = []
+    slots: list[int] = []  # the interpreter each frame was prepared in
+    prepare = new.prepare
+
+    def noted(frame: Any) -> Any:
+        prepared = prepare(frame)
+        slots.append(prepared.slot)
+        return prepared
+
+    new.prepare = noted  # type: ignore[method-assign]
+
+    def due() -> bool:
+        return len(results) >= 5 and loop.classifier is not new
+
+    def between_frames() -> None:
+        if due():
+            loop.classifier = new
+
+    loop = FrameLoop(standin(shared_models), ListSource(photos, 16), [], overlap=True, on_frame=results.append,
+                     between_frames=between_frames, between_frames_due=due)
+    stats = loop.run()
+    assert stats.frames_processed == 16 and [r.frame_id for r in results] == list(range(16))
+    assert len(new._slots) == 2 and overwritten == []
+    # the first frame goes into the one interpreter there is; from then on they alternate
+    assert slots == [n % 2 for n in range(len(slots))] and len(slots) >= 9, slots
+    serial = Classifier.from_config(ModelConfig(path=shared_models / V1, num_threads=1, top_k=5))
+    swapped = [n for n, r in enumerate(results) if len(r.top_k) == 3]
+    assert swapped == list(range(swapped[0], 16)) and 5 <= swapped[0] <= 7
+    for n, r in enumerate(results):
+        assert r.top_k == serial.infer(photos[n % 3]).top_k[:len(r.top_k)], n
+
+
 def test_a_slow_sink_holds_the_overlapped_loop_back_instead_of_queueing_frames(shared_models, photos):
     """Delivery runs before the next frame is read, so behind a sink slower than the invoke (5 ms against 1 ms)
     at most two frames are in flight: none is read, and held with its image, before the sink has taken the
@@ -221,8 +333,7 @@ def test_the_stand_in_invoke_takes_its_set_time_at_the_median_although_sleep_wak
     the set time (an injected clock: a sleep here lasts 0.14 to 0.19 ms longer than asked, and one in fifty
     5 ms longer)."""
     from edgedet.model.config import default_model_path
-    from edgedet.model.runtime import make_interpreter, select_runtime
-    from edgedet.model.simulated import SimulatedAccelerator
+    from edgedet.model.runtime import select_runtime
 
     model = default_model_path()
     assert model is not None

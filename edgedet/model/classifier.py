@@ -9,7 +9,7 @@ from typing import Any, Callable, NamedTuple, Optional, get_args
 
 import numpy as np
 
-from edgedet.errors import DelegateError, ModelError
+from edgedet.errors import DelegateError, ModelError, one_line
 from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ModelConfig, PreprocessConfig, ResizeMethod
 from edgedet.model.labels import resolve_labels
 from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, Preprocessor
@@ -40,18 +40,28 @@ class Inference(NamedTuple):
 
 
 class Prepared(NamedTuple):
-    """A frame preprocessed by :meth:`Classifier.prepare` into one of two staging buffers, not yet invoked."""
+    """A frame preprocessed by :meth:`Classifier.prepare` straight into the input tensor of one of the classifier's
+    two interpreters, not yet invoked."""
 
-    tensor: np.ndarray  # 1xHxWx3, the input tensor's shape and dtype
+    slot: int  # which interpreter holds it
     preprocess_ms: float
 
 
 class Invoked(NamedTuple):
-    """A frame invoked by :meth:`Classifier.invoke_staged`: a copy of its raw scores, not yet ranked."""
+    """A frame invoked by :meth:`Classifier.invoke_staged`, not yet ranked: its raw scores stay in the output tensor
+    of interpreter ``slot`` until that interpreter's next invoke."""
 
-    scores: bytes  # the output tensor's bytes as they were (quantized): the next invoke overwrites it
+    slot: int
     preprocess_ms: float
     inference_ms: float
+
+
+class _Slot(NamedTuple):
+    """One interpreter of a classifier and its tensors, viewed without a copy (``interpreter.tensor``)."""
+
+    interpreter: Any
+    input_view: Callable[[], np.ndarray]
+    output_view: Callable[[], np.ndarray]
 
 
 def cpu_twin(model_path: Path, explicit: Optional[Path] = None) -> Optional[Path]:
@@ -191,6 +201,7 @@ class Classifier:
                              where=requested_path,
                              fix=f"set model.delegate: edgetpu (needs libedgetpu.so.1 and a Coral), or {use}")
         self.model_file: TfliteFile = model_file
+        self._interpreter_factory = interpreter_factory
         started = time.perf_counter()
         self._interpreter = interpreter_factory(model_file.path, self.runtime, self.num_threads, delegates)
         self.init_ms = (time.perf_counter() - started) * 1e3
@@ -203,11 +214,10 @@ class Classifier:
         self.input_size = (width, height)
         # A view of the input tensor is fetched per frame and dropped before invoke(), which refuses to run
         # while one is alive; writing through it saves set_tensor's copy.
-        self._input_view = self._interpreter.tensor(self._input_index)
-        self._output_view = self._interpreter.tensor(self._output_index)
-        # Shaped as the input tensor, so that set_tensor takes them as they are.
-        self._staging = [np.empty((1, height, width, 3), numpy_dtype(model_file.inputs[0])) for _ in range(2)]
-        self._staged = 0
+        self._slots = [self._slot(self._interpreter)]
+        self._input_view, self._output_view = self._slots[0].input_view, self._slots[0].output_view
+        self._last_slot = 1  # the interpreter prepare() filled last: the first frame goes into the first
+        self._second_failed = False
         in_spec = model_file.inputs[0]
         out_spec = model_file.outputs[0]
         self._out_scale, self._out_zero = out_spec.scale, out_spec.zero_point
@@ -241,11 +251,40 @@ class Classifier:
         self.stage_clock: Optional[StageClock] = None
 
         # The first invoke is slow (on the Edge TPU it uploads the model): do it now and time it on its own.
+        self.first_invoke_ms = self._first_invoke(self._interpreter)
+
+    def _slot(self, interpreter: Any) -> _Slot:
+        return _Slot(interpreter, interpreter.tensor(self._input_index), interpreter.tensor(self._output_index))
+
+    def _first_invoke(self, interpreter: Any) -> float:
+        width, height = self.input_size
         neutral = self.quantization.apply(np.full((height, width, 3), 128, np.uint8))[None]
         started = time.perf_counter()
-        self._interpreter.set_tensor(self._input_index, neutral)
-        self._interpreter.invoke()
-        self.first_invoke_ms = (time.perf_counter() - started) * 1e3
+        interpreter.set_tensor(self._input_index, neutral)
+        interpreter.invoke()
+        return (time.perf_counter() - started) * 1e3
+
+    def double_buffered(self) -> bool:
+        """Whether :meth:`prepare` can fill one interpreter's input tensor while the other one invokes: builds the
+        second interpreter (same model, runtime, threads and delegate) on the first call, which the frame loop
+        makes before its first frame with this classifier (classify and bench never need one). False, with a
+        warning, when it cannot be built; the frames then go in series. On the Edge TPU, taking turns does not
+        reload the parameters: both instances carry the model's caching token, and libedgetpu resets its cache
+        only when the token changes."""
+        if len(self._slots) == 2 or self._second_failed:
+            return not self._second_failed
+        try:
+            delegates = ([load_edgetpu_delegate(self.runtime, self.config.edgetpu_device)]
+                         if self.delegate_info["active"] == "edgetpu" else [])
+            second = self._interpreter_factory(self.model_file.path, self.runtime, self.num_threads, delegates)
+            self._first_invoke(second)
+        except (DelegateError, RuntimeError, ValueError, MemoryError) as exc:
+            self._second_failed = True
+            log.warning("%s: a second interpreter could not be built (%s); frames are classified one after the "
+                        "other, not prepared during the invoke", self.model_file.path.name, one_line(exc))
+            return False
+        self._slots.append(self._slot(second))
+        return True
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *, auto_threads: Optional[int] = None,
@@ -321,9 +360,9 @@ class Classifier:
 
     def _top_classes(self, top_k: Optional[int], data: Optional[bytes] = None) -> list[Class]:
         """Ranks the raw (quantized) scores and dequantizes only the k it returns: dequantization is monotonic
-        (scale > 0), so the per-frame cost stays tiny. ``data``: the output tensor's bytes, copied out earlier
-        (else copied from it now). One ``tobytes`` of a view is the copy out: right after an invoke, on cold
-        caches, numpy's ``copy()`` costs more (README, performance)."""
+        (scale > 0), so the per-frame cost stays tiny. ``data``: an output tensor's bytes (default: the first
+        interpreter's). One ``tobytes`` of a view is the copy out: right after an invoke, on cold caches, numpy's
+        ``copy()`` costs more (README, performance)."""
         if data is None:
             data = self._output_view().tobytes()
         k = max(1, min(top_k or self.top_k, len(data) // self._out_dtype.itemsize))
@@ -347,12 +386,23 @@ class Classifier:
                                                                          False))
 
     # The stages, timed here and only here: infer() runs them in series straight into the input tensor; the
-    # overlapped loop runs _preprocess_into on its own thread (prepare), then invoke_staged, then rank.
+    # overlapped loop runs prepare on its own thread, then invoke_staged, then rank.
 
     def _preprocess_into(self, frame: ImageLike, out: np.ndarray) -> float:
         t0 = time.perf_counter()
         self.preprocessor.into(frame, out)
         return (time.perf_counter() - t0) * 1e3
+
+    def _preprocess_into_input(self, frame: ImageLike, slot: int) -> float:
+        """Preprocess ``frame`` straight into interpreter ``slot``'s input tensor; raises FrameError (from
+        preprocessing) for a frame that cannot be used."""
+        try:
+            return self._preprocess_into(frame, self._slots[slot].input_view()[0])
+        except FrameError as exc:
+            message = str(exc)
+        # Raised afresh, outside the handler: the original's traceback holds the input tensor's view, and an
+        # exception kept alive (a log record holding it) would make every later invoke() refuse to run.
+        raise FrameError(message)
 
     def _invoke_and_rank(self, preprocess_ms: float, top_k: Optional[int]) -> Inference:
         t1 = time.perf_counter()
@@ -372,47 +422,39 @@ class Classifier:
         """Preprocess ``frame``, invoke, rank: the one timed path of ``run``, ``classify`` and ``bench``.
 
         Raises FrameError (from preprocessing) for a frame that cannot be used."""
-        try:
-            preprocess_ms = self._preprocess_into(frame, self._input_view()[0])
-        except FrameError as exc:
-            message = str(exc)
-        else:
-            return self._invoke_and_rank(preprocess_ms, top_k)
-        # Raised afresh, outside the handler: the original's traceback holds the input tensor's view, and an
-        # exception kept alive (a log record holding it) would make every later invoke() refuse to run.
-        raise FrameError(message)
+        return self._invoke_and_rank(self._preprocess_into_input(frame, 0), top_k)
 
     def prepare(self, frame: ImageLike) -> Prepared:
-        """Preprocess ``frame`` into the next of two staging buffers, without touching the interpreter (safe
-        during an invoke() on another thread). A Prepared stays valid until the second prepare() after it."""
-        buffer = self._staging[self._staged]
-        preprocess_ms = self._preprocess_into(frame, buffer[0])
-        # Only a frame that was prepared takes its buffer: after a bad frame the next one must not go into the
-        # buffer the previous Prepared is still read from.
-        self._staged ^= 1
-        return Prepared(buffer, preprocess_ms)
+        """Preprocess ``frame`` into the input tensor of the interpreter whose turn is next (the two alternate,
+        :meth:`double_buffered`), without invoking: safe while the other one invokes on another thread. A Prepared
+        stays valid until the second prepare() after it."""
+        slot = (self._last_slot + 1) % len(self._slots)
+        preprocess_ms = self._preprocess_into_input(frame, slot)
+        # Only a frame that was prepared takes its interpreter: after a bad frame the next one must not go into
+        # the one the previous Prepared is still in.
+        self._last_slot = slot
+        return Prepared(slot, preprocess_ms)
 
     def invoke_staged(self, prepared: Prepared, before_invoke: Optional[Callable[[], None]] = None) -> Invoked:
-        """Copy a prepared frame into the input tensor, invoke, copy the raw scores out: ranking them
-        (:meth:`rank`) can then run on another thread during the next invoke. ``before_invoke`` runs with the
-        input in place, just before invoke(): work it hands to another thread starts while this invoke runs."""
+        """Invoke the interpreter that holds a prepared frame, and leave its scores there: ranking them
+        (:meth:`rank`) can then run on another thread during the other interpreter's invoke. Nothing is copied
+        in or out between two invokes. ``before_invoke`` runs just before invoke(): work it hands to another
+        thread starts while this invoke runs."""
         t1 = time.perf_counter()
         clock = self.stage_clock
         if clock is not None:
             clock.enter("inference")
-        # set_tensor, not np.copyto into a view: one C call, which on the cold caches an invoke leaves costs
-        # less (README, performance)
-        self._interpreter.set_tensor(self._input_index, prepared.tensor)
         if before_invoke is not None:
             before_invoke()
-        self._interpreter.invoke()
+        self._slots[prepared.slot].interpreter.invoke()
         t2 = time.perf_counter()
-        return Invoked(self._output_view().tobytes(), prepared.preprocess_ms, (t2 - t1) * 1e3)
+        return Invoked(prepared.slot, prepared.preprocess_ms, (t2 - t1) * 1e3)
 
     def rank(self, invoked: Invoked, top_k: Optional[int] = None) -> Inference:
-        """The top classes of an :class:`Invoked` frame (the postprocess stage of :meth:`infer`)."""
+        """The top classes of an :class:`Invoked` frame (the postprocess stage of :meth:`infer`), read from its
+        interpreter's output tensor before that interpreter's next invoke."""
         t2 = time.perf_counter()
-        classes = self._top_classes(top_k, invoked.scores)
+        classes = self._top_classes(top_k, self._slots[invoked.slot].output_view().tobytes())
         return Inference(classes, {"preprocess": invoked.preprocess_ms, "inference": invoked.inference_ms,
                                    "postprocess": (time.perf_counter() - t2) * 1e3})
 
