@@ -9,7 +9,7 @@ from typing import Any, Callable, NamedTuple, Optional, get_args
 
 import numpy as np
 
-from edgedet.errors import DelegateError, ModelError, one_line
+from edgedet.errors import DelegateError, EdgedetError, ModelError, one_line
 from edgedet.model.config import PREPROCESS_DEFAULTS, Backend, CropMode, ModelConfig, PreprocessConfig, ResizeMethod
 from edgedet.model.labels import resolve_labels
 from edgedet.model.preprocess import FrameError, ImageLike, InputQuantization, Preprocessor
@@ -278,7 +278,7 @@ class Classifier:
                          if self.delegate_info["active"] == "edgetpu" else [])
             second = self._interpreter_factory(self.model_file.path, self.runtime, self.num_threads, delegates)
             self._first_invoke(second)
-        except (DelegateError, RuntimeError, ValueError, MemoryError) as exc:
+        except (EdgedetError, OSError, RuntimeError, ValueError, MemoryError) as exc:
             self._second_failed = True
             log.warning("%s: a second interpreter could not be built (%s); frames are classified one after the "
                         "other, not prepared during the invoke", self.model_file.path.name, one_line(exc))
@@ -427,7 +427,7 @@ class Classifier:
     def prepare(self, frame: ImageLike) -> Prepared:
         """Preprocess ``frame`` into the input tensor of the interpreter whose turn is next (the two alternate,
         :meth:`double_buffered`), without invoking: safe while the other one invokes on another thread. A Prepared
-        stays valid until the second prepare() after it."""
+        stays valid until the second prepare() after it (the next one, while there is one interpreter)."""
         slot = (self._last_slot + 1) % len(self._slots)
         preprocess_ms = self._preprocess_into_input(frame, slot)
         # Only a frame that was prepared takes its interpreter: after a bad frame the next one must not go into
