@@ -423,7 +423,7 @@ def resize_after_invoke(classifier: Any, frames: list[np.ndarray], fps: float, c
         classifier._interpreter.invoke()
         started = time.perf_counter()
         frame = frames[n % len(frames)]
-        classifier._preprocess_into(frame if decode is None else decode(frame), classifier._input_view()[0])
+        classifier._preprocess_into(frame if decode is None else decode(frame), classifier._slots[0].input_view()[0])
         times.append(time.perf_counter() - started)
     return statistics.median(times[count // 10:]) * 1e3
 

@@ -263,7 +263,7 @@ class Section:
             object.__setattr__(self, f.name, value)
         problems.extend(_unknown_keys(data, types, loc))
         object.__setattr__(self, "_fields_set", set(data) & set(types))
-        if len(problems) == before and (broken := self._broken_rule(loc, dict(data))) is not None:
+        if len(problems) == before and (broken := self._broken_rule(loc, lambda: dict(data))) is not None:
             problems.append(broken)
         return self
 
@@ -279,12 +279,13 @@ class Section:
     def _check(self) -> None:
         """A rule across this section's keys: raise ValueError with the message (overridden where needed)."""
 
-    def _broken_rule(self, loc: Loc, shown: Any) -> Optional[Problem]:
-        """:meth:`_check` as a problem at ``loc`` that shows ``shown`` (None: the rule holds)."""
+    def _broken_rule(self, loc: Loc, shown: Callable[[], Any]) -> Optional[Problem]:
+        """:meth:`_check` as a problem at ``loc`` that shows what ``shown`` returns, called only then (None: the
+        rule holds)."""
         try:
             self._check()
         except ValueError as err:
-            return Problem(loc, str(err), shown, "rule")
+            return Problem(loc, str(err), shown(), "rule")
         return None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -297,7 +298,7 @@ class Section:
             raise Invalid(problems)
         old = self.__dict__[name]
         object.__setattr__(self, name, value)
-        broken = self._broken_rule((), self.values())
+        broken = self._broken_rule((), self.values)
         if broken is not None:
             object.__setattr__(self, name, old)
             raise Invalid([broken])
@@ -326,7 +327,7 @@ class Section:
         problems.extend(_unknown_keys(changes, types, ()))
         copy = type(self).construct(**{**self.values(), **checked})
         object.__setattr__(copy, "_fields_set", self._fields_set | set(changes))
-        if not problems and (broken := copy._broken_rule((), copy.values())) is not None:
+        if not problems and (broken := copy._broken_rule((), copy.values)) is not None:
             problems.append(broken)
         if problems:
             raise Invalid(problems)

@@ -79,7 +79,7 @@ def classifier_for(path: Path) -> Classifier:
 def check_ranking_of_raw_outputs(classifier: Classifier) -> None:
     """Raw scores written into the output tensor, then ranked by the frame loop's path: ids and scores must be
     what ranking the whole dequantized vector (``scores()``, a separate copy and dequantization) gives."""
-    view = classifier._output_view().reshape(-1)
+    view = classifier._slots[0].output_view().reshape(-1)
     dtype, size = view.dtype, view.size
     del view  # invoke() and get_tensor() refuse to run while a view is alive
     info = np.iinfo(dtype)
@@ -87,7 +87,7 @@ def check_ranking_of_raw_outputs(classifier: Classifier) -> None:
     for _ in range(100):
         raw = rng.choice(np.asarray([info.min, info.min + 1, -1 if info.min < 0 else 1, 0, 77, info.max - 1,
                                      info.max]), size).astype(dtype)
-        classifier._output_view().reshape(-1)[:] = raw
+        classifier._slots[0].output_view().reshape(-1)[:] = raw
         full = classifier.scores()
         expected = sorted(range(size), key=lambda i: (-float(full[i]), i))
         for k in (1, 2, 5):
@@ -103,11 +103,11 @@ def test_8bit_outputs_of_the_bundled_and_a_built_model_ranked_and_dequantized_ex
     built = tflite_builder.write(tmp_path / "int8.tflite", tflite_builder.tiny_classifier(dtype=np.int8))
     for path, dtype in ((bundled, np.uint8), (built, np.int8)):
         classifier = classifier_for(path)
-        assert classifier._output_view().dtype == dtype
+        assert classifier._slots[0].output_view().dtype == dtype
         check_ranking_of_raw_outputs(classifier)
 
 
 def test_uint8_thousand_class_output_ranked_and_dequantized_exactly(shared_models: Path) -> None:
     classifier = classifier_for(shared_models / "mobilenet_v2_1.0_224_quant.tflite")
-    assert classifier._output_view().dtype == np.uint8
+    assert classifier._slots[0].output_view().dtype == np.uint8
     check_ranking_of_raw_outputs(classifier)

@@ -215,7 +215,6 @@ class Classifier:
         # A view of the input tensor is fetched per frame and dropped before invoke(), which refuses to run
         # while one is alive; writing through it saves set_tensor's copy.
         self._slots = [self._slot(self._interpreter)]
-        self._input_view, self._output_view = self._slots[0].input_view, self._slots[0].output_view
         self._last_slot = 1  # the interpreter prepare() filled last: the first frame goes into the first
         self._second_failed = False
         in_spec = model_file.inputs[0]
@@ -364,7 +363,7 @@ class Classifier:
         interpreter's). One ``tobytes`` of a view is the copy out: right after an invoke, on cold caches, numpy's
         ``copy()`` costs more (README, performance)."""
         if data is None:
-            data = self._output_view().tobytes()
+            data = self._slots[0].output_view().tobytes()
         k = max(1, min(top_k or self.top_k, len(data) // self._out_dtype.itemsize))
         labels = self.labels
         if self._rank_key is not None:
