@@ -359,10 +359,15 @@ class Preparer(threading.Thread):
     so frames stay in order. One thread for both, woken once per frame: only the hand-over and the invoke stay
     between two invokes."""
 
-    # Started this much earlier than the estimate says: a late frame stalls the invoke (and holds the GIL as it
-    # ends), an early one ages while it waits. Throughput stops rising at about this margin while the age keeps
-    # growing with it; the README's performance section has the measured trade.
+    # When to start on the next frame, as a delay after the invoke starts: a late frame stalls the invoke
+    # (the loop waits for it, then for its own wake-up), an early one ages while it waits. The first estimate is
+    # the shortest recent invoke minus the upper quartile of recent preparations, minus a margin; from then on
+    # each frame moves it: later by LATER_S after a frame that was ready in time, earlier by EARLIER_S after one
+    # the loop had to wait for. It settles where LATER_S / (LATER_S + EARLIER_S) of the frames are late (5 %),
+    # whatever this machine's wake-ups, sleeps and preparations cost; the README has the measured trade.
     MARGIN_S = 0.0003
+    LATER_S = 5e-6
+    EARLIER_S = 95e-6
     HISTORY = 16
 
     def __init__(self, loop: FrameLoop) -> None:
@@ -373,24 +378,37 @@ class Preparer(threading.Thread):
         self._results: queue.SimpleQueue[Optional[Pending]] = queue.SimpleQueue()
         self._invokes: deque[float] = deque(maxlen=self.HISTORY)
         self._prepares: deque[float] = deque(maxlen=self.HISTORY)
+        self._lead_s: Optional[float] = None
+        self._late = False  # whether the loop had to wait for the frame it took last
         self._error: Optional[BaseException] = None
         self.clock = StageClock("prepare")
 
     def lead_s(self) -> float:
-        """How long after an invoke starts to begin on the next frame: the shortest recent invoke minus the
-        upper quartile of recent capture + preprocess times, minus a margin (0 until both are known). Not the
-        longest: on a loaded machine one slow preparation would make every frame wait a whole invoke."""
+        """How long after an invoke starts to begin on the next frame (0 until invokes and preparations are
+        known); moved by one step at each call, after the first estimate (see ``LATER_S``). Never more than the
+        shortest recent invoke: a frame started after the invoke ends is late by its whole preparation."""
         if not self._invokes or not self._prepares:
             return 0.0
-        prepares = sorted(self._prepares)
-        return max(0.0, min(self._invokes) - prepares[len(prepares) * 3 // 4] - self.MARGIN_S)
+        shortest = min(self._invokes)
+        if self._lead_s is None:
+            prepares = sorted(self._prepares)
+            self._lead_s = shortest - prepares[len(prepares) * 3 // 4] - self.MARGIN_S
+        elif self._late:
+            self._lead_s -= self.EARLIER_S
+        else:
+            self._lead_s += self.LATER_S
+        self._lead_s = min(max(0.0, self._lead_s), shortest)
+        return self._lead_s
 
-    def request(self, classifier: Classifier, due: float, unfinished: Optional[Unfinished] = None) -> None:
-        self._requests.put((classifier, due, unfinished))
+    def request(self, classifier: Classifier, started: float, unfinished: Optional[Unfinished] = None) -> None:
+        """The next frame, for ``classifier``: wanted when the invoke that started at ``started``
+        (time.perf_counter) ends; 0: at once."""
+        self._requests.put((classifier, started, unfinished))
 
     def result(self) -> Optional[Pending]:
         """The frame requested last (None: the source is exhausted or failed, or the loop stops); the frame
         handed over with the request has been delivered by then."""
+        self._late = self._results.empty()
         pending = self._results.get()
         if self._error is not None:
             raise self._error
@@ -399,9 +417,11 @@ class Preparer(threading.Thread):
     def invoked(self, seconds: float) -> None:
         self._invokes.append(seconds)
 
-    def prepare(self, classifier: Classifier, due: float) -> Optional[Pending]:
-        self.request(classifier, due)
-        return self.result()
+    def prepare(self, classifier: Classifier, started: float) -> Optional[Pending]:
+        self.request(classifier, started)
+        pending = self.result()
+        self._late = False  # a frame asked for at once is always waited for: that says nothing of the lead
+        return pending
 
     def reprepare(self, pending: Pending, classifier: Classifier) -> Optional[Pending]:
         """A frame prepared for the classifier a reload replaced, prepared again for the new one."""
@@ -415,10 +435,10 @@ class Preparer(threading.Thread):
     def run(self) -> None:
         try:
             while (request := self._requests.get()) is not None:
-                classifier, due, unfinished = request
+                classifier, started, unfinished = request
                 if unfinished is not None:
                     self.loop._finish_invoked(unfinished, self.clock)
-                self._results.put(self._next(classifier, due))
+                self._results.put(self._next(classifier, started + self.lead_s() if started else 0.0))
         except BaseException as exc:  # handed to the loop's thread, which raises it
             self._error = exc
             self._results.put(None)
@@ -769,7 +789,7 @@ class FrameLoop:
                     # with this frame in the input tensor: the Preparer delivers the one before during this
                     # invoke, and the next frame is wanted when it ends, so it is no older than it must be
                     nonlocal unfinished
-                    preparer.request(classifier, time.perf_counter() + preparer.lead_s(), unfinished)
+                    preparer.request(classifier, time.perf_counter(), unfinished)
                     unfinished = None
 
                 classifier.stage_clock = self.clock

@@ -360,3 +360,27 @@ def test_the_stand_in_invoke_takes_its_set_time_at_the_median_although_sleep_wak
     median = float(np.median(invokes(1001)))
     assert abs(median - 0.0025) <= 10e-6, median
     assert 0.14e-3 <= standin.head_start_s <= 0.19e-3
+
+
+def test_the_preparer_starts_later_after_a_frame_in_time_and_earlier_after_a_late_one() -> None:
+    """The start of the next frame follows the frames themselves: LATER_S after each frame that was ready when
+    the invoke ended, EARLIER_S back after one the loop waited for, never below 0 nor above the shortest invoke."""
+    from edgedet.loop import Preparer
+
+    preparer = Preparer(None)  # type: ignore[arg-type]  # the estimate alone: no loop, never started
+    assert preparer.lead_s() == 0.0  # nothing measured yet: at once
+    for seconds in (0.0026, 0.0025, 0.0027):
+        preparer.invoked(seconds)
+    preparer._prepares.extend([0.0004, 0.0005, 0.0006, 0.0007])
+    first = preparer.lead_s()
+    assert first == pytest.approx(0.0025 - 0.0007 - Preparer.MARGIN_S)
+    assert preparer.lead_s() == pytest.approx(first + Preparer.LATER_S)
+    preparer._late = True
+    assert preparer.lead_s() == pytest.approx(first + Preparer.LATER_S - Preparer.EARLIER_S)
+    for _ in range(100):
+        preparer.lead_s()
+    assert preparer.lead_s() == 0.0
+    preparer._late = False
+    for _ in range(1000):
+        preparer.lead_s()
+    assert preparer.lead_s() == pytest.approx(0.0025)  # the shortest invoke
