@@ -12,7 +12,7 @@ from edgedet.errors import EdgedetError
 from edgedet.host.data import confusion_matrix, imbalance_note, load_folder
 from edgedet.host.sidecar import build_sidecar, inspect_flatbuffer, read_sidecar, write_sidecar
 from edgedet.host.synth import generate
-from edgedet.host.train import imagenet_weights_file, split_indices
+from edgedet.host.train import imagenet_weights_file, learning_rate_for, split_indices
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
@@ -91,3 +91,10 @@ def test_inspect_refuses_a_non_flatbuffer(tmp_path: Path) -> None:
     junk.write_bytes(b"\x01\x02\x03")
     with pytest.raises(EdgedetError, match=r"junk\.tflite: not a readable TFLite flatbuffer"):
         inspect_flatbuffer(junk)
+
+
+def test_learning_rate_is_adams_default_from_scratch_and_small_for_trained_weights() -> None:
+    assert learning_rate_for("none") == 1e-3
+    assert learning_rate_for("imagenet") == 1e-4
+    assert learning_rate_for("/some/weights.h5") == 1e-4
+    assert learning_rate_for("none", 5e-4) == 5e-4  # --lr wins

@@ -59,6 +59,11 @@ def test_sidecar_records_the_preprocessing(trained: dict[str, Any]) -> None:
     assert trained["eval"]["preprocess"]["source"] == "sidecar"
 
 
+def test_training_from_scratch_without_lr_used_adams_default(trained: dict[str, Any]) -> None:
+    metrics = json.loads((trained["root"] / "train" / "metrics.json").read_text())
+    assert metrics["model"]["learning_rate"] == 1e-3
+
+
 def test_host_evaluation_is_what_edgedet_classify_serves(trained: dict[str, Any]) -> None:
     result = trained["eval"]
     files = sorted(str(p) for p in trained["heldout"].rglob("*.png"))

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--size", type=int, default=96, help="input side in pixels (default 96)")
     train.add_argument("--epochs", type=_positive_int, default=5)
     train.add_argument("--batch", type=_positive_int, default=32)
-    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="Adam learning rate (default 1e-4 with trained --weights, 1e-3 with --weights none)")
     train.add_argument("--val-split", type=float, default=0.2)
     train.add_argument("--weights", default="imagenet", help="imagenet (Keras cache), none, or a file")
     train.add_argument("--fine-tune-layers", type=int, default=None,
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--heldout", type=float, default=0.2, help="fraction held out for the comparison")
     sweep.add_argument("--epochs", type=_positive_int, default=5)
     sweep.add_argument("--batch", type=_positive_int, default=32)
-    sweep.add_argument("--lr", type=float, default=1e-4)
+    sweep.add_argument("--lr", type=float, default=None,
+                       help="Adam learning rate (default 1e-4 with trained --weights, 1e-3 with --weights none)")
     sweep.add_argument("--weights", default="imagenet", help="imagenet (Keras cache) or none")
     sweep.add_argument("--augment", action="store_true")
     sweep.add_argument("--num-calib", type=_positive_int, default=100)

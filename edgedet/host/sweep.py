@@ -52,7 +52,7 @@ class SweepOptions(NamedTuple):
     heldout: float = 0.2
     epochs: int = 5
     batch: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float | None = None  # None: train.learning_rate_for(weights)
     weights: str = "imagenet"
     augment: bool = False
     num_calib: int = 100
