@@ -12,12 +12,19 @@ from typing import Callable, TypeVar, Union, cast
 T = TypeVar("T")
 A = TypeVar("A")
 B = TypeVar("B")
+K = TypeVar("K")
+
+
+def interleaved(rounds: int, sides: dict[K, Callable[[], T]]) -> list[dict[K, T]]:
+    """Each side once per round, back to back, in the dict's order in even rounds and reversed in odd ones (so
+    no side always runs first, or always right after the same one): each round's results by side."""
+    order = list(sides)
+    return [{key: sides[key]() for key in (order if i % 2 == 0 else order[::-1])} for i in range(rounds)]
 
 
 def alternating(pairs: int, measure: Callable[[bool], T]) -> list[dict[bool, T]]:
     """``measure(False)`` and ``measure(True)`` back to back, ``pairs`` times, the order alternating."""
-    return [{flag: measure(flag) for flag in ((False, True) if i % 2 == 0 else (True, False))}
-            for i in range(pairs)]
+    return interleaved(pairs, {False: lambda: measure(False), True: lambda: measure(True)})
 
 
 def paired(pairs: int, first: Callable[[], A], second: Callable[[], B]) -> list[tuple[A, B]]:
