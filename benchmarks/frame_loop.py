@@ -2,7 +2,7 @@
 """The frame loop against bare invoke(): CPU-only throughput, overlap with a SIMULATED accelerator, the CPU
 edgedet costs per frame at 30 fps, and memory.
 
-    python benchmarks/frame_loop.py cpu      [--pairs 5] [--seconds 3]   # (c)/(best bare of 1 and 2 threads)
+    python benchmarks/frame_loop.py cpu      [--pairs 5] [--seconds 3]   # edgedet and the least serial loop / best bare
     python benchmarks/frame_loop.py overlap  [--pairs 5] [--seconds 3]   # simulated 2.5 ms and 1.0 ms invoke
     python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 3]
     python benchmarks/frame_loop.py memory   [--frames 20000]
