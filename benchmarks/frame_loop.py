@@ -3,7 +3,7 @@
 edgedet costs per frame at 30 fps, and memory.
 
     python benchmarks/frame_loop.py cpu      [--pairs 5] [--seconds 3]   # edgedet and the least serial loop / best bare
-    python benchmarks/frame_loop.py overlap  [--pairs 5] [--seconds 3]   # simulated 2.5 ms and 1.0 ms invoke
+    python benchmarks/frame_loop.py overlap  [--pairs 5] [--seconds 3]   # simulated 2.5 / 1.0 ms, CPU ovl/serial
     python benchmarks/frame_loop.py cpu-per-frame [--pairs 5] [--seconds 3]
     python benchmarks/frame_loop.py memory   [--frames 20000]
     python benchmarks/frame_loop.py floors   --frames 2000   # the resize and the wake-ups, timed alone
@@ -206,8 +206,9 @@ def cmd_overlap(args: argparse.Namespace) -> None:
                   f"median gap between results {gap:.3f} ms (fps counts the slow ones too)")
         gains = [o["fps"] / s["fps"] for s, o in runs]
         print(f"  overlapped / serial, per pair: median {statistics.median(gains):.3f}")
-    for threads in (1, 2):
-        cpu = Classifier.from_config(ModelConfig(path=model, num_threads=threads))
+    for cpu_model, threads in ((V2, 1), (V2, 2), (V1, 1), (V1, 2)):
+        cpu = Classifier.from_config(ModelConfig(path=args.models / cpu_model, num_threads=threads))
+
         def serial_cpu(cpu: Any = cpu) -> dict[str, Any]:
             return loop_run(cpu, args.seconds, overlap=False)
 
@@ -216,7 +217,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 
         runs = paired(args.pairs, serial_cpu, overlapped_cpu)
         gains = [o["fps"] / s["fps"] for s, o in runs]
-        print(f"CPU only, {V2}, {threads} thread(s): overlapped / serial fps, per pair: median "
+        print(f"CPU only, {cpu_model}, {threads} thread(s): overlapped / serial fps, per pair: median "
               f"{statistics.median(gains):.3f} (serial {statistics.median(s['fps'] for s, _ in runs):.1f} fps)")
 
 
